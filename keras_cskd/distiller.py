@@ -1,0 +1,352 @@
+"""The `Distiller`: trains a student from a frozen teacher with `model.fit`."""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_cskd import losses as losses_module
+
+
+@keras.saving.register_keras_serializable(package="keras_cskd")
+class Distiller(keras.Model):
+    """Trains `student` to match a frozen `teacher` while fitting the labels.
+
+    Each step runs the teacher in inference mode outside the gradient tape
+    (its logits behind `stop_gradient`), the student in training mode, and
+    minimises `student_loss_weight * CE(y, zs) + distillation_loss_weight *
+    distillation_loss(zt, zs)` plus the student's regularisation losses.
+    Labels may be integers `[B]` or one-hot/soft `[B, C]` (mixup).
+
+    Under `tf.distribute` (MirroredStrategy, MultiWorkerMirroredStrategy)
+    every term is computed on the global batch: each replica gathers the
+    teacher logits, student logits and labels of all replicas in one
+    forward `all_gather`, and differentiates the global loss with respect to
+    its own shard of student logits, so the summed gradients of N replicas
+    are exactly the gradient one device gets from the same global batch,
+    and batch-wise losses (CSKD, CSWT) see the whole batch. A loss built
+    with `global_batch=False` is instead computed on each replica's shard
+    and averaged (weighted by shard size). Logged values are global values.
+
+    Logs: `loss` (the total), `ce_loss`, `distillation_loss`, `accuracy` (the
+    student's top-1), and whatever `compile(metrics=...)` adds. `evaluate`
+    reports the same on the student in inference mode.
+
+    Args:
+        teacher: a trained `keras.Model` returning logits; it is frozen.
+        student: a `keras.Model` returning logits with the teacher's shape.
+        distillation_loss: a `keras.distillation.DistillationLoss` (for example
+            `keras_cskd.losses.CSKD()`) or the name of one (`"cskd"`).
+        student_loss_weight: weight of the cross-entropy with the labels.
+        distillation_loss_weight: weight of the distillation loss.
+
+    Example:
+
+    >>> distiller = keras_cskd.Distiller(teacher, student, keras_cskd.losses.CSKD())
+    >>> distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    >>> distiller.fit(train_dataset, epochs=10, validation_data=val_dataset)
+    >>> student = distiller.student
+    """
+
+    def __init__(
+        self,
+        teacher,
+        student,
+        distillation_loss,
+        student_loss_weight=1.0,
+        distillation_loss_weight=1.0,
+        name="distiller",
+        **kwargs,
+    ):
+        if keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                "keras_cskd.Distiller needs the TensorFlow backend "
+                f"(KERAS_BACKEND=tensorflow); the backend is {keras.backend.backend()}."
+            )
+        super().__init__(name=name, **kwargs)
+        _check_models(teacher, student)
+        if isinstance(distillation_loss, str):
+            distillation_loss = losses_module.get(distillation_loss)
+        if not isinstance(distillation_loss, keras.distillation.DistillationLoss):
+            raise ValueError(
+                "`distillation_loss` must be a keras.distillation.DistillationLoss "
+                f"(for example keras_cskd.losses.CSKD()), got {distillation_loss!r}."
+            )
+        for weight_name, weight in (
+            ("student_loss_weight", student_loss_weight),
+            ("distillation_loss_weight", distillation_loss_weight),
+        ):
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or (
+                weight < 0
+            ):
+                raise ValueError(f"`{weight_name}` must be a number >= 0, got {weight!r}.")
+        self.teacher = teacher
+        self.teacher.trainable = False
+        self.student = student
+        self.distillation_loss = distillation_loss
+        self.student_loss_weight = float(student_loss_weight)
+        self.distillation_loss_weight = float(distillation_loss_weight)
+        # The 1-based epoch number, for losses that change over training (DKD's
+        # warm-up); `fit` keeps it current.
+        self.epoch = self.add_weight(
+            shape=(), initializer="ones", trainable=False, name="epoch"
+        )
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.ce_loss_tracker = keras.metrics.Mean(name="ce_loss")
+        self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
+        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+
+    @property
+    def metrics(self):
+        trackers = [
+            self.loss_tracker,
+            self.ce_loss_tracker,
+            self.distillation_loss_tracker,
+            self.accuracy_tracker,
+        ]
+        compiled = getattr(self, "_compile_metrics", None)
+        return trackers + ([compiled] if compiled is not None else [])
+
+    def compile(self, optimizer="sgd", loss=None, metrics=None, **kwargs):
+        """Configures the optimizer and any extra metrics; the loss is built in."""
+        if loss is not None:
+            raise ValueError(
+                "The Distiller computes its own loss (cross-entropy plus the "
+                "distillation loss): call compile() without `loss`."
+            )
+        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+
+    def call(self, inputs, training=None):
+        return self.student(inputs, training=training)
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        callbacks = [*(callbacks or []), _EpochCounter()]
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def train_step(self, data):
+        x, y = _unpack(data)
+        teacher_logits = self._teacher_logits(x)
+        with tf.GradientTape() as tape:
+            student_logits = self.student(x, training=True)
+            terms = self._loss_terms(y, teacher_logits, student_logits)
+            # Each replica differentiates the global objective through its own
+            # student logits only; the optimizer sums the replicas' gradients.
+            # Regularisation is the same on every replica, hence the 1/N.
+            replica_loss = terms["objective"] + terms["regularization"] / (
+                _num_replicas()
+            )
+            replica_loss = self.optimizer.scale_loss(replica_loss)
+        variables = self.student.trainable_variables
+        gradients = tape.gradient(replica_loss, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return self._update_metrics(x, y, student_logits, terms)
+
+    def test_step(self, data):
+        x, y = _unpack(data)
+        teacher_logits = self._teacher_logits(x)
+        student_logits = self.student(x, training=False)
+        terms = self._loss_terms(y, teacher_logits, student_logits)
+        return self._update_metrics(x, y, student_logits, terms)
+
+    def _teacher_logits(self, x):
+        return ops.stop_gradient(ops.cast(self.teacher(x, training=False), "float32"))
+
+    def _loss_terms(self, y, teacher_logits, student_logits):
+        """Global values of every term, identical on every replica."""
+        student_logits = ops.cast(student_logits, "float32")
+        teacher_logits, student_logits, y, replica_ids = _global_batch(
+            teacher_logits, student_logits, y
+        )
+        ce_loss = ops.mean(cross_entropy(y, student_logits))
+        if replica_ids is None or getattr(self.distillation_loss, "global_batch", True):
+            distillation_loss = self._distillation_loss(teacher_logits, student_logits, y)
+        else:
+            distillation_loss = self._mean_over_shards(
+                teacher_logits, student_logits, y, replica_ids
+            )
+        objective = (
+            self.student_loss_weight * ce_loss
+            + self.distillation_loss_weight * distillation_loss
+        )
+        regularization = (
+            ops.sum(self.student.losses) if self.student.losses else ops.zeros(())
+        )
+        correct = ops.equal(
+            ops.argmax(student_logits, axis=-1), ops.cast(_class_ids(y), "int64")
+        )
+        return {
+            "objective": objective,
+            "regularization": regularization,
+            "loss": objective + regularization,
+            "ce_loss": ce_loss,
+            "distillation_loss": distillation_loss,
+            "correct": ops.cast(correct, "float32"),
+        }
+
+    def _mean_over_shards(self, teacher_logits, student_logits, labels, replica_ids):
+        """The distillation loss of each replica's shard, averaged by shard size."""
+        total = ops.zeros(())
+        for replica in range(_num_replicas()):
+            in_shard = ops.equal(replica_ids, replica)
+            shard_size = ops.sum(ops.cast(in_shard, "float32"))
+            loss = self._distillation_loss(
+                *(tf.boolean_mask(t, in_shard) for t in (
+                    teacher_logits, student_logits, labels))
+            )
+            total += ops.where(shard_size > 0, loss * shard_size, 0.0)
+        return total / ops.cast(ops.shape(labels)[0], "float32")
+
+    def _distillation_loss(self, teacher_logits, student_logits, labels):
+        loss = self.distillation_loss.compute_loss(
+            teacher_logits, student_logits, labels=labels, epoch=self.epoch
+        )
+        if len(getattr(loss, "shape", ())) != 0:
+            raise ValueError(
+                f"{type(self.distillation_loss).__name__}.compute_loss must return a "
+                f"scalar, got shape {loss.shape}."
+            )
+        return ops.cast(loss, "float32")
+
+    def _update_metrics(self, x, y, student_logits, terms):
+        batch_size = ops.shape(terms["correct"])[0]
+        for tracker in (
+            self.loss_tracker,
+            self.ce_loss_tracker,
+            self.distillation_loss_tracker,
+        ):
+            tracker.update_state(terms[tracker.name], sample_weight=batch_size)
+        self.accuracy_tracker.update_state(terms["correct"])
+        return self.compute_metrics(x, y, student_logits, sample_weight=None)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "teacher": keras.saving.serialize_keras_object(self.teacher),
+                "student": keras.saving.serialize_keras_object(self.student),
+                "distillation_loss": keras.saving.serialize_keras_object(
+                    self.distillation_loss
+                ),
+                "student_loss_weight": self.student_loss_weight,
+                "distillation_loss_weight": self.distillation_loss_weight,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("teacher", "student", "distillation_loss"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+def cross_entropy(labels, logits):
+    """Per-sample cross-entropy from logits, for integer or one-hot/soft labels."""
+    if len(labels.shape) == 2 and labels.shape[-1] not in (None, 1):
+        return keras.losses.categorical_crossentropy(
+            ops.cast(labels, logits.dtype), logits, from_logits=True
+        )
+    return keras.losses.sparse_categorical_crossentropy(
+        ops.reshape(labels, (-1,)), logits, from_logits=True
+    )
+
+
+def _class_ids(labels):
+    if len(labels.shape) == 2 and labels.shape[-1] not in (None, 1):
+        return ops.argmax(labels, axis=-1)
+    return ops.reshape(labels, (-1,))
+
+
+def _unpack(data):
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    if sample_weight is not None:
+        raise ValueError(
+            "The Distiller does not take sample weights or class weights: the "
+            "batch-wise distillation losses have no per-sample weighting. "
+            "Resample the dataset instead."
+        )
+    if y is None:
+        raise ValueError("The Distiller needs labels: give it (inputs, labels) pairs.")
+    return x, y
+
+
+def _num_replicas():
+    return tf.distribute.get_replica_context().num_replicas_in_sync
+
+
+def _global_batch(teacher_logits, student_logits, labels):
+    """The global batch, gathered from all replicas in replica order.
+
+    Returns teacher logits, student logits, labels and the replica id of each
+    row (`None` on a single replica). One forward all_gather carries all of
+    them, with the student logits behind `stop_gradient`; this replica's own
+    rows are then put back live, so the gradient reaches the student through
+    its own shard only and no collective runs in the backward pass.
+    """
+    if _num_replicas() == 1:
+        return teacher_logits, student_logits, labels, None
+    context = tf.distribute.get_replica_context()
+    local_size = ops.shape(student_logits)[0]
+    num_classes = student_logits.shape[-1]
+    label_columns = ops.cast(ops.reshape(labels, (local_size, -1)), "float32")
+    replica_id = ops.cast(context.replica_id_in_sync_group, "float32")
+    local = ops.concatenate(
+        [
+            teacher_logits,
+            ops.stop_gradient(student_logits),
+            label_columns,
+            ops.full((local_size, 1), replica_id),
+        ],
+        axis=-1,
+    )
+    gathered = context.all_gather(local, axis=0)
+    all_teacher = gathered[:, :num_classes]
+    all_student = gathered[:, num_classes : 2 * num_classes]
+    all_labels = ops.cast(gathered[:, 2 * num_classes : -1], labels.dtype)
+    replica_ids = gathered[:, -1]
+    start = ops.sum(ops.cast(replica_ids < replica_id, "int32"))
+    all_student = ops.concatenate(
+        [all_student[:start], student_logits, all_student[start + local_size :]],
+        axis=0,
+    )
+    if len(labels.shape) < 2:
+        all_labels = ops.reshape(all_labels, (-1,))
+    return all_teacher, all_student, all_labels, replica_ids
+
+
+class _EpochCounter(keras.callbacks.Callback):
+    """Keeps `Distiller.epoch` at the 1-based number of the running epoch."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.epoch.assign(float(epoch + 1))
+
+
+def _check_models(teacher, student):
+    for role, model in (("teacher", teacher), ("student", student)):
+        if not isinstance(model, keras.Model):
+            raise ValueError(f"The {role} must be a keras.Model, got {type(model)}.")
+    teacher_out = _static_shape(teacher, "output")
+    student_out = _static_shape(student, "output")
+    if teacher_out and student_out and teacher_out[-1] != student_out[-1]:
+        raise ValueError(
+            f"The teacher predicts {teacher_out[-1]} classes but the student "
+            f"predicts {student_out[-1]}: build the student with "
+            f"num_classes={teacher_out[-1]}."
+        )
+    teacher_in = _static_shape(teacher, "input")
+    student_in = _static_shape(student, "input")
+    if teacher_in and student_in and teacher_in[1:] != student_in[1:]:
+        raise ValueError(
+            f"The teacher takes inputs of shape {teacher_in[1:]} but the student "
+            f"takes {student_in[1:]}: both must read the same batches."
+        )
+
+
+def _static_shape(model, which):
+    try:
+        shape = getattr(model, f"{which}_shape")
+    except (AttributeError, ValueError):
+        return None  # a subclassed model that has not been built
+    return tuple(shape) if isinstance(shape, (tuple, list)) and (
+        not shape or not isinstance(shape[0], (tuple, list))
+    ) else None

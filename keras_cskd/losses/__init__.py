@@ -1,0 +1,32 @@
+"""Distillation losses and the CSWT temperature, as specified in METHODS.md."""
+
+from keras_cskd.losses.base import LogitsDistillationLoss
+from keras_cskd.losses.cskd import CSKD
+from keras_cskd.losses.cswt import CSWT
+from keras_cskd.losses.kd import KD
+
+_LOSSES = {"kd": KD, "cskd": CSKD}
+
+
+def names():
+    """Returns the names `get` accepts, e.g. `["cskd", "kd"]`."""
+    return sorted(_LOSSES)
+
+
+def get(name, **kwargs):
+    """Builds a distillation loss by (case-insensitive) name.
+
+    Example:
+
+    >>> loss = keras_cskd.losses.get("kd", temperature=4.0)
+    """
+    key = str(name).lower()
+    if key not in _LOSSES:
+        raise ValueError(
+            f"Unknown distillation method '{name}'. Known methods: "
+            f"{', '.join(names())}."
+        )
+    return _LOSSES[key](**kwargs)
+
+
+__all__ = ["CSKD", "CSWT", "KD", "LogitsDistillationLoss", "get", "names"]

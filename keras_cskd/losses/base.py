@@ -1,0 +1,110 @@
+"""The base class of keras-cskd's logit distillation losses."""
+
+import keras
+from keras import ops
+
+from keras_cskd.losses.cswt import CSWT
+
+
+class LogitsDistillationLoss(keras.distillation.DistillationLoss):
+    """Base class of the losses between teacher and student logits.
+
+    Subclasses implement `call(teacher_logits, student_logits, labels=None,
+    **kwargs)` on float32 logits `[B, C]`; this class casts the logits, stops
+    the teacher's gradient and checks shapes, so every loss behaves alike in
+    our `Distiller`, in `keras.distillation.Distiller` and on its own.
+
+    Args:
+        temperature: a positive float, or a `CSWT` for per-sample temperatures.
+        global_batch: under `tf.distribute`, whether the `Distiller` computes
+            this loss on the global batch (gathered from all replicas; the
+            default, and what makes N devices train like one) or on each
+            replica's shard (batch-wise terms then only see 1/N of the batch).
+    """
+
+    requires_labels = False
+
+    def __init__(self, temperature=4.0, global_batch=True):
+        if isinstance(temperature, dict):
+            temperature = keras.saving.deserialize_keras_object(temperature)
+        if not isinstance(temperature, CSWT):
+            if isinstance(temperature, bool) or not isinstance(
+                temperature, (int, float)
+            ):
+                raise ValueError(
+                    f"`temperature` must be a positive number or a CSWT, got "
+                    f"{temperature!r}."
+                )
+            if temperature <= 0:
+                raise ValueError(f"`temperature` must be positive, got {temperature}.")
+            temperature = float(temperature)
+        self.temperature = temperature
+        self.global_batch = bool(global_batch)
+
+    def temperatures(self, teacher_logits, student_logits, temperature=None):
+        """Returns `(T, T_squared)`: a scalar or a per-sample column `[B, 1]`,
+        and the factor that replaces `T^2` (`mean(T_i)^2` for CSWT)."""
+        temperature = self.temperature if temperature is None else temperature
+        if isinstance(temperature, CSWT):
+            per_sample = temperature(teacher_logits, student_logits)
+            return per_sample, ops.square(ops.mean(per_sample))
+        return temperature, temperature**2
+
+    def compute_loss(self, teacher_logits, student_logits, labels=None, **kwargs):
+        """Returns the scalar loss between teacher and student logits.
+
+        Args:
+            teacher_logits: `[B, C]` teacher logits (no gradient flows to them).
+            student_logits: `[B, C]` student logits.
+            labels: integer labels `[B]` or one-hot/soft labels `[B, C]`, for
+                the losses that use them.
+            **kwargs: passed on to the loss (for example `epoch` for DKD).
+        """
+        if isinstance(teacher_logits, (list, tuple, dict)) or isinstance(
+            student_logits, (list, tuple, dict)
+        ):
+            raise ValueError(
+                f"{type(self).__name__} takes single logit tensors; the models "
+                "must have one output of shape [batch, num_classes]."
+            )
+        teacher_logits = ops.stop_gradient(ops.cast(teacher_logits, "float32"))
+        student_logits = ops.cast(student_logits, "float32")
+        self.validate_outputs(teacher_logits, student_logits)
+        if self.requires_labels and labels is None:
+            raise ValueError(f"{type(self).__name__} needs the labels: pass `labels=`.")
+        return self.call(teacher_logits, student_logits, labels=labels, **kwargs)
+
+    def call(self, teacher_logits, student_logits, labels=None, **kwargs):
+        raise NotImplementedError
+
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        teacher_shape = tuple(teacher_outputs.shape)
+        student_shape = tuple(student_outputs.shape)
+        if len(teacher_shape) != 2 or len(student_shape) != 2:
+            raise ValueError(
+                f"{type(self).__name__} expects logits of shape [batch, classes]; "
+                f"got teacher {teacher_shape} and student {student_shape}."
+            )
+        for teacher_dim, student_dim, what in zip(
+            teacher_shape, student_shape, ("batch sizes", "class counts")
+        ):
+            if None not in (teacher_dim, student_dim) and teacher_dim != student_dim:
+                raise ValueError(
+                    f"Teacher and student {what} differ: teacher logits "
+                    f"{teacher_shape}, student logits {student_shape}. Build the "
+                    "student with the teacher's number of classes."
+                )
+
+    def get_config(self):
+        temperature = self.temperature
+        if isinstance(temperature, CSWT):
+            temperature = keras.saving.serialize_keras_object(temperature)
+        return {"temperature": temperature, "global_batch": self.global_batch}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.get_config())
+        return f"{type(self).__name__}({args})"

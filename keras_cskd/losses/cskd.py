@@ -1,0 +1,70 @@
+"""CSKD: cosine similarity between teacher and student batch predictions."""
+
+import keras
+from keras import ops
+
+from keras_cskd.losses.base import LogitsDistillationLoss
+from keras_cskd.losses.cswt import CSWT
+from keras_cskd.losses.functional import cosine_similarity
+
+
+@keras.saving.register_keras_serializable(package="keras_cskd")
+class CSKD(LogitsDistillationLoss):
+    """Cosine similarity knowledge distillation (Ham et al., 2023).
+
+    For each class `c` it compares the *batch predictions* `P[:, c]` of the
+    student and the teacher (the softmax at temperature T, one column per class):
+    `L_cs(T) = alpha * T^2 * (1 - mean_c cos(Ps[:, c], Pt[:, c]))`.
+    With `cswt`, the paper's method, the same term at the per-sample CSWT
+    temperatures (and `mean_i(T_i)^2` for `T^2`) is added:
+    `L = L_cs(temperature) + L_cs(cswt)`.
+
+    The loss is batch-wise: under `tf.distribute` the `Distiller` computes it on
+    the global batch unless `global_batch=False`.
+
+    Args:
+        temperature: the fixed temperature (default 4), or a `CSWT`.
+        cswt: a `CSWT` for the added per-sample-temperature term (default
+            `CSWT(2, 6)`), or `None` for the fixed-temperature term alone.
+        alpha: weight of each term (default 2).
+        global_batch: see `LogitsDistillationLoss`.
+
+    Example:
+
+    >>> paper = CSKD(temperature=4.0, cswt=CSWT(t_min=2.0, t_max=6.0))
+    >>> fixed_only = CSKD(temperature=4.0, cswt=None)
+    >>> paper.compute_loss(teacher_logits, student_logits)   # a scalar
+    """
+
+    def __init__(self, temperature=4.0, cswt="default", alpha=2.0, global_batch=True):
+        super().__init__(temperature=temperature, global_batch=global_batch)
+        if isinstance(cswt, str) and cswt == "default":
+            cswt = CSWT(2.0, 6.0)
+        if isinstance(cswt, dict):
+            cswt = keras.saving.deserialize_keras_object(cswt)
+        if cswt is not None and not isinstance(cswt, CSWT):
+            raise ValueError(f"`cswt` must be a CSWT or None, got {cswt!r}.")
+        self.cswt = cswt
+        self.alpha = float(alpha)
+
+    def call(self, teacher_logits, student_logits, labels=None, **kwargs):
+        loss = self._cosine_term(teacher_logits, student_logits, self.temperature)
+        if self.cswt is not None:
+            loss += self._cosine_term(teacher_logits, student_logits, self.cswt)
+        return loss
+
+    def _cosine_term(self, teacher_logits, student_logits, temperature):
+        temperature, temperature_squared = self.temperatures(
+            teacher_logits, student_logits, temperature
+        )
+        student_probs = ops.softmax(student_logits / temperature, axis=-1)
+        teacher_probs = ops.softmax(teacher_logits / temperature, axis=-1)
+        # axis=0: one cosine per class, over the samples of the batch.
+        per_class = cosine_similarity(student_probs, teacher_probs, axis=0)
+        return self.alpha * temperature_squared * (1.0 - ops.mean(per_class))
+
+    def get_config(self):
+        config = super().get_config()
+        cswt = self.cswt and keras.saving.serialize_keras_object(self.cswt)
+        config.update({"cswt": cswt, "alpha": self.alpha})
+        return config

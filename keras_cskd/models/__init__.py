@@ -1,0 +1,13 @@
+"""The model zoo: `get(name, num_classes, input_shape)` and `names()`."""
+
+from keras_cskd.models import (
+    cifar_mobilenet,  # noqa: F401
+    cifar_resnet,  # noqa: F401
+    cifar_shufflenet,  # noqa: F401
+    cifar_vgg,  # noqa: F401
+    cifar_wrn,  # noqa: F401
+    digits,  # noqa: F401  (registers the digits pair)
+)
+from keras_cskd.models.registry import get, names, register
+
+__all__ = ["get", "names", "register"]

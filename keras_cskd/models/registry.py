@@ -1,0 +1,98 @@
+"""The model registry: build any zoo model by name."""
+
+import difflib
+
+import keras
+
+_BUILDERS = {}
+
+
+def register(name):
+    """Registers a model builder under `name`.
+
+    The builder is called as `builder(num_classes=..., input_shape=..., **kwargs)`
+    and must return a `keras.Model` whose output is the logits `[batch, num_classes]`.
+
+    Example:
+
+    >>> @register("my_mlp")
+    ... def my_mlp(num_classes, input_shape, **kwargs):
+    ...     inputs = keras.Input(input_shape)
+    ...     x = keras.layers.Flatten()(inputs)
+    ...     return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+    """
+
+    def decorator(builder):
+        if name in _BUILDERS:
+            raise ValueError(f"A model named '{name}' is already registered.")
+        _BUILDERS[name] = builder
+        return builder
+
+    return decorator
+
+
+def names():
+    """Returns the sorted names of all registered models.
+
+    Example:
+
+    >>> "digits_cnn" in keras_cskd.models.names()
+    True
+    """
+    return sorted(_BUILDERS)
+
+
+def get(name, num_classes, input_shape, **kwargs):
+    """Builds a fresh model by name.
+
+    Args:
+        name: a registered name (see `names()`), `"keras.applications:<Name>"` for
+            any `keras.applications` architecture (built without weights, with
+            `classifier_activation=None` so it returns logits), or a `keras.Model`,
+            which is returned as it is (bring your own teacher or student).
+        num_classes: number of classes of the logits.
+        input_shape: shape of one input example, without the batch axis.
+        **kwargs: passed to the builder (for example `synchronized=True` for
+            zoo models with BatchNorm).
+
+    Returns:
+        A `keras.Model` mapping inputs to logits `[batch, num_classes]`.
+
+    Raises:
+        ValueError: if `name` is unknown.
+
+    Example:
+
+    >>> model = keras_cskd.models.get("digits_mlp", num_classes=10,
+    ...                               input_shape=(8, 8, 1))
+    >>> model.output_shape
+    (None, 10)
+    """
+    if isinstance(name, keras.Model):
+        return name
+    if isinstance(name, str) and name.startswith("keras.applications:"):
+        return _keras_application(name.split(":", 1)[1], num_classes, input_shape)
+    if name not in _BUILDERS:
+        close = difflib.get_close_matches(str(name), _BUILDERS, n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(
+            f"Unknown model '{name}'.{hint} Known models: {', '.join(names())}; "
+            "or 'keras.applications:<Name>' for a keras.applications architecture."
+        )
+    return _BUILDERS[name](num_classes=num_classes, input_shape=tuple(input_shape),
+                           **kwargs)
+
+
+def _keras_application(class_name, num_classes, input_shape):
+    builder = getattr(keras.applications, class_name, None)
+    if builder is None or not callable(builder):
+        raise ValueError(
+            f"Unknown keras.applications architecture '{class_name}' "
+            "(for example 'keras.applications:ResNet50')."
+        )
+    return builder(
+        weights=None,
+        input_shape=tuple(input_shape),
+        classes=num_classes,
+        classifier_activation=None,
+    )
