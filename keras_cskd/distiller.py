@@ -94,6 +94,8 @@ class Distiller(keras.Model):
         self.ce_loss_tracker = keras.metrics.Mean(name="ce_loss")
         self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+        # Built models make a built Distiller (BackupAndRestore needs that).
+        self.built = bool(teacher.built and student.built)
 
     @property
     def metrics(self):

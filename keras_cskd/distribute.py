@@ -1,0 +1,75 @@
+"""Choosing a `tf.distribute` strategy by name."""
+
+import json
+import os
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "none", "mirrored", "multiworker", "tpu")
+
+
+def split_cpu(num_devices):
+    """Splits the CPU into `num_devices` logical devices (for testing
+    MirroredStrategy without GPUs). Must run before TensorFlow initialises
+    its devices, i.e. before any op runs."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices
+    )
+
+
+def get_strategy(name="auto"):
+    """Returns the `tf.distribute.Strategy` called `name`.
+
+    Args:
+        name: `"auto"` (MirroredStrategy over all visible GPUs when there is
+            more than one, else the default strategy), `"none"` (the default
+            strategy), `"mirrored"` (MirroredStrategy over all GPUs, or over
+            all logical CPU devices when there is no GPU), `"multiworker"`
+            (MultiWorkerMirroredStrategy configured from the `TF_CONFIG`
+            environment variable) or `"tpu"` (TPUStrategy through TensorFlow's
+            cluster resolver).
+
+    Raises:
+        ValueError: for an unknown name, or `"multiworker"` without `TF_CONFIG`.
+
+    Example:
+
+    >>> strategy = get_strategy("mirrored")
+    >>> with strategy.scope():
+    ...     distiller = keras_cskd.Distiller(teacher, student, "cskd")
+    """
+    if name not in STRATEGIES:
+        raise ValueError(
+            f"Unknown strategy '{name}'. Choose one of: {', '.join(STRATEGIES)}."
+        )
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "none" or (name == "auto" and len(gpus) < 2):
+        return tf.distribute.get_strategy()
+    if name in ("auto", "mirrored"):
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError(
+                "strategy 'multiworker' needs the TF_CONFIG environment variable "
+                "(the cluster and this worker's task); see the README."
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def is_chief():
+    """Whether this process writes the run's artefacts: true unless `TF_CONFIG`
+    names this task a worker other than worker 0 (or the chief)."""
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    kind, index = task.get("type"), task.get("index", 0)
+    return kind in (None, "chief") or (kind == "worker" and index == 0 and not _has_chief())
+
+
+def _has_chief():
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    return bool(cluster.get("chief"))

@@ -1,0 +1,65 @@
+"""Train or distil a model from a config file.
+
+    python train.py                                   # configs/digits_cskd.py
+    python train.py --config=configs/digits_kd.py --config.epochs=5
+    python train.py --config=configs/digits_teacher.py   # rebuild the teacher
+    python train.py --list                            # methods, models, configs
+
+Everything goes under --workdir (default runs/<config name>): config.json,
+log.csv, tensorboard/, student.keras, export/ and summary.json.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/digits_cskd.py", "Experiment config file (get_config())."
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (runs/<config>).")
+_LOGICAL_CPUS = flags.DEFINE_integer(
+    "logical_cpus", 0, "Split the CPU into this many logical devices (testing "
+    "MirroredStrategy without GPUs)."
+)
+_LIST = flags.DEFINE_bool("list", False, "List methods, models and configs, then exit.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of errors.")
+
+
+def main(argv):
+    del argv
+    if _LOGICAL_CPUS.value:
+        from keras_cskd import distribute
+
+        distribute.split_cpu(_LOGICAL_CPUS.value)
+    from keras_cskd import losses, models, training
+
+    if _LIST.value:
+        configs = sorted(p.stem for p in Path(__file__).parent.glob("configs/*.py"))
+        print("methods:", "scratch,", ", ".join(losses.names()))
+        print("models: ", ", ".join(models.names()))
+        print("configs:", ", ".join(configs))
+        return 0
+    config = _CONFIG.value
+    if not config.name:
+        config.name = Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
+    workdir = _WORKDIR.value or os.path.join("runs", config.name)
+    try:
+        summary = training.run(config, workdir)
+    except Exception as error:  # noqa: BLE001  one line for users, --verbose for all
+        if _VERBOSE.value:
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(f"error: {type(error).__name__}: {message}", file=sys.stderr)
+        return 1
+    print(training.format_summary(summary))
+    print(f"Results in {workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))
