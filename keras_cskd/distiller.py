@@ -124,6 +124,22 @@ class Distiller(keras.Model):
         callbacks = [*(callbacks or []), _EpochCounter()]
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds the compiled metrics from a batch it averages with
+        # strategy.reduce, which fails on MultiWorkerMirroredStrategy's
+        # per-replica batches (Keras 3.15); one replica's shard builds them alike.
+        if iterator is not None and isinstance(
+            self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy
+        ):
+            for _, _, batches in iterator:
+                data_batch = keras.tree.map_structure(
+                    lambda v: self.distribute_strategy.experimental_local_results(v)[0],
+                    next(batches),
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def train_step(self, data):
         x, y = _unpack(data)
         teacher_logits = self._teacher_logits(x)
@@ -217,7 +233,12 @@ class Distiller(keras.Model):
         ):
             tracker.update_state(terms[tracker.name], sample_weight=batch_size)
         self.accuracy_tracker.update_state(terms["correct"])
-        return self.compute_metrics(x, y, student_logits, sample_weight=None)
+        logs = self.compute_metrics(x, y, student_logits, sample_weight=None)
+        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3.15 reduces step logs across workers along axis 0, which
+            # scalars lack; epoch logs are read from the metrics themselves.
+            logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+        return logs
 
     def get_config(self):
         config = super().get_config()

@@ -43,12 +43,8 @@ def get_strategy(name="auto"):
         raise ValueError(
             f"Unknown strategy '{name}'. Choose one of: {', '.join(STRATEGIES)}."
         )
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "none" or (name == "auto" and len(gpus) < 2):
-        return tf.distribute.get_strategy()
-    if name in ("auto", "mirrored"):
-        devices = gpus or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    # MultiWorkerMirroredStrategy must come before anything that initialises
+    # TensorFlow's devices (even listing them).
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError(
@@ -56,20 +52,24 @@ def get_strategy(name="auto"):
                 "(the cluster and this worker's task); see the README."
             )
         return tf.distribute.MultiWorkerMirroredStrategy()
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "none" or (name == "auto" and len(gpus) < 2):
+        return tf.distribute.get_strategy()
+    devices = gpus or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
 
 
 def is_chief():
-    """Whether this process writes the run's artefacts: true unless `TF_CONFIG`
-    names this task a worker other than worker 0 (or the chief)."""
-    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    """Whether this process writes the run's artefacts: true without `TF_CONFIG`,
+    for the chief, and for worker 0 of a cluster that has no chief."""
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task = tf_config.get("task", {})
     kind, index = task.get("type"), task.get("index", 0)
-    return kind in (None, "chief") or (kind == "worker" and index == 0 and not _has_chief())
-
-
-def _has_chief():
-    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-    return bool(cluster.get("chief"))
+    if kind in (None, "chief"):
+        return True
+    return kind == "worker" and index == 0 and not tf_config["cluster"].get("chief")

@@ -3,9 +3,20 @@
 from keras_cskd.losses.base import LogitsDistillationLoss
 from keras_cskd.losses.cskd import CSKD
 from keras_cskd.losses.cswt import CSWT
+from keras_cskd.losses.dist import DIST
+from keras_cskd.losses.dkd import DKD
 from keras_cskd.losses.kd import KD
+from keras_cskd.losses.lskd import LSKD
+from keras_cskd.losses.skd import SKD
 
-_LOSSES = {"kd": KD, "cskd": CSKD}
+_LOSSES = {
+    "kd": KD,
+    "cskd": CSKD,
+    "skd": SKD,
+    "lskd": LSKD,
+    "dkd": DKD,
+    "dist": DIST,
+}
 
 
 def names():
@@ -29,4 +40,15 @@ def get(name, **kwargs):
     return _LOSSES[key](**kwargs)
 
 
-__all__ = ["CSKD", "CSWT", "KD", "LogitsDistillationLoss", "get", "names"]
+__all__ = [
+    "CSKD",
+    "CSWT",
+    "DIST",
+    "DKD",
+    "KD",
+    "LSKD",
+    "LogitsDistillationLoss",
+    "SKD",
+    "get",
+    "names",
+]

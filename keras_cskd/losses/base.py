@@ -77,6 +77,15 @@ class LogitsDistillationLoss(keras.distillation.DistillationLoss):
     def call(self, teacher_logits, student_logits, labels=None, **kwargs):
         raise NotImplementedError
 
+    def student_logits_for_ce(self, student_logits):
+        """Returns the logits the student's cross-entropy should use.
+
+        The student's own logits for every loss but `SKD(normalize_student_ce=
+        True)`, whose official code applies the cross-entropy to the normalised
+        student logits.
+        """
+        return student_logits
+
     def validate_outputs(self, teacher_outputs, student_outputs):
         teacher_shape = tuple(teacher_outputs.shape)
         student_shape = tuple(student_outputs.shape)
@@ -86,7 +95,7 @@ class LogitsDistillationLoss(keras.distillation.DistillationLoss):
                 f"got teacher {teacher_shape} and student {student_shape}."
             )
         for teacher_dim, student_dim, what in zip(
-            teacher_shape, student_shape, ("batch sizes", "class counts")
+            teacher_shape, student_shape, ("batch sizes", "class counts"), strict=True
         ):
             if None not in (teacher_dim, student_dim) and teacher_dim != student_dim:
                 raise ValueError(

@@ -1,0 +1,77 @@
+"""Trains a fixed student for five steps; run by test_distributed.py.
+
+    python distributed_job.py OUT.npz LOSS [--logical_cpus=N] [--strategy=NAME]
+
+Writes the student's weights and the logged values. With TF_CONFIG set and
+--strategy=multiworker, each process is one worker of a MultiWorkerMirroredStrategy.
+"""
+
+import argparse
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def build_loss(name):
+    from keras_cskd import losses
+
+    return {
+        "kd": lambda: losses.KD(),
+        "cskd": lambda: losses.CSKD(cswt=None),
+        "cskd_cswt": lambda: losses.CSKD(),
+        "kd_cswt": lambda: losses.KD(temperature=losses.CSWT()),
+        "cskd_per_replica": lambda: losses.CSKD(global_batch=False),
+        "dist": lambda: losses.get("dist"),
+        "dkd": lambda: losses.get("dkd"),
+    }[name]()
+
+
+def train(loss_name, strategy, global_batch=32, steps=5):
+    """Five SGD steps of a digits student; returns (weights, history)."""
+    import keras
+    import tensorflow as tf
+
+    import keras_cskd
+    from keras_cskd.data import digits_arrays
+
+    x, y = digits_arrays()["train"]
+    x, y = x[: global_batch * steps], y[: global_batch * steps]
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        teacher = keras_cskd.models.get("digits_cnn", 10, (8, 8, 1), width=8)
+        student = keras_cskd.models.get("digits_mlp", 10, (8, 8, 1))
+        distiller = keras_cskd.Distiller(teacher, student, build_loss(loss_name))
+        distiller.compile(keras.optimizers.SGD(0.5, momentum=0.9))
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(global_batch)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    history = distiller.fit(dataset.with_options(options), epochs=1, verbose=0)
+    weights = [w.numpy() for w in student.weights]
+    return weights, {k: float(v[-1]) for k, v in history.history.items()}
+
+
+def main():
+    import keras
+
+    keras.config.disable_traceback_filtering()
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("loss")
+    parser.add_argument("--strategy", default="none")
+    parser.add_argument("--logical_cpus", type=int, default=0)
+    args = parser.parse_args()
+    import numpy as np
+
+    from keras_cskd import distribute
+
+    if args.logical_cpus:
+        distribute.split_cpu(args.logical_cpus)
+    weights, logs = train(args.loss, distribute.get_strategy(args.strategy))
+    if distribute.is_chief():
+        np.savez(args.out, *weights, **{f"log_{k}": v for k, v in logs.items()})
+
+
+if __name__ == "__main__":
+    main()

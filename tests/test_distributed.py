@@ -1,0 +1,86 @@
+"""N replicas train exactly like one device on the same global batch."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from distributed_job import train
+
+LOSSES = ["kd", "cskd", "cskd_cswt", "kd_cswt", "dist", "dkd"]
+TOLERANCE = 1e-5
+
+
+def two_cpus():
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def assert_same_training(one, other):
+    (weights_a, logs_a), (weights_b, logs_b) = one, other
+    for a, b in zip(weights_a, weights_b, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=TOLERANCE)
+    assert logs_a.keys() == logs_b.keys()
+    for key in logs_a:
+        np.testing.assert_allclose(logs_a[key], logs_b[key], rtol=0, atol=TOLERANCE,
+                                   err_msg=key)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_mirrored_two_replicas_equal_one_device(loss):
+    single = train(loss, tf.distribute.get_strategy())
+    mirrored = train(loss, two_cpus())
+    assert_same_training(single, mirrored)
+
+
+def test_per_replica_switch_changes_batch_wise_losses():
+    (single_weights, single_logs) = train("cskd_per_replica", tf.distribute.get_strategy())
+    (weights, logs) = train("cskd_per_replica", two_cpus())
+    difference = max(np.abs(a - b).max() for a, b in zip(single_weights, weights))
+    assert difference > 100 * TOLERANCE
+    # The cross-entropy is per sample, so it is still the same global value
+    # at the first step; the distillation loss, on shards, is not.
+    assert abs(logs["distillation_loss"] - single_logs["distillation_loss"]) > TOLERANCE
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_worker_processes_equal_one_process(tmp_path):
+    job = Path(__file__).with_name("distributed_job.py")
+    env = {**os.environ, "PYTHONPATH": str(job.parent)}
+    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(job), str(tmp_path / "multi.npz"), "cskd_cswt",
+                 "--strategy=multiworker"],
+                env={**env, "TF_CONFIG": json.dumps(tf_config)},
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )
+        )
+    try:
+        outputs = [p.communicate(timeout=240)[0] for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+    assert all(p.returncode == 0 for p in processes), "\n".join(outputs)[-3000:]
+    subprocess.run(
+        [sys.executable, str(job), str(tmp_path / "single.npz"), "cskd_cswt"],
+        env=env, check=True, timeout=240, capture_output=True,
+    )
+    multi, single = np.load(tmp_path / "multi.npz"), np.load(tmp_path / "single.npz")
+    assert sorted(multi.files) == sorted(single.files)
+    for key in single.files:
+        np.testing.assert_allclose(multi[key], single[key], rtol=0, atol=TOLERANCE,
+                                   err_msg=key)

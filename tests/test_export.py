@@ -1,0 +1,306 @@
+"""Specification of `keras_cskd.export`: artefacts, parity, atomicity, loading, CLI."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+
+from keras_cskd import data, models
+from keras_cskd import export as export_lib
+
+ALL_FORMATS = tuple(export_lib.FORMATS)
+TFLITE_FORMATS = tuple(name for name in ALL_FORMATS if name != "savedmodel")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load("digits")
+
+
+@pytest.fixture(scope="module")
+def test_split(digits):
+    return data.to_numpy(digits.test)
+
+
+@pytest.fixture(scope="module")
+def student(digits):
+    """A digits MLP wide enough (19k weights) for quantization to matter."""
+    keras.utils.set_random_seed(0)
+    model = models.get("digits_mlp", 10, (8, 8, 1), hidden=256)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(data.pipeline(digits.train, 64, training=True, seed=0), epochs=10,
+              verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def export_dir(student, digits, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("all_formats") / "export"
+    export_lib.export(student, directory, formats=ALL_FORMATS,
+                      representative_data=digits.train)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def report(student, export_dir, test_split):
+    return export_lib.evaluate_exports(student, export_dir, *test_split,
+                                       latency_runs=20)
+
+
+@pytest.fixture(scope="module")
+def compact_int8_report(student, digits, test_split, tmp_path_factory):
+    """Full-integer export with int8 I/O and per-tensor Dense kernels."""
+    directory = tmp_path_factory.mktemp("compact_int8") / "export"
+    export_lib.export(student, directory, formats=("tflite", "tflite_int8"),
+                      representative_data=digits.train, int8_io=True,
+                      int8_per_channel=False)
+    return export_lib.evaluate_exports(student, directory, *test_split,
+                                       latency_runs=5)
+
+
+@pytest.fixture()
+def lambda_keras_file(tmp_path):
+    inputs = keras.Input((8, 8, 1), name="images")
+    scaled = keras.layers.Lambda(lambda images: 2.0 * images)(inputs)
+    flat = keras.layers.Flatten()(scaled)
+    model = keras.Model(inputs, keras.layers.Dense(10)(flat))
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    return path
+
+
+def _snapshot(directory):
+    return {
+        str(path.relative_to(directory)): path.read_bytes()
+        for path in sorted(directory.rglob("*")) if path.is_file()
+    }
+
+
+def _run_cli(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "-m", "keras_cskd.export", *args],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+
+
+def test_every_format_is_written_with_a_manifest_and_a_report(export_dir, report):
+    manifest = json.loads((export_dir / export_lib.MANIFEST_NAME).read_text())
+    assert tuple(manifest["formats"]) == ALL_FORMATS
+    for name, file in export_lib.FORMATS.items():
+        assert (export_dir / file).exists(), name
+    assert (export_dir / "savedmodel" / "saved_model.pb").is_file()
+    written = json.loads((export_dir / export_lib.REPORT_NAME).read_text())
+    assert written == report
+    assert tuple(report["artefacts"]) == ALL_FORMATS
+
+
+def test_float32_tflite_and_savedmodel_match_keras_logits(
+    student, export_dir, test_split
+):
+    images, _ = test_split
+    keras_logits = np.asarray(student(images, training=False))
+
+    serving = tf.saved_model.load(str(export_dir / "savedmodel")).signatures[
+        "serving_default"]
+    savedmodel_logits = serving(images=tf.constant(images))["logits"].numpy()
+
+    interpreter = Interpreter(model_path=str(export_dir / "model_float32.tflite"))
+    (inputs,), (outputs,) = (interpreter.get_input_details(),
+                             interpreter.get_output_details())
+    interpreter.resize_tensor_input(inputs["index"], images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inputs["index"], images)
+    interpreter.invoke()
+    tflite_logits = interpreter.get_tensor(outputs["index"])
+
+    for logits in (savedmodel_logits, tflite_logits):
+        np.testing.assert_allclose(logits, keras_logits, atol=1e-4, rtol=0)
+        agreement = np.mean(logits.argmax(-1) == keras_logits.argmax(-1))
+        assert agreement >= 0.999
+
+
+def test_report_measures_float32_parity(report):
+    for name in ("savedmodel", "tflite"):
+        entry = report["artefacts"][name]
+        assert entry["max_abs_logit_diff"] <= 1e-4
+        assert entry["agreement"] >= 0.999
+        assert entry["accuracy"] == pytest.approx(report["keras"]["accuracy"],
+                                                  abs=1e-3)
+
+
+def test_float16_agrees_with_keras(report):
+    assert report["artefacts"]["tflite_float16"]["agreement"] >= 0.99
+
+
+def test_int8_variants_lose_at_most_two_points(report):
+    keras_accuracy = report["keras"]["accuracy"]
+    for name in ("tflite_dynamic_range", "tflite_int8"):
+        assert report["artefacts"][name]["accuracy"] >= keras_accuracy - 0.02, name
+
+
+def test_int8_variants_are_small(report, compact_int8_report):
+    float32_size = report["artefacts"]["tflite"]["size_bytes"]
+    sizes = {name: entry["size_bytes"] for name, entry in report["artefacts"].items()}
+    assert sizes["tflite_dynamic_range"] <= 0.35 * float32_size
+    # Per-channel Dense quantization stores a float32 scale and an int64 zero
+    # point per output channel for the kernel and again for the bias: 24 bytes
+    # beside 64 int8 weights per hidden unit (fan-in 64), so about 37% here.
+    assert sizes["tflite_int8"] <= 0.40 * float32_size
+    compact = compact_int8_report["artefacts"]
+    assert compact["tflite_int8"]["size_bytes"] <= 0.35 * compact["tflite"][
+        "size_bytes"]
+
+
+def test_int8_io_export_takes_int8_and_keeps_accuracy(compact_int8_report):
+    entry = compact_int8_report["artefacts"]["tflite_int8"]
+    assert (entry["input_dtype"], entry["output_dtype"]) == ("int8", "int8")
+    keras_accuracy = compact_int8_report["keras"]["accuracy"]
+    assert entry["accuracy"] >= keras_accuracy - 0.02
+
+
+@pytest.mark.parametrize("name", TFLITE_FORMATS)
+def test_tflite_files_use_builtin_ops_only(export_dir, report, name):
+    operators = export_lib.tflite_operators(export_dir / export_lib.FORMATS[name])
+    assert "FULLY_CONNECTED" in operators
+    assert not [op for op in operators if op.startswith("CUSTOM")]
+    assert report["artefacts"][name]["builtin_ops_only"] is True
+
+
+def test_format_table_has_a_row_per_artefact(report):
+    table = export_lib.format_table(report)
+    for name in ALL_FORMATS:
+        assert re.search(rf"^{name}\s", table, flags=re.MULTILINE), name
+
+
+def test_failed_export_leaves_previous_export_intact(
+    student, digits, export_dir, tmp_path, monkeypatch
+):
+    target = tmp_path / "export"
+    shutil.copytree(export_dir, target)
+    before = _snapshot(target)
+    from_saved_model = tf.lite.TFLiteConverter.from_saved_model
+    calls = []
+
+    def fail_on_second_conversion(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise RuntimeError("simulated converter crash")
+        return from_saved_model(*args, **kwargs)
+
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_saved_model",
+                        fail_on_second_conversion)
+    with pytest.raises(RuntimeError, match="simulated converter crash"):
+        export_lib.export(student, target, formats=ALL_FORMATS,
+                          representative_data=digits.train)
+    assert len(calls) == 2  # The SavedModel and float32 file were written.
+    assert _snapshot(target) == before
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_export_replaces_previous_export_as_a_whole(
+    student, export_dir, tmp_path
+):
+    target = tmp_path / "export"
+    shutil.copytree(export_dir, target)
+    paths = export_lib.export(student, target, formats="tflite")
+    assert paths == {"tflite": target / "model_float32.tflite"}
+    assert sorted(path.name for path in target.iterdir()) == [
+        export_lib.MANIFEST_NAME, "model_float32.tflite"]
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_export_refuses_to_replace_an_unrelated_directory(student, tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="Refusing to replace"):
+        export_lib.export(student, tmp_path, formats="tflite")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_bad_arguments_are_refused_before_writing(student, tmp_path):
+    with pytest.raises(ValueError, match="Unknown export format 'tflite_int4'"):
+        export_lib.export(student, tmp_path / "export", formats="tflite,tflite_int4")
+    with pytest.raises(ValueError, match="representative_data"):
+        export_lib.export(student, tmp_path / "export", formats="tflite_int8")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lambda_file_is_refused_by_default(lambda_keras_file):
+    with pytest.raises(ValueError, match="arbitrary code") as error:
+        export_lib.load_student(lambda_keras_file)
+    assert "safe_mode=False" in str(error.value)
+    assert "--unsafe_deserialization" in str(error.value)
+
+
+def test_lambda_file_loads_with_explicit_option(lambda_keras_file):
+    model = export_lib.load_student(lambda_keras_file, safe_mode=False)
+    assert model(np.zeros((1, 8, 8, 1), "float32")).shape == (1, 10)
+
+
+def test_corrupt_keras_files_give_a_clear_error(student, tmp_path):
+    garbage = tmp_path / "garbage.keras"
+    garbage.write_bytes(b"definitely not a zip archive")
+    student.save(tmp_path / "good.keras")
+    truncated = tmp_path / "truncated.keras"
+    content = (tmp_path / "good.keras").read_bytes()
+    truncated.write_bytes(content[: len(content) // 2])
+    for path in (garbage, truncated):
+        with pytest.raises(ValueError, match=r"is corrupt"):
+            export_lib.load_student(path)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model=missing.keras"], "No such file"),
+        (["--model={good}", "--formats=tflite,onnx"], "Unknown export format 'onnx'"),
+        (["--model={corrupt}"], "is corrupt"),
+        (["--model={code}"], "error: Refusing to load"),
+        (["--formats=tflite"], "the following arguments are required: --model"),
+    ],
+)
+def test_cli_user_errors_are_one_line(
+    student, lambda_keras_file, tmp_path, capsys, args, message
+):
+    student.save(tmp_path / "good.keras")
+    (tmp_path / "corrupt.keras").write_bytes(b"\x00" * 64)
+    paths = {"good": tmp_path / "good.keras", "corrupt": tmp_path / "corrupt.keras",
+             "code": lambda_keras_file}
+    argv = [arg.format(**paths) for arg in args] + [f"--output={tmp_path / 'out'}"]
+    try:
+        code = export_lib.main(argv)
+    except SystemExit as exit_:  # argparse usage errors exit directly.
+        code = exit_.code
+    assert code != 0
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and stderr.startswith("error: ")
+    assert message in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_exports_and_prints_the_table(student, tmp_path):
+    student.save(tmp_path / "student.keras")
+    output = tmp_path / "export"
+    result = _run_cli(
+        f"--model={tmp_path / 'student.keras'}", "--dataset=digits",
+        "--formats=savedmodel,tflite,tflite_int8", f"--output={output}",
+        "--calibration_batches=5",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("savedmodel", "tflite", "tflite_int8"):
+        assert re.search(rf"^{name}\s", result.stdout, flags=re.MULTILINE), name
+    written = json.loads((output / export_lib.REPORT_NAME).read_text())
+    assert tuple(written["artefacts"]) == ("savedmodel", "tflite", "tflite_int8")
+    manifest = json.loads((output / export_lib.MANIFEST_NAME).read_text())
+    assert manifest["calibration_examples"] == 5 * 32
