@@ -23,8 +23,10 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (runs/<config>).")
 _LOGICAL_CPUS = flags.DEFINE_integer(
-    "logical_cpus", 0, "Split the CPU into this many logical devices (testing "
-    "MirroredStrategy without GPUs)."
+    "logical_cpus",
+    0,
+    "Split the CPU into this many logical devices (testing "
+    "MirroredStrategy without GPUs).",
 )
 _LIST = flags.DEFINE_bool("list", False, "List methods, models and configs, then exit.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of errors.")

@@ -75,10 +75,14 @@ class Distiller(keras.Model):
             ("student_loss_weight", student_loss_weight),
             ("distillation_loss_weight", distillation_loss_weight),
         ):
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or (
-                weight < 0
+            if (
+                isinstance(weight, bool)
+                or not isinstance(weight, (int, float))
+                or (weight < 0)
             ):
-                raise ValueError(f"`{weight_name}` must be a number >= 0, got {weight!r}.")
+                raise ValueError(
+                    f"`{weight_name}` must be a number >= 0, got {weight!r}."
+                )
         self.teacher = teacher
         self.teacher.trainable = False
         self.student = student
@@ -155,7 +159,7 @@ class Distiller(keras.Model):
             replica_loss = self.optimizer.scale_loss(replica_loss)
         variables = self.student.trainable_variables
         gradients = tape.gradient(replica_loss, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         return self._update_metrics(x, y, student_logits, terms)
 
     def test_step(self, data):
@@ -174,9 +178,15 @@ class Distiller(keras.Model):
         teacher_logits, student_logits, y, replica_ids = _global_batch(
             teacher_logits, student_logits, y
         )
-        ce_loss = ops.mean(cross_entropy(y, student_logits))
+        # SKD can ask for its normalised logits in the cross-entropy too.
+        ce_logits = getattr(
+            self.distillation_loss, "student_logits_for_ce", lambda logits: logits
+        )(student_logits)
+        ce_loss = ops.mean(cross_entropy(y, ce_logits))
         if replica_ids is None or getattr(self.distillation_loss, "global_batch", True):
-            distillation_loss = self._distillation_loss(teacher_logits, student_logits, y)
+            distillation_loss = self._distillation_loss(
+                teacher_logits, student_logits, y
+            )
         else:
             distillation_loss = self._mean_over_shards(
                 teacher_logits, student_logits, y, replica_ids
@@ -207,8 +217,10 @@ class Distiller(keras.Model):
             in_shard = ops.equal(replica_ids, replica)
             shard_size = ops.sum(ops.cast(in_shard, "float32"))
             loss = self._distillation_loss(
-                *(tf.boolean_mask(t, in_shard) for t in (
-                    teacher_logits, student_logits, labels))
+                *(
+                    tf.boolean_mask(t, in_shard)
+                    for t in (teacher_logits, student_logits, labels)
+                )
             )
             total += ops.where(shard_size > 0, loss * shard_size, 0.0)
         return total / ops.cast(ops.shape(labels)[0], "float32")
@@ -234,7 +246,9 @@ class Distiller(keras.Model):
             tracker.update_state(terms[tracker.name], sample_weight=batch_size)
         self.accuracy_tracker.update_state(terms["correct"])
         logs = self.compute_metrics(x, y, student_logits, sample_weight=None)
-        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        if isinstance(
+            self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy
+        ):
             # Keras 3.15 reduces step logs across workers along axis 0, which
             # scalars lack; epoch logs are read from the metrics themselves.
             logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
@@ -370,6 +384,9 @@ def _static_shape(model, which):
         shape = getattr(model, f"{which}_shape")
     except (AttributeError, ValueError):
         return None  # a subclassed model that has not been built
-    return tuple(shape) if isinstance(shape, (tuple, list)) and (
-        not shape or not isinstance(shape[0], (tuple, list))
-    ) else None
+    return (
+        tuple(shape)
+        if isinstance(shape, (tuple, list))
+        and (not shape or not isinstance(shape[0], (tuple, list)))
+        else None
+    )

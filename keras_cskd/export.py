@@ -79,8 +79,11 @@ def load_student(path, safe_mode=True):
     if "config.json" not in names or broken_member is not None:
         raise ValueError(
             f"{path} is corrupt: "
-            + ("no config.json inside." if broken_member is None
-               else f"'{broken_member}' fails its CRC check.")
+            + (
+                "no config.json inside."
+                if broken_member is None
+                else f"'{broken_member}' fails its CRC check."
+            )
         )
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
@@ -225,12 +228,15 @@ def export(
             calibration = None
             if name == "tflite_int8":
                 calibration = _calibration_batches(
-                    representative_data, input_spec, calibration_batches,
+                    representative_data,
+                    input_spec,
+                    calibration_batches,
                     calibration_batch_size,
                 )
                 calibration_examples = sum(len(batch) for batch in calibration)
-            flatbuffer = _convert(saved_model, name, calibration, int8_io,
-                                  int8_per_channel)
+            flatbuffer = _convert(
+                saved_model, name, calibration, int8_io, int8_per_channel
+            )
             (staging / FORMATS[name]).write_bytes(flatbuffer)
         if "savedmodel" not in formats:
             shutil.rmtree(saved_model)
@@ -412,26 +418,36 @@ def format_table(report):
         f"Keras student: {keras_row['parameters']:,} parameters, accuracy "
         f"{100 * keras_row['accuracy']:.2f}% on {report['num_examples']} examples",
     ]
-    header = ("format", "size (bytes)", "accuracy", "agreement", "max |dlogit|",
-              "latency (ms)", "builtin ops")
+    header = (
+        "format",
+        "size (bytes)",
+        "accuracy",
+        "agreement",
+        "max |dlogit|",
+        "latency (ms)",
+        "builtin ops",
+    )
     rows = []
     for name, entry in report["artefacts"].items():
         builtin = entry.get("builtin_ops_only")
-        rows.append((
-            name,
-            f"{entry['size_bytes']:,}",
-            f"{100 * entry['accuracy']:.2f}%",
-            f"{100 * entry['agreement']:.2f}%",
-            f"{entry['max_abs_logit_diff']:.2e}",
-            f"{entry['latency_ms']:.3f}",
-            "n/a" if builtin is None else ("yes" if builtin else "NO"),
-        ))
+        rows.append(
+            (
+                name,
+                f"{entry['size_bytes']:,}",
+                f"{100 * entry['accuracy']:.2f}%",
+                f"{100 * entry['agreement']:.2f}%",
+                f"{entry['max_abs_logit_diff']:.2e}",
+                f"{entry['latency_ms']:.3f}",
+                "n/a" if builtin is None else ("yes" if builtin else "NO"),
+            )
+        )
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
 
     def line(row):
         cells = [row[0].ljust(widths[0])]
-        cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:],
-                                                            strict=True)]
+        cells += [
+            cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)
+        ]
         return "  ".join(cells)
 
     lines += [line(header), line(tuple("-" * width for width in widths))]
@@ -462,19 +478,33 @@ def main(argv=None):
         "report each artefact's accuracy, size and latency.",
     )
     parser.add_argument("--model", required=True, help="the student, a .keras file")
-    parser.add_argument("--dataset", default="digits",
-                        help="dataset name for calibration (train) and the "
-                        "report (test); default: digits")
-    parser.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
-                        help=f"comma-separated, from: {', '.join(FORMATS)}")
+    parser.add_argument(
+        "--dataset",
+        default="digits",
+        help="dataset name for calibration (train) and the "
+        "report (test); default: digits",
+    )
+    parser.add_argument(
+        "--formats",
+        default=",".join(DEFAULT_FORMATS),
+        help=f"comma-separated, from: {', '.join(FORMATS)}",
+    )
     parser.add_argument("--output", required=True, help="the export directory")
-    parser.add_argument("--calibration_batches", type=int, default=20,
-                        help="int8 calibration batches of 32 training images")
-    parser.add_argument("--int8_io", action="store_true",
-                        help="int8 inputs and outputs for tflite_int8")
-    parser.add_argument("--unsafe_deserialization", action="store_true",
-                        help="allow .keras files holding Python code (Lambda "
-                        "layers); this can execute arbitrary code")
+    parser.add_argument(
+        "--calibration_batches",
+        type=int,
+        default=20,
+        help="int8 calibration batches of 32 training images",
+    )
+    parser.add_argument(
+        "--int8_io", action="store_true", help="int8 inputs and outputs for tflite_int8"
+    )
+    parser.add_argument(
+        "--unsafe_deserialization",
+        action="store_true",
+        help="allow .keras files holding Python code (Lambda "
+        "layers); this can execute arbitrary code",
+    )
     args = parser.parse_args(argv)
     try:
         from keras_cskd import data
@@ -490,9 +520,14 @@ def main(argv=None):
                 f"The model takes inputs of shape {model_shape} but dataset "
                 f"'{args.dataset}' has images of shape {tuple(dataset.input_shape)}."
             )
-        export(student, args.output, formats=formats,
-               representative_data=dataset.train,
-               calibration_batches=args.calibration_batches, int8_io=args.int8_io)
+        export(
+            student,
+            args.output,
+            formats=formats,
+            representative_data=dataset.train,
+            calibration_batches=args.calibration_batches,
+            int8_io=args.int8_io,
+        )
         images, labels = data.to_numpy(dataset.test)
         report = evaluate_exports(student, args.output, images, labels)
     except (ValueError, OSError) as error:
@@ -526,8 +561,9 @@ def _input_spec(student):
             f"Export needs a student with one image input; this one has {len(inputs)}."
         )
     shape = tuple(inputs[0].shape)
-    return tf.TensorSpec((None, *shape[1:]), tf.as_dtype(inputs[0].dtype),
-                         name=INPUT_NAME)
+    return tf.TensorSpec(
+        (None, *shape[1:]), tf.as_dtype(inputs[0].dtype), name=INPUT_NAME
+    )
 
 
 def _write_saved_model(student, input_spec, path):
@@ -566,8 +602,10 @@ def _calibration_batches(representative_data, input_spec, num_batches, batch_siz
             f"{dataset.element_spec.shape}; the student takes {input_spec.shape}."
         )
     dtype = input_spec.dtype.as_numpy_dtype
-    batches = [np.asarray(batch, dtype) for batch in
-               dataset.take(num_batches).as_numpy_iterator()]
+    batches = [
+        np.asarray(batch, dtype)
+        for batch in dataset.take(num_batches).as_numpy_iterator()
+    ]
     if not batches:
         raise ValueError(
             "`representative_data` is empty; int8 calibration needs images."
@@ -613,16 +651,20 @@ class _SavedModelRunner:
         return self._function(**{INPUT_NAME: tf.constant(batch)})[OUTPUT_NAME]
 
     def predict(self, images, batch_size):
-        return np.concatenate([
-            np.asarray(self._call(images[i:i + batch_size]), np.float64)
-            for i in range(0, len(images), batch_size)
-        ])
+        return np.concatenate(
+            [
+                np.asarray(self._call(images[i : i + batch_size]), np.float64)
+                for i in range(0, len(images), batch_size)
+            ]
+        )
 
     def latency_ms(self, images, runs):
         batches = [tf.constant(images[i % len(images)][None]) for i in range(runs)]
         self._function(**{INPUT_NAME: batches[0]})  # Warm-up: traces and allocates.
-        return _median_ms(lambda batch: self._function(**{INPUT_NAME: batch})[
-            OUTPUT_NAME].numpy(), batches)
+        return _median_ms(
+            lambda batch: self._function(**{INPUT_NAME: batch})[OUTPUT_NAME].numpy(),
+            batches,
+        )
 
 
 class _TFLiteRunner:
@@ -653,8 +695,9 @@ class _TFLiteRunner:
             return images.astype(dtype)
         scale, zero_point = self._input["quantization"]
         info = np.iinfo(dtype)
-        return np.clip(np.round(images / scale + zero_point), info.min,
-                       info.max).astype(dtype)
+        return np.clip(
+            np.round(images / scale + zero_point), info.min, info.max
+        ).astype(dtype)
 
     def _dequantize(self, outputs):
         if not np.issubdtype(outputs.dtype, np.integer):
@@ -671,7 +714,7 @@ class _TFLiteRunner:
         images = self._quantize(images)
         outputs = []
         for i in range(0, len(images), batch_size):
-            batch = images[i:i + batch_size]
+            batch = images[i : i + batch_size]
             self._resize(len(batch))
             outputs.append(self._dequantize(self._invoke(batch)))
         return np.concatenate(outputs)

@@ -10,11 +10,9 @@ from pathlib import Path
 import keras
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from keras_cskd import data as data_module
-from keras_cskd import distribute
-from keras_cskd import files
+from keras_cskd import distribute, files
 from keras_cskd import losses as losses_module
 from keras_cskd import models as models_module
 from keras_cskd.distiller import Distiller
@@ -117,7 +115,9 @@ def build_optimizer(config, steps_per_epoch):
         )
     elif opt.schedule == "multistep":
         boundaries = [m * steps_per_epoch for m in opt.milestones if m < config.epochs]
-        values = [opt.learning_rate * opt.decay_rate**i for i in range(len(boundaries) + 1)]
+        values = [
+            opt.learning_rate * opt.decay_rate**i for i in range(len(boundaries) + 1)
+        ]
         learning_rate = (
             keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
             if boundaries
@@ -201,9 +201,13 @@ def run(config, workdir):
 
     batch_size = config.data.batch_size
     train = data_module.pipeline(
-        dataset.train, batch_size, training=True, seed=config.seed,
+        dataset.train,
+        batch_size,
+        training=True,
+        seed=config.seed,
         augmentation=_augmentation(config, dataset) if config.data.augment else None,
-        mixup_alpha=config.data.mixup_alpha, num_classes=dataset.num_classes,
+        mixup_alpha=config.data.mixup_alpha,
+        num_classes=dataset.num_classes,
     )
     validation = dataset.validation and data_module.pipeline(
         dataset.validation, config.data.eval_batch_size
@@ -217,7 +221,9 @@ def run(config, workdir):
         optimizer = build_optimizer(config, steps_per_epoch)
         if distilling:
             trainer = Distiller(
-                teacher, model, loss,
+                teacher,
+                model,
+                loss,
                 student_loss_weight=config.student_loss_weight,
                 distillation_loss_weight=config.distillation_loss_weight,
             )
@@ -239,8 +245,11 @@ def run(config, workdir):
         keras.callbacks.TensorBoard(str(out / "tensorboard")),
     ]
     history = trainer.fit(
-        train, epochs=config.epochs, validation_data=validation,
-        callbacks=callbacks, verbose=config.verbose,
+        train,
+        epochs=config.epochs,
+        validation_data=validation,
+        callbacks=callbacks,
+        verbose=config.verbose,
     ).history
 
     with files.atomic_path(out / "student.keras") as tmp:
@@ -263,7 +272,9 @@ def run(config, workdir):
         summary["teacher_test_accuracy"] = accuracy(teacher, test_images, test_labels)
         summary["teacher_params"] = teacher.count_params()
     if chief and config.export.formats:
-        summary["exports"] = _export(config, model, dataset, out, test_images, test_labels)
+        summary["exports"] = _export(
+            config, model, dataset, out, test_images, test_labels
+        )
     summary["wall_time_s"] = round(time.time() - start, 1)
     files.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -280,7 +291,9 @@ def _epoch_summary(history):
         "last_epoch": len(test),
         "student_test_accuracy": test[-1],
         "best_epoch": best + 1,
-        "best_epoch_selected_by": "val_accuracy" if "val_accuracy" in history else "test_accuracy",
+        "best_epoch_selected_by": "val_accuracy"
+        if "val_accuracy" in history
+        else "test_accuracy",
         "student_test_accuracy_at_best_epoch": test[best],
         "best_test_accuracy_over_epochs": max(test),
     }
@@ -319,7 +332,10 @@ def _augmentation(config, dataset):
         # Digits: shifts of up to one pixel.
         return keras.layers.RandomTranslation(0.125, 0.125, fill_mode="constant")
     return keras.Sequential(
-        [keras.layers.RandomCrop(*dataset.input_shape[:2]), keras.layers.RandomFlip("horizontal")]
+        [
+            keras.layers.RandomCrop(*dataset.input_shape[:2]),
+            keras.layers.RandomFlip("horizontal"),
+        ]
     )
 
 
@@ -327,10 +343,10 @@ def _export(config, model, dataset, out, test_images, test_labels):
     from keras_cskd import export
 
     formats = [f.strip() for f in config.export.formats.split(",") if f.strip()]
-    export.export(model, out / "export", formats=formats,
-                  representative_data=dataset.train)
+    export.export(
+        model, out / "export", formats=formats, representative_data=dataset.train
+    )
     return export.evaluate_exports(model, out / "export", test_images, test_labels)
-
 
 
 def format_summary(summary):
@@ -340,18 +356,28 @@ def format_summary(summary):
         ("model (params)", f"{summary['model']} ({summary['model_params']:,})"),
     ]
     if "teacher_test_accuracy" in summary:
-        rows.append(("teacher test accuracy", f"{summary['teacher_test_accuracy']:.4f}"))
+        rows.append(
+            ("teacher test accuracy", f"{summary['teacher_test_accuracy']:.4f}")
+        )
     rows += [
-        (f"test accuracy, last epoch ({summary['last_epoch']})",
-         f"{summary['student_test_accuracy']:.4f}"),
-        (f"test accuracy, best epoch ({summary['best_epoch']}, by "
-         f"{summary['best_epoch_selected_by']})",
-         f"{summary['student_test_accuracy_at_best_epoch']:.4f}"),
+        (
+            f"test accuracy, last epoch ({summary['last_epoch']})",
+            f"{summary['student_test_accuracy']:.4f}",
+        ),
+        (
+            f"test accuracy, best epoch ({summary['best_epoch']}, by "
+            f"{summary['best_epoch_selected_by']})",
+            f"{summary['student_test_accuracy_at_best_epoch']:.4f}",
+        ),
     ]
     for name, report in summary.get("exports", {}).items():
         if "accuracy" in report:
-            rows.append((f"{name}: accuracy / agreement",
-                         f"{report['accuracy']:.4f} / {report['agreement']:.4f}"))
+            rows.append(
+                (
+                    f"{name}: accuracy / agreement",
+                    f"{report['accuracy']:.4f} / {report['agreement']:.4f}",
+                )
+            )
     rows.append(("wall time", f"{summary['wall_time_s']:.1f} s"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

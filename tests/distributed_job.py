@@ -41,7 +41,7 @@ def train(loss_name, strategy, global_batch=32, steps=5):
         teacher = keras_cskd.models.get("digits_cnn", 10, (8, 8, 1), width=8)
         student = keras_cskd.models.get("digits_mlp", 10, (8, 8, 1))
         distiller = keras_cskd.Distiller(teacher, student, build_loss(loss_name))
-        distiller.compile(keras.optimizers.SGD(0.5, momentum=0.9))
+        distiller.compile(keras.optimizers.SGD(0.1, momentum=0.9))
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(global_batch)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (

@@ -69,12 +69,18 @@ def test_zoo_model(name):
     assert not np.allclose(before, kernel.numpy())
 
 
-@pytest.mark.parametrize("name", ["resnet8", "wrn_16_1", "vgg8", "mobilenetv2",
-                                  "shufflenetv1", "shufflenetv2"])
+@pytest.mark.parametrize(
+    "name",
+    ["resnet8", "wrn_16_1", "vgg8", "mobilenetv2", "shufflenetv1", "shufflenetv2"],
+)
 def test_synchronized_batch_norm(name):
-    model = keras_cskd.models.get(name, num_classes=10, input_shape=(32, 32, 3),
-                                  synchronized=True)
-    bns = [layer for layer in model.layers
-           if isinstance(layer, keras.layers.BatchNormalization)]
+    model = keras_cskd.models.get(
+        name, num_classes=10, input_shape=(32, 32, 3), synchronized=True
+    )
+    bns = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     assert bns and all(bn.synchronized for bn in bns)
     assert all(bn.momentum == 0.9 and bn.epsilon == 1e-5 for bn in bns)

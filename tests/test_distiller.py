@@ -23,8 +23,11 @@ def tiny_models(num_classes=4, input_dim=6, seed=0):
         ]
     )
     student = keras.Sequential(
-        [keras.Input((input_dim,)), keras.layers.Dense(8, activation="tanh"),
-         keras.layers.Dense(num_classes)]
+        [
+            keras.Input((input_dim,)),
+            keras.layers.Dense(8, activation="tanh"),
+            keras.layers.Dense(num_classes),
+        ]
     )
     return teacher, student
 
@@ -54,7 +57,8 @@ def test_teacher_is_bitwise_unchanged_by_fit():
 
 
 @pytest.mark.parametrize(
-    "loss", [losses.KD(), losses.CSKD(), losses.KD(temperature=losses.CSWT())],
+    "loss",
+    [losses.KD(), losses.CSKD(), losses.KD(temperature=losses.CSWT())],
     ids=["kd", "cskd_cswt", "kd_cswt"],
 )
 def test_student_gets_finite_nonzero_gradient_and_teacher_none(loss):
@@ -76,8 +80,11 @@ def test_logged_terms_equal_the_objective_recomputed_in_numpy():
     teacher, student = tiny_models()
     x, y = random_data()
     distiller = keras_cskd.Distiller(
-        teacher, student, losses.KD(temperature=3.0),
-        student_loss_weight=0.1, distillation_loss_weight=0.9,
+        teacher,
+        student,
+        losses.KD(temperature=3.0),
+        student_loss_weight=0.1,
+        distillation_loss_weight=0.9,
     )
     distiller.compile(keras.optimizers.SGD(0.0))
     logs = distiller.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)
@@ -146,18 +153,25 @@ def test_mixed_precision_trains_in_float16_with_float32_losses():
 def test_distiller_round_trips_through_get_config_and_a_keras_file(tmp_path):
     teacher, student = tiny_models()
     distiller = keras_cskd.Distiller(
-        teacher, student, losses.CSKD(cswt=losses.CSWT(1.5, 5.0)),
-        student_loss_weight=0.5, distillation_loss_weight=2.0,
+        teacher,
+        student,
+        losses.CSKD(cswt=losses.CSWT(1.5, 5.0)),
+        student_loss_weight=0.5,
+        distillation_loss_weight=2.0,
     )
     config = distiller.get_config()
     clone = keras_cskd.Distiller.from_config(config)
-    assert clone.distillation_loss.get_config() == distiller.distillation_loss.get_config()
+    assert (
+        clone.distillation_loss.get_config() == distiller.distillation_loss.get_config()
+    )
     assert (clone.student_loss_weight, clone.distillation_loss_weight) == (0.5, 2.0)
     x, _ = random_data()
     path = tmp_path / "distiller.keras"
     distiller.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), distiller.predict(x, verbose=0))
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), distiller.predict(x, verbose=0)
+    )
 
 
 def test_keras_own_distillation_losses_also_work():
@@ -181,26 +195,46 @@ def test_epoch_variable_follows_fit():
     teacher, student = tiny_models()
     distiller = keras_cskd.Distiller(teacher, student, "kd")
     distiller.compile(keras.optimizers.SGD(0.1))
-    distiller.fit(*random_data(), batch_size=8, epochs=3, verbose=0,
-                  callbacks=[RecordEpoch()])
+    distiller.fit(
+        *random_data(), batch_size=8, epochs=3, verbose=0, callbacks=[RecordEpoch()]
+    )
     assert seen == [1.0, 2.0, 3.0]
 
 
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda t, s: keras_cskd.Distiller(t, keras.Sequential(
-            [keras.Input((6,)), keras.layers.Dense(5)]), "kd"), "predicts 4 classes"),
-        (lambda t, s: keras_cskd.Distiller(t, keras.Sequential(
-            [keras.Input((7,)), keras.layers.Dense(4)]), "kd"), "inputs of shape"),
-        (lambda t, s: keras_cskd.Distiller(t, s, "nope"), "Unknown distillation method"),
+        (
+            lambda t, s: keras_cskd.Distiller(
+                t, keras.Sequential([keras.Input((6,)), keras.layers.Dense(5)]), "kd"
+            ),
+            "predicts 4 classes",
+        ),
+        (
+            lambda t, s: keras_cskd.Distiller(
+                t, keras.Sequential([keras.Input((7,)), keras.layers.Dense(4)]), "kd"
+            ),
+            "inputs of shape",
+        ),
+        (
+            lambda t, s: keras_cskd.Distiller(t, s, "nope"),
+            "Unknown distillation method",
+        ),
         (lambda t, s: keras_cskd.Distiller(t, s, 3.0), "must be a keras.distillation"),
         (lambda t, s: keras_cskd.Distiller("t", s, "kd"), "must be a keras.Model"),
-        (lambda t, s: keras_cskd.Distiller(t, s, "kd", student_loss_weight=-1),
-         "student_loss_weight"),
+        (
+            lambda t, s: keras_cskd.Distiller(t, s, "kd", student_loss_weight=-1),
+            "student_loss_weight",
+        ),
     ],
-    ids=["classes", "input_shape", "unknown_loss", "not_a_loss", "not_a_model",
-         "negative_weight"],
+    ids=[
+        "classes",
+        "input_shape",
+        "unknown_loss",
+        "not_a_loss",
+        "not_a_model",
+        "negative_weight",
+    ],
 )
 def test_bad_construction_names_the_problem(make, message):
     teacher, student = tiny_models()

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from distributed_job import train
 
 LOSSES = ["kd", "cskd", "cskd_cswt", "kd_cswt", "dist", "dkd"]
@@ -27,8 +26,9 @@ def assert_same_training(one, other):
         np.testing.assert_allclose(a, b, rtol=0, atol=TOLERANCE)
     assert logs_a.keys() == logs_b.keys()
     for key in logs_a:
-        np.testing.assert_allclose(logs_a[key], logs_b[key], rtol=0, atol=TOLERANCE,
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            logs_a[key], logs_b[key], rtol=0, atol=TOLERANCE, err_msg=key
+        )
 
 
 @pytest.mark.parametrize("loss", LOSSES)
@@ -39,9 +39,11 @@ def test_mirrored_two_replicas_equal_one_device(loss):
 
 
 def test_per_replica_switch_changes_batch_wise_losses():
-    (single_weights, single_logs) = train("cskd_per_replica", tf.distribute.get_strategy())
+    (single_weights, single_logs) = train(
+        "cskd_per_replica", tf.distribute.get_strategy()
+    )
     (weights, logs) = train("cskd_per_replica", two_cpus())
-    difference = max(np.abs(a - b).max() for a, b in zip(single_weights, weights))
+    difference = max(np.abs(a - b).max() for a, b in zip(single_weights, weights, strict=True))
     assert difference > 100 * TOLERANCE
     # The cross-entropy is per sample, so it is still the same global value
     # at the first step; the distillation loss, on shards, is not.
@@ -60,13 +62,23 @@ def test_two_worker_processes_equal_one_process(tmp_path):
     workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     processes = []
     for index in range(2):
-        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        tf_config = {
+            "cluster": {"worker": workers},
+            "task": {"type": "worker", "index": index},
+        }
         processes.append(
             subprocess.Popen(
-                [sys.executable, str(job), str(tmp_path / "multi.npz"), "cskd_cswt",
-                 "--strategy=multiworker"],
+                [
+                    sys.executable,
+                    str(job),
+                    str(tmp_path / "multi.npz"),
+                    "cskd_cswt",
+                    "--strategy=multiworker",
+                ],
                 env={**env, "TF_CONFIG": json.dumps(tf_config)},
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
         )
     try:
@@ -77,10 +89,14 @@ def test_two_worker_processes_equal_one_process(tmp_path):
     assert all(p.returncode == 0 for p in processes), "\n".join(outputs)[-3000:]
     subprocess.run(
         [sys.executable, str(job), str(tmp_path / "single.npz"), "cskd_cswt"],
-        env=env, check=True, timeout=240, capture_output=True,
+        env=env,
+        check=True,
+        timeout=240,
+        capture_output=True,
     )
     multi, single = np.load(tmp_path / "multi.npz"), np.load(tmp_path / "single.npz")
     assert sorted(multi.files) == sorted(single.files)
     for key in single.files:
-        np.testing.assert_allclose(multi[key], single[key], rtol=0, atol=TOLERANCE,
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            multi[key], single[key], rtol=0, atol=TOLERANCE, err_msg=key
+        )

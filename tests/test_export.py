@@ -39,34 +39,41 @@ def student(digits):
         optimizer=keras.optimizers.Adam(1e-2),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    model.fit(data.pipeline(digits.train, 64, training=True, seed=0), epochs=10,
-              verbose=0)
+    model.fit(
+        data.pipeline(digits.train, 64, training=True, seed=0), epochs=10, verbose=0
+    )
     return model
 
 
 @pytest.fixture(scope="module")
 def export_dir(student, digits, tmp_path_factory):
     directory = tmp_path_factory.mktemp("all_formats") / "export"
-    export_lib.export(student, directory, formats=ALL_FORMATS,
-                      representative_data=digits.train)
+    export_lib.export(
+        student, directory, formats=ALL_FORMATS, representative_data=digits.train
+    )
     return directory
 
 
 @pytest.fixture(scope="module")
 def report(student, export_dir, test_split):
-    return export_lib.evaluate_exports(student, export_dir, *test_split,
-                                       latency_runs=20)
+    return export_lib.evaluate_exports(
+        student, export_dir, *test_split, latency_runs=20
+    )
 
 
 @pytest.fixture(scope="module")
 def compact_int8_report(student, digits, test_split, tmp_path_factory):
     """Full-integer export with int8 I/O and per-tensor Dense kernels."""
     directory = tmp_path_factory.mktemp("compact_int8") / "export"
-    export_lib.export(student, directory, formats=("tflite", "tflite_int8"),
-                      representative_data=digits.train, int8_io=True,
-                      int8_per_channel=False)
-    return export_lib.evaluate_exports(student, directory, *test_split,
-                                       latency_runs=5)
+    export_lib.export(
+        student,
+        directory,
+        formats=("tflite", "tflite_int8"),
+        representative_data=digits.train,
+        int8_io=True,
+        int8_per_channel=False,
+    )
+    return export_lib.evaluate_exports(student, directory, *test_split, latency_runs=5)
 
 
 @pytest.fixture()
@@ -83,7 +90,8 @@ def lambda_keras_file(tmp_path):
 def _snapshot(directory):
     return {
         str(path.relative_to(directory)): path.read_bytes()
-        for path in sorted(directory.rglob("*")) if path.is_file()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
     }
 
 
@@ -91,7 +99,10 @@ def _run_cli(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run(
         [sys.executable, "-m", "keras_cskd.export", *args],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
 
 
@@ -113,12 +124,15 @@ def test_float32_tflite_and_savedmodel_match_keras_logits(
     keras_logits = np.asarray(student(images, training=False))
 
     serving = tf.saved_model.load(str(export_dir / "savedmodel")).signatures[
-        "serving_default"]
+        "serving_default"
+    ]
     savedmodel_logits = serving(images=tf.constant(images))["logits"].numpy()
 
     interpreter = Interpreter(model_path=str(export_dir / "model_float32.tflite"))
-    (inputs,), (outputs,) = (interpreter.get_input_details(),
-                             interpreter.get_output_details())
+    (inputs,), (outputs,) = (
+        interpreter.get_input_details(),
+        interpreter.get_output_details(),
+    )
     interpreter.resize_tensor_input(inputs["index"], images.shape)
     interpreter.allocate_tensors()
     interpreter.set_tensor(inputs["index"], images)
@@ -136,8 +150,7 @@ def test_report_measures_float32_parity(report):
         entry = report["artefacts"][name]
         assert entry["max_abs_logit_diff"] <= 1e-4
         assert entry["agreement"] >= 0.999
-        assert entry["accuracy"] == pytest.approx(report["keras"]["accuracy"],
-                                                  abs=1e-3)
+        assert entry["accuracy"] == pytest.approx(report["keras"]["accuracy"], abs=1e-3)
 
 
 def test_float16_agrees_with_keras(report):
@@ -159,8 +172,9 @@ def test_int8_variants_are_small(report, compact_int8_report):
     # beside 64 int8 weights per hidden unit (fan-in 64), so about 37% here.
     assert sizes["tflite_int8"] <= 0.40 * float32_size
     compact = compact_int8_report["artefacts"]
-    assert compact["tflite_int8"]["size_bytes"] <= 0.35 * compact["tflite"][
-        "size_bytes"]
+    assert (
+        compact["tflite_int8"]["size_bytes"] <= 0.35 * compact["tflite"]["size_bytes"]
+    )
 
 
 def test_int8_io_export_takes_int8_and_keeps_accuracy(compact_int8_report):
@@ -199,25 +213,27 @@ def test_failed_export_leaves_previous_export_intact(
             raise RuntimeError("simulated converter crash")
         return from_saved_model(*args, **kwargs)
 
-    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_saved_model",
-                        fail_on_second_conversion)
+    monkeypatch.setattr(
+        tf.lite.TFLiteConverter, "from_saved_model", fail_on_second_conversion
+    )
     with pytest.raises(RuntimeError, match="simulated converter crash"):
-        export_lib.export(student, target, formats=ALL_FORMATS,
-                          representative_data=digits.train)
+        export_lib.export(
+            student, target, formats=ALL_FORMATS, representative_data=digits.train
+        )
     assert len(calls) == 2  # The SavedModel and float32 file were written.
     assert _snapshot(target) == before
     assert list(tmp_path.iterdir()) == [target]
 
 
-def test_export_replaces_previous_export_as_a_whole(
-    student, export_dir, tmp_path
-):
+def test_export_replaces_previous_export_as_a_whole(student, export_dir, tmp_path):
     target = tmp_path / "export"
     shutil.copytree(export_dir, target)
     paths = export_lib.export(student, target, formats="tflite")
     assert paths == {"tflite": target / "model_float32.tflite"}
     assert sorted(path.name for path in target.iterdir()) == [
-        export_lib.MANIFEST_NAME, "model_float32.tflite"]
+        export_lib.MANIFEST_NAME,
+        "model_float32.tflite",
+    ]
     assert list(tmp_path.iterdir()) == [target]
 
 
@@ -275,8 +291,11 @@ def test_cli_user_errors_are_one_line(
 ):
     student.save(tmp_path / "good.keras")
     (tmp_path / "corrupt.keras").write_bytes(b"\x00" * 64)
-    paths = {"good": tmp_path / "good.keras", "corrupt": tmp_path / "corrupt.keras",
-             "code": lambda_keras_file}
+    paths = {
+        "good": tmp_path / "good.keras",
+        "corrupt": tmp_path / "corrupt.keras",
+        "code": lambda_keras_file,
+    }
     argv = [arg.format(**paths) for arg in args] + [f"--output={tmp_path / 'out'}"]
     try:
         code = export_lib.main(argv)
@@ -293,8 +312,10 @@ def test_cli_exports_and_prints_the_table(student, tmp_path):
     student.save(tmp_path / "student.keras")
     output = tmp_path / "export"
     result = _run_cli(
-        f"--model={tmp_path / 'student.keras'}", "--dataset=digits",
-        "--formats=savedmodel,tflite,tflite_int8", f"--output={output}",
+        f"--model={tmp_path / 'student.keras'}",
+        "--dataset=digits",
+        "--formats=savedmodel,tflite,tflite_int8",
+        f"--output={output}",
         "--calibration_batches=5",
     )
     assert result.returncode == 0, result.stderr[-2000:]

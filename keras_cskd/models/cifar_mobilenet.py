@@ -12,26 +12,47 @@ from keras_cskd.models.cifar_resnet import conv_bn, logits_head, zoo_doc
 from keras_cskd.models.registry import register
 
 # (expansion, channels, blocks, stride) per stage; expansion None = `expansion`.
-_STAGES = [(1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
-           (None, 96, 3, 1), (None, 160, 3, 2), (None, 320, 1, 1)]
+_STAGES = [
+    (1, 16, 1, 1),
+    (None, 24, 2, 1),
+    (None, 32, 3, 2),
+    (None, 64, 4, 2),
+    (None, 96, 3, 1),
+    (None, 160, 3, 2),
+    (None, 320, 1, 1),
+]
 
 
 def _inverted_residual(x, filters, strides, expansion, synchronized, name):
     """1x1 expand-BN-ReLU, 3x3 depthwise-BN-ReLU, 1x1 project-BN, (+ input)."""
-    y = conv_bn(x, x.shape[-1] * expansion, 1, synchronized=synchronized,
-                name=f"{name}_expand")
-    y = conv_bn(y, None, 3, strides, depthwise=True, synchronized=synchronized,
-                name=f"{name}_depthwise")
-    y = conv_bn(y, filters, 1, relu=False, synchronized=synchronized,
-                name=f"{name}_project")
+    y = conv_bn(
+        x, x.shape[-1] * expansion, 1, synchronized=synchronized, name=f"{name}_expand"
+    )
+    y = conv_bn(
+        y,
+        None,
+        3,
+        strides,
+        depthwise=True,
+        synchronized=synchronized,
+        name=f"{name}_depthwise",
+    )
+    y = conv_bn(
+        y, filters, 1, relu=False, synchronized=synchronized, name=f"{name}_project"
+    )
     if strides == 1 and x.shape[-1] == filters:
         y = keras.layers.Add(name=f"{name}_add")([x, y])
     return y
 
 
-def cifar_mobilenetv2(expansion=6, width=0.5, num_classes=100,
-                      input_shape=(32, 32, 3), synchronized=False,
-                      name="mobilenetv2"):
+def cifar_mobilenetv2(
+    expansion=6,
+    width=0.5,
+    num_classes=100,
+    input_shape=(32, 32, 3),
+    synchronized=False,
+    name="mobilenetv2",
+):
     """Builds RepDistiller's CIFAR MobileNetV2 (`mobilenetv2_T_w`).
 
     Args:
@@ -51,13 +72,17 @@ def cifar_mobilenetv2(expansion=6, width=0.5, num_classes=100,
     831204
     """
     inputs = keras.Input(input_shape, name="images")
-    x = conv_bn(inputs, int(32 * width), 3, 2, synchronized=synchronized,
-                name="stem")
+    x = conv_bn(inputs, int(32 * width), 3, 2, synchronized=synchronized, name="stem")
     for s, (t, channels, blocks, strides) in enumerate(_STAGES, start=1):
         for b in range(blocks):
-            x = _inverted_residual(x, int(channels * width), strides if b == 0 else 1,
-                                   t or expansion, synchronized,
-                                   name=f"stage{s}_block{b}")
+            x = _inverted_residual(
+                x,
+                int(channels * width),
+                strides if b == 0 else 1,
+                t or expansion,
+                synchronized,
+                name=f"stage{s}_block{b}",
+            )
     last = int(1280 * width) if width > 1.0 else 1280
     x = conv_bn(x, last, 1, synchronized=synchronized, name="top")
     return keras.Model(inputs, logits_head(x, num_classes), name=name)
@@ -66,5 +91,6 @@ def cifar_mobilenetv2(expansion=6, width=0.5, num_classes=100,
 @register("mobilenetv2")
 @zoo_doc("CIFAR MobileNetV2 at width 0.5, expansion 6 (`mobile_half`).", 831204)
 def mobilenetv2(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return cifar_mobilenetv2(6, 0.5, num_classes, input_shape, synchronized,
-                             "mobilenetv2")
+    return cifar_mobilenetv2(
+        6, 0.5, num_classes, input_shape, synchronized, "mobilenetv2"
+    )

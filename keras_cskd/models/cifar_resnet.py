@@ -16,8 +16,16 @@ CONV_INITIALIZER = keras.initializers.VarianceScaling(
 )
 
 
-def conv(x, filters, kernel_size, strides=1, groups=1, use_bias=False,
-         depthwise=False, name=None):
+def conv(
+    x,
+    filters,
+    kernel_size,
+    strides=1,
+    groups=1,
+    use_bias=False,
+    depthwise=False,
+    name=None,
+):
     """A PyTorch-style convolution with symmetric zero padding `kernel_size // 2`.
 
     Stride-1 convolutions use `"same"` padding (identical for odd kernels); strided
@@ -50,11 +58,23 @@ def conv(x, filters, kernel_size, strides=1, groups=1, use_bias=False,
             x = keras.layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x)
     if depthwise:
         return keras.layers.DepthwiseConv2D(
-            kernel_size, strides, padding, use_bias=use_bias,
-            depthwise_initializer=CONV_INITIALIZER, name=name)(x)
+            kernel_size,
+            strides,
+            padding,
+            use_bias=use_bias,
+            depthwise_initializer=CONV_INITIALIZER,
+            name=name,
+        )(x)
     return keras.layers.Conv2D(
-        filters, kernel_size, strides, padding, groups=groups, use_bias=use_bias,
-        kernel_initializer=CONV_INITIALIZER, name=name)(x)
+        filters,
+        kernel_size,
+        strides,
+        padding,
+        groups=groups,
+        use_bias=use_bias,
+        kernel_initializer=CONV_INITIALIZER,
+        name=name,
+    )(x)
 
 
 def batch_norm(x, synchronized=False, name=None):
@@ -70,11 +90,22 @@ def batch_norm(x, synchronized=False, name=None):
         The normalized tensor.
     """
     return keras.layers.BatchNormalization(
-        momentum=0.9, epsilon=1e-5, synchronized=synchronized, name=name)(x)
+        momentum=0.9, epsilon=1e-5, synchronized=synchronized, name=name
+    )(x)
 
 
-def conv_bn(x, filters, kernel_size, strides=1, groups=1, relu=True,
-            synchronized=False, depthwise=False, use_bias=False, name=None):
+def conv_bn(
+    x,
+    filters,
+    kernel_size,
+    strides=1,
+    groups=1,
+    relu=True,
+    synchronized=False,
+    depthwise=False,
+    use_bias=False,
+    name=None,
+):
     """`conv` -> `batch_norm` -> optional ReLU, named `{name}_conv/_bn/_relu`.
 
     Args:
@@ -87,8 +118,16 @@ def conv_bn(x, filters, kernel_size, strides=1, groups=1, relu=True,
     Returns:
         The output tensor.
     """
-    x = conv(x, filters, kernel_size, strides, groups, use_bias, depthwise,
-             name=f"{name}_conv")
+    x = conv(
+        x,
+        filters,
+        kernel_size,
+        strides,
+        groups,
+        use_bias,
+        depthwise,
+        name=f"{name}_conv",
+    )
     x = batch_norm(x, synchronized, name=f"{name}_bn")
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
@@ -112,8 +151,15 @@ def logits_head(x, num_classes):
 def _residual(x, y, filters, strides, synchronized, name):
     """Adds the (projected when the shape changes) shortcut of `x` to `y`, ReLU."""
     if strides != 1 or x.shape[-1] != filters:
-        x = conv_bn(x, filters, 1, strides, relu=False, synchronized=synchronized,
-                    name=f"{name}_shortcut")
+        x = conv_bn(
+            x,
+            filters,
+            1,
+            strides,
+            relu=False,
+            synchronized=synchronized,
+            name=f"{name}_shortcut",
+        )
     y = keras.layers.Add(name=f"{name}_add")([y, x])
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
@@ -121,8 +167,7 @@ def _residual(x, y, filters, strides, synchronized, name):
 def basic_block(x, planes, strides=1, synchronized=False, name=None):
     """ResNet basic block: 3x3 conv-BN-ReLU, 3x3 conv-BN, shortcut, ReLU."""
     y = conv_bn(x, planes, 3, strides, synchronized=synchronized, name=f"{name}_1")
-    y = conv_bn(y, planes, 3, relu=False, synchronized=synchronized,
-                name=f"{name}_2")
+    y = conv_bn(y, planes, 3, relu=False, synchronized=synchronized, name=f"{name}_2")
     return _residual(x, y, planes, strides, synchronized, name)
 
 
@@ -130,13 +175,21 @@ def bottleneck_block(x, planes, strides=1, synchronized=False, name=None):
     """ResNet bottleneck block: 1x1, strided 3x3, 1x1 (x4 channels), shortcut."""
     y = conv_bn(x, planes, 1, synchronized=synchronized, name=f"{name}_1")
     y = conv_bn(y, planes, 3, strides, synchronized=synchronized, name=f"{name}_2")
-    y = conv_bn(y, 4 * planes, 1, relu=False, synchronized=synchronized,
-                name=f"{name}_3")
+    y = conv_bn(
+        y, 4 * planes, 1, relu=False, synchronized=synchronized, name=f"{name}_3"
+    )
     return _residual(x, y, 4 * planes, strides, synchronized, name)
 
 
-def cifar_resnet(stem_filters, stages, block="basic", num_classes=100,
-                 input_shape=(32, 32, 3), synchronized=False, name="resnet"):
+def cifar_resnet(
+    stem_filters,
+    stages,
+    block="basic",
+    num_classes=100,
+    input_shape=(32, 32, 3),
+    synchronized=False,
+    name="resnet",
+):
     """Builds a CIFAR ResNet: a 3x3 stem (stride 1, no max-pool) and residual stages.
 
     Args:
@@ -162,8 +215,13 @@ def cifar_resnet(stem_filters, stages, block="basic", num_classes=100,
     x = conv_bn(inputs, stem_filters, 3, synchronized=synchronized, name="stem")
     for s, (planes, num_blocks, strides) in enumerate(stages, start=1):
         for b in range(num_blocks):
-            x = block_fn(x, planes, strides if b == 0 else 1, synchronized,
-                         name=f"stage{s}_block{b}")
+            x = block_fn(
+                x,
+                planes,
+                strides if b == 0 else 1,
+                synchronized,
+                name=f"stage{s}_block{b}",
+            )
     return keras.Model(inputs, logits_head(x, num_classes), name=name)
 
 
@@ -171,8 +229,9 @@ def _resnet_6n2(depth, widths, name, num_classes, input_shape, synchronized):
     """The RepDistiller `resnet<depth>`: 3 stages of `(depth - 2) / 6` blocks."""
     n = (depth - 2) // 6
     stages = [(w, n, s) for w, s in zip(widths[1:], (1, 2, 2), strict=True)]
-    return cifar_resnet(widths[0], stages, "basic", num_classes, input_shape,
-                        synchronized, name=name)
+    return cifar_resnet(
+        widths[0], stages, "basic", num_classes, input_shape, synchronized, name=name
+    )
 
 
 _ZOO_DOC = """{summary}
@@ -206,8 +265,9 @@ def zoo_doc(summary, params):
     """
 
     def decorator(builder):
-        builder.__doc__ = _ZOO_DOC.format(summary=summary, name=builder.__name__,
-                                          params=params)
+        builder.__doc__ = _ZOO_DOC.format(
+            summary=summary, name=builder.__name__, params=params
+        )
         return builder
 
     return decorator
@@ -226,43 +286,37 @@ def resnet8(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
 @register("resnet14")
 @zoo_doc("CIFAR ResNet-14: 16-32-64 channels, 2 blocks per stage.", 182228)
 def resnet14(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return _resnet_6n2(14, _SMALL, "resnet14", num_classes, input_shape,
-                       synchronized)
+    return _resnet_6n2(14, _SMALL, "resnet14", num_classes, input_shape, synchronized)
 
 
 @register("resnet20")
 @zoo_doc("CIFAR ResNet-20: 16-32-64 channels, 3 blocks per stage.", 279892)
 def resnet20(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return _resnet_6n2(20, _SMALL, "resnet20", num_classes, input_shape,
-                       synchronized)
+    return _resnet_6n2(20, _SMALL, "resnet20", num_classes, input_shape, synchronized)
 
 
 @register("resnet32")
 @zoo_doc("CIFAR ResNet-32: 16-32-64 channels, 5 blocks per stage.", 475220)
 def resnet32(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return _resnet_6n2(32, _SMALL, "resnet32", num_classes, input_shape,
-                       synchronized)
+    return _resnet_6n2(32, _SMALL, "resnet32", num_classes, input_shape, synchronized)
 
 
 @register("resnet44")
 @zoo_doc("CIFAR ResNet-44: 16-32-64 channels, 7 blocks per stage.", 670548)
 def resnet44(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return _resnet_6n2(44, _SMALL, "resnet44", num_classes, input_shape,
-                       synchronized)
+    return _resnet_6n2(44, _SMALL, "resnet44", num_classes, input_shape, synchronized)
 
 
 @register("resnet56")
 @zoo_doc("CIFAR ResNet-56: 16-32-64 channels, 9 blocks per stage.", 865876)
 def resnet56(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return _resnet_6n2(56, _SMALL, "resnet56", num_classes, input_shape,
-                       synchronized)
+    return _resnet_6n2(56, _SMALL, "resnet56", num_classes, input_shape, synchronized)
 
 
 @register("resnet110")
 @zoo_doc("CIFAR ResNet-110: 16-32-64 channels, 18 blocks per stage.", 1744852)
 def resnet110(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return _resnet_6n2(110, _SMALL, "resnet110", num_classes, input_shape,
-                       synchronized)
+    return _resnet_6n2(110, _SMALL, "resnet110", num_classes, input_shape, synchronized)
 
 
 @register("resnet8x4")
@@ -274,21 +328,28 @@ def resnet8x4(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
 @register("resnet32x4")
 @zoo_doc("CIFAR ResNet-32x4: 64-128-256 channels, 5 blocks per stage.", 7443780)
 def resnet32x4(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return _resnet_6n2(32, _X4, "resnet32x4", num_classes, input_shape,
-                       synchronized)
+    return _resnet_6n2(32, _X4, "resnet32x4", num_classes, input_shape, synchronized)
 
 
 @register("resnet18")
 @zoo_doc("CIFAR ResNet-18 (3x3 stride-1 stem, no max-pool).", 11229732)
 def resnet18(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
     stages = [(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)]
-    return cifar_resnet(64, stages, "basic", num_classes, input_shape,
-                        synchronized, name="resnet18")
+    return cifar_resnet(
+        64, stages, "basic", num_classes, input_shape, synchronized, name="resnet18"
+    )
 
 
 @register("resnet50")
 @zoo_doc("CIFAR ResNet-50 (3x3 stride-1 stem, no max-pool).", 23758372)
 def resnet50(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
     stages = [(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)]
-    return cifar_resnet(64, stages, "bottleneck", num_classes, input_shape,
-                        synchronized, name="resnet50")
+    return cifar_resnet(
+        64,
+        stages,
+        "bottleneck",
+        num_classes,
+        input_shape,
+        synchronized,
+        name="resnet50",
+    )

@@ -45,13 +45,22 @@ def _v1_bottleneck(x, filters, strides, groups, synchronized, name):
     out_channels = filters - in_channels if strides == 2 else filters
     mid = out_channels // 4
     first_groups = 1 if in_channels == 24 else groups  # the stem output is not split
-    y = conv_bn(x, mid, 1, groups=first_groups, synchronized=synchronized,
-                name=f"{name}_1")
+    y = conv_bn(
+        x, mid, 1, groups=first_groups, synchronized=synchronized, name=f"{name}_1"
+    )
     y = channel_shuffle(y, first_groups, name=f"{name}_shuffle")
-    y = conv_bn(y, None, 3, strides, depthwise=True, synchronized=synchronized,
-                name=f"{name}_2")
-    y = conv_bn(y, out_channels, 1, groups=groups, relu=False,
-                synchronized=synchronized, name=f"{name}_3")
+    y = conv_bn(
+        y, None, 3, strides, depthwise=True, synchronized=synchronized, name=f"{name}_2"
+    )
+    y = conv_bn(
+        y,
+        out_channels,
+        1,
+        groups=groups,
+        relu=False,
+        synchronized=synchronized,
+        name=f"{name}_3",
+    )
     if strides == 2:
         # PyTorch's AvgPool2d(3, 2, padding=1) counts the zero padding.
         x = keras.layers.ZeroPadding2D(1, name=f"{name}_shortcut_pad")(x)
@@ -67,8 +76,15 @@ def _v2_basic(x, synchronized, name):
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     y = conv_bn(x2, half, 1, synchronized=synchronized, name=f"{name}_1")
-    y = conv_bn(y, None, 3, depthwise=True, relu=False, synchronized=synchronized,
-                name=f"{name}_2")
+    y = conv_bn(
+        y,
+        None,
+        3,
+        depthwise=True,
+        relu=False,
+        synchronized=synchronized,
+        name=f"{name}_2",
+    )
     y = conv_bn(y, half, 1, synchronized=synchronized, name=f"{name}_3")
     y = keras.layers.Concatenate(name=f"{name}_concat")([x1, y])
     return channel_shuffle(y, 2, name=f"{name}_shuffle")
@@ -77,21 +93,44 @@ def _v2_basic(x, synchronized, name):
 def _v2_down(x, filters, synchronized, name):
     """ShuffleNetV2 stride-2 unit: two branches, concat, shuffle."""
     mid = filters // 2
-    left = conv_bn(x, None, 3, 2, depthwise=True, relu=False,
-                   synchronized=synchronized, name=f"{name}_left_1")
+    left = conv_bn(
+        x,
+        None,
+        3,
+        2,
+        depthwise=True,
+        relu=False,
+        synchronized=synchronized,
+        name=f"{name}_left_1",
+    )
     left = conv_bn(left, mid, 1, synchronized=synchronized, name=f"{name}_left_2")
     right = conv_bn(x, mid, 1, synchronized=synchronized, name=f"{name}_right_1")
-    right = conv_bn(right, None, 3, 2, depthwise=True, relu=False,
-                    synchronized=synchronized, name=f"{name}_right_2")
-    right = conv_bn(right, mid, 1, synchronized=synchronized,
-                    name=f"{name}_right_3")
+    right = conv_bn(
+        right,
+        None,
+        3,
+        2,
+        depthwise=True,
+        relu=False,
+        synchronized=synchronized,
+        name=f"{name}_right_2",
+    )
+    right = conv_bn(right, mid, 1, synchronized=synchronized, name=f"{name}_right_3")
     y = keras.layers.Concatenate(name=f"{name}_concat")([left, right])
     return channel_shuffle(y, 2, name=f"{name}_shuffle")
 
 
-def cifar_shufflenet(version, stage_filters, stage_blocks, groups=3, top_filters=None,
-                     num_classes=100, input_shape=(32, 32, 3), synchronized=False,
-                     name="shufflenet"):
+def cifar_shufflenet(
+    version,
+    stage_filters,
+    stage_blocks,
+    groups=3,
+    top_filters=None,
+    num_classes=100,
+    input_shape=(32, 32, 3),
+    synchronized=False,
+    name="shufflenet",
+):
     """Builds a CIFAR ShuffleNetV1 or V2.
 
     Args:
@@ -116,15 +155,17 @@ def cifar_shufflenet(version, stage_filters, stage_blocks, groups=3, top_filters
     """
     inputs = keras.Input(input_shape, name="images")
     x = conv_bn(inputs, 24, 1, synchronized=synchronized, name="stem")
-    for s, (filters, blocks) in enumerate(zip(stage_filters, stage_blocks,
-                                              strict=True), start=1):
+    for s, (filters, blocks) in enumerate(
+        zip(stage_filters, stage_blocks, strict=True), start=1
+    ):
         if version == 2:
             x = _v2_down(x, filters, synchronized, name=f"stage{s}_down")
         for b in range(blocks):
             block_name = f"stage{s}_block{b}"
             if version == 1:
-                x = _v1_bottleneck(x, filters, 2 if b == 0 else 1, groups,
-                                   synchronized, block_name)
+                x = _v1_bottleneck(
+                    x, filters, 2 if b == 0 else 1, groups, synchronized, block_name
+                )
             else:
                 x = _v2_basic(x, synchronized, block_name)
     if version == 2:
@@ -135,14 +176,28 @@ def cifar_shufflenet(version, stage_filters, stage_blocks, groups=3, top_filters
 @register("shufflenetv1")
 @zoo_doc("CIFAR ShuffleNetV1 (g=3; `ShuffleV1`).", 972994)
 def shufflenetv1(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return cifar_shufflenet(1, (240, 480, 960), (4, 8, 4), groups=3,
-                            num_classes=num_classes, input_shape=input_shape,
-                            synchronized=synchronized, name="shufflenetv1")
+    return cifar_shufflenet(
+        1,
+        (240, 480, 960),
+        (4, 8, 4),
+        groups=3,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        synchronized=synchronized,
+        name="shufflenetv1",
+    )
 
 
 @register("shufflenetv2")
 @zoo_doc("CIFAR ShuffleNetV2 1.0x (`ShuffleV2`).", 1371708)
 def shufflenetv2(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return cifar_shufflenet(2, (116, 232, 464), (3, 7, 3), top_filters=1024,
-                            num_classes=num_classes, input_shape=input_shape,
-                            synchronized=synchronized, name="shufflenetv2")
+    return cifar_shufflenet(
+        2,
+        (116, 232, 464),
+        (3, 7, 3),
+        top_filters=1024,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        synchronized=synchronized,
+        name="shufflenetv2",
+    )

@@ -20,8 +20,9 @@ _CONFIGS = {
 }
 
 
-def cifar_vgg(config, num_classes=100, input_shape=(32, 32, 3), synchronized=False,
-              name="vgg"):
+def cifar_vgg(
+    config, num_classes=100, input_shape=(32, 32, 3), synchronized=False, name="vgg"
+):
     """Builds a CIFAR VGG with BatchNorm.
 
     Args:
@@ -44,8 +45,14 @@ def cifar_vgg(config, num_classes=100, input_shape=(32, 32, 3), synchronized=Fal
     x = inputs
     for b, block in enumerate(config):
         for i, filters in enumerate(block):
-            x = conv_bn(x, filters, 3, use_bias=True, synchronized=synchronized,
-                        name=f"block{b}_{i}")
+            x = conv_bn(
+                x,
+                filters,
+                3,
+                use_bias=True,
+                synchronized=synchronized,
+                name=f"block{b}_{i}",
+            )
         if b in pooled_blocks:
             x = keras.layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
     return keras.Model(inputs, logits_head(x, num_classes), name=name)
@@ -60,26 +67,22 @@ def vgg8(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
 @register("vgg11")
 @zoo_doc("CIFAR VGG-11 with BatchNorm (configuration A).", 9282788)
 def vgg11(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return cifar_vgg(_CONFIGS["vgg11"], num_classes, input_shape, synchronized,
-                     "vgg11")
+    return cifar_vgg(_CONFIGS["vgg11"], num_classes, input_shape, synchronized, "vgg11")
 
 
 @register("vgg13")
 @zoo_doc("CIFAR VGG-13 with BatchNorm (configuration B).", 9468068)
 def vgg13(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return cifar_vgg(_CONFIGS["vgg13"], num_classes, input_shape, synchronized,
-                     "vgg13")
+    return cifar_vgg(_CONFIGS["vgg13"], num_classes, input_shape, synchronized, "vgg13")
 
 
 @register("vgg16")
 @zoo_doc("CIFAR VGG-16 with BatchNorm (configuration D).", 14782884)
 def vgg16(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return cifar_vgg(_CONFIGS["vgg16"], num_classes, input_shape, synchronized,
-                     "vgg16")
+    return cifar_vgg(_CONFIGS["vgg16"], num_classes, input_shape, synchronized, "vgg16")
 
 
 @register("vgg19")
 @zoo_doc("CIFAR VGG-19 with BatchNorm (configuration E).", 20097700)
 def vgg19(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return cifar_vgg(_CONFIGS["vgg19"], num_classes, input_shape, synchronized,
-                     "vgg19")
+    return cifar_vgg(_CONFIGS["vgg19"], num_classes, input_shape, synchronized, "vgg19")

@@ -26,8 +26,14 @@ def _wide_block(x, filters, strides, synchronized, name):
     return keras.layers.Add(name=f"{name}_add")([x, y])
 
 
-def wide_resnet(depth, widen_factor, num_classes=100, input_shape=(32, 32, 3),
-                synchronized=False, name="wrn"):
+def wide_resnet(
+    depth,
+    widen_factor,
+    num_classes=100,
+    input_shape=(32, 32, 3),
+    synchronized=False,
+    name="wrn",
+):
     """Builds a CIFAR wide ResNet WRN-`depth`-`widen_factor`.
 
     Args:
@@ -53,8 +59,13 @@ def wide_resnet(depth, widen_factor, num_classes=100, input_shape=(32, 32, 3),
     x = conv(inputs, 16, 3, name="stem_conv")
     for s, (filters, strides) in enumerate(((16, 1), (32, 2), (64, 2)), start=1):
         for b in range(n):
-            x = _wide_block(x, filters * widen_factor, strides if b == 0 else 1,
-                            synchronized, name=f"stage{s}_block{b}")
+            x = _wide_block(
+                x,
+                filters * widen_factor,
+                strides if b == 0 else 1,
+                synchronized,
+                name=f"stage{s}_block{b}",
+            )
     x = _bn_relu(x, synchronized, "final")
     return keras.Model(inputs, logits_head(x, num_classes), name=name)
 

@@ -18,10 +18,10 @@ def digits_cnn(num_classes=10, input_shape=(8, 8, 1), width=32, synchronized=Fal
     inputs = keras.Input(input_shape, name="images")
     x = inputs
     for i, filters in enumerate((width, 2 * width, 4 * width)):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
-                                name=f"conv{i}")(x)
-        x = keras.layers.BatchNormalization(synchronized=synchronized,
-                                            name=f"bn{i}")(x)
+        x = keras.layers.Conv2D(
+            filters, 3, padding="same", use_bias=False, name=f"conv{i}"
+        )(x)
+        x = keras.layers.BatchNormalization(synchronized=synchronized, name=f"bn{i}")(x)
         x = keras.layers.ReLU(name=f"relu{i}")(x)
         if i < 2:
             x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)

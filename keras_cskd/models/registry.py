@@ -79,8 +79,9 @@ def get(name, num_classes, input_shape, **kwargs):
             f"Unknown model '{name}'.{hint} Known models: {', '.join(names())}; "
             "or 'keras.applications:<Name>' for a keras.applications architecture."
         )
-    return _BUILDERS[name](num_classes=num_classes, input_shape=tuple(input_shape),
-                           **kwargs)
+    return _BUILDERS[name](
+        num_classes=num_classes, input_shape=tuple(input_shape), **kwargs
+    )
 
 
 def _keras_application(class_name, num_classes, input_shape):
