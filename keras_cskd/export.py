@@ -15,13 +15,13 @@ import os
 import shutil
 import sys
 import time
-import uuid
-import zipfile
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from keras_cskd import files, models
 
 # Format name -> file (or directory) name inside the export directory.
 FORMATS = {
@@ -37,69 +37,6 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 MANIFEST_NAME = "export_manifest.json"
 REPORT_NAME = "export_report.json"
-
-
-def load_student(path, safe_mode=True):
-    """Loads a student saved as a `.keras` file, for inference only.
-
-    Args:
-        path: path to a `.keras` file.
-        safe_mode: refuse files that hold Python code (a `Lambda` layer's
-            bytecode), whose deserialization could execute arbitrary code. Pass
-            `False` only for files you trust.
-
-    Returns:
-        The `keras.Model`, not compiled.
-
-    Raises:
-        ValueError: one line saying why, if the file is missing, is not a
-            `.keras` zip, is corrupt, or holds code while `safe_mode` is on.
-
-    Example:
-
-    >>> student = load_student("workdir/student.keras")
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"No such file: {path}.")
-    if path.is_dir() or path.suffix != ".keras":
-        raise ValueError(
-            f"{path} is not a .keras file: save the student with "
-            "`model.save('student.keras')`."
-        )
-    # Keras reports a corrupt or truncated zip as "File not found"; check first.
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            broken_member = archive.testzip()
-    except (zipfile.BadZipFile, OSError) as error:
-        raise ValueError(
-            f"{path} is corrupt: not a readable zip archive ({error})."
-        ) from None
-    if "config.json" not in names or broken_member is not None:
-        raise ValueError(
-            f"{path} is corrupt: "
-            + (
-                "no config.json inside."
-                if broken_member is None
-                else f"'{broken_member}' fails its CRC check."
-            )
-        )
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
-    except ValueError as error:
-        if safe_mode and "safe_mode" in str(error):
-            raise ValueError(
-                f"Refusing to load {path}: it holds a Lambda layer (Python bytecode) "
-                "and deserializing it could execute arbitrary code. If you trust "
-                "this file, pass safe_mode=False (command line: "
-                "--unsafe_deserialization)."
-            ) from None
-        raise ValueError(f"Could not load {path}: {_one_line(error)}") from None
-    except Exception as error:  # Keras raises many types for a bad archive.
-        raise ValueError(
-            f"Could not load {path}: {type(error).__name__}: {_one_line(error)}"
-        ) from None
 
 
 def parse_formats(formats):
@@ -168,7 +105,7 @@ def export(
 
     Args:
         student: a `keras.Model` mapping one image batch to logits, or the path
-            of a `.keras` file (loaded with `load_student`).
+            of a `.keras` file (loaded with `keras_cskd.models.load`).
         directory: the export directory.
         formats: names from `FORMATS`, or a comma-separated string.
         representative_data: images to calibrate `"tflite_int8"` on, usually the
@@ -184,7 +121,7 @@ def export(
             channel otherwise costs a float32 scale and an int64 zero point for
             its kernel and its bias, a fifth of the int8 file of the digits MLP
             (fan-in 64). Convolutions stay per channel.
-        safe_mode: passed to `load_student` when `student` is a path.
+        safe_mode: passed to `keras_cskd.models.load` when `student` is a path.
 
     Returns:
         A dict `{format: path}` of the artefacts written.
@@ -203,7 +140,7 @@ def export(
     """
     formats = parse_formats(formats)
     if isinstance(student, (str, os.PathLike)):
-        student = load_student(student, safe_mode=safe_mode)
+        student = models.load(student, safe_mode=safe_mode)
     input_spec = _input_spec(student)
     if "tflite_int8" in formats and representative_data is None:
         raise ValueError(
@@ -214,11 +151,8 @@ def export(
     _check_replaceable(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
 
-    # A sibling, so the final rename stays on one filesystem and is atomic.
-    # (Not `tempfile.mkdtemp`: its 0700 mode would end up on the export.)
-    staging = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
-    staging.mkdir()
-    try:
+    with files.atomic_path(directory) as staging:
+        staging.mkdir()
         saved_model = staging / FORMATS["savedmodel"]
         _write_saved_model(student, input_spec, saved_model)
         calibration_examples = 0
@@ -256,10 +190,6 @@ def export(
             "tensorflow_version": tf.__version__,
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        _replace_directory(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {name: directory / FORMATS[name] for name in formats}
 
 
@@ -329,7 +259,7 @@ def evaluate_exports(
         batch_size: batch size for the accuracy pass.
         report_path: where to write the JSON report; defaults to
             `export_report.json` inside `exports` when it is a directory.
-        safe_mode: passed to `load_student` when `student` is a path.
+        safe_mode: passed to `keras_cskd.models.load` when `student` is a path.
 
     Returns:
         The report: a dict with `num_examples`, `keras` (the student's accuracy
@@ -345,7 +275,7 @@ def evaluate_exports(
     >>> print(format_table(report))
     """
     if isinstance(student, (str, os.PathLike)):
-        student = load_student(student, safe_mode=safe_mode)
+        student = models.load(student, safe_mode=safe_mode)
     if isinstance(exports, (str, os.PathLike)):
         directory = Path(exports)
         manifest = _read_manifest(directory)
@@ -396,7 +326,7 @@ def evaluate_exports(
         "artefacts": artefacts,
     }
     if report_path is not None:
-        _atomic_write_text(Path(report_path), json.dumps(report, indent=2) + "\n")
+        files.write_text(Path(report_path), json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -512,7 +442,7 @@ def main(argv=None):
         formats = parse_formats(args.formats)
         if args.calibration_batches < 1:
             raise ValueError("--calibration_batches must be at least 1.")
-        student = load_student(args.model, safe_mode=not args.unsafe_deserialization)
+        student = models.load(args.model, safe_mode=not args.unsafe_deserialization)
         dataset = data.load(args.dataset)
         model_shape = tuple(_input_spec(student).shape[1:])
         if model_shape != tuple(dataset.input_shape):
@@ -759,34 +689,6 @@ def _check_replaceable(directory):
             f"Refusing to replace {directory}: it is not empty and holds no earlier "
             f"export ({MANIFEST_NAME}); choose a new or empty directory."
         )
-
-
-def _replace_directory(staging, directory):
-    """Moves `staging` to `directory`; the old `directory` survives any failure."""
-    if not directory.exists():
-        os.replace(staging, directory)
-        return
-    # A directory cannot be renamed over a non-empty one: move the old export
-    # aside first, and move it back if the second rename fails.
-    backup = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(directory, backup)
-    try:
-        os.replace(staging, directory)
-    except BaseException:
-        os.replace(backup, directory)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
-
-
-def _atomic_write_text(path, text):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 if __name__ == "__main__":

@@ -138,20 +138,6 @@ def build_optimizer(config, steps_per_epoch):
     raise ValueError(f"Unknown optimizer '{opt.name}': use sgd or adam.")
 
 
-def load_model(path):
-    """Loads a `.keras` model safely, with a clear error for a bad file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Model file not found: {path}")
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as error:
-        raise ValueError(
-            f"Cannot load the model file {path} (corrupt, truncated or not a "
-            f".keras file): {error}"
-        ) from error
-
-
 def accuracy(model, images, labels, batch_size=256):
     """Top-1 accuracy of `model` on NumPy arrays."""
     logits = model.predict(images, batch_size=batch_size, verbose=0)
@@ -308,7 +294,7 @@ def _teacher(config, workdir):
         teacher_config.strategy = config.strategy
         print(f"Teacher {path} is missing: training it with {config.teacher.config}.")
         run(teacher_config, Path(workdir) / "teacher")
-    return load_model(path)
+    return models_module.load(path)
 
 
 def _check_teacher(teacher, dataset):

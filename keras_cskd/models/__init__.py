@@ -9,5 +9,6 @@ from keras_cskd.models import (
     digits,  # noqa: F401  (registers the digits pair)
 )
 from keras_cskd.models.registry import get, names, register
+from keras_cskd.models.saving import load
 
-__all__ = ["get", "names", "register"]
+__all__ = ["get", "load", "names", "register"]
