@@ -163,27 +163,22 @@ class _TestAccuracy(keras.callbacks.Callback):
 def run(config, workdir):
     """Trains (or distils) the model `config` describes; writes `workdir`.
 
+    Everything that can be checked is checked before the workdir is created,
+    so a bad config, dataset or teacher leaves nothing behind.
+
     Returns the summary dict (also written as `workdir/summary.json`).
     """
     start = time.time()
     workdir = Path(workdir)
     keras.utils.set_random_seed(config.seed)
     strategy = distribute.get_strategy(config.strategy)
-    dataset = data_module.load(config.data.name)
-    test_images, test_labels = data_module.to_numpy(dataset.test)
     distilling = config.loss.method != "scratch"
-
-    teacher = None
+    loss = build_loss(config.loss) if distilling else None
+    dataset = data_module.load(config.data.name)
+    _check_data(dataset)
+    test_images, test_labels = data_module.to_numpy(dataset.test)
     if distilling:
-        loss = build_loss(config.loss)  # fails fast on an unknown method
-        teacher = _teacher(config, workdir)
-        _check_teacher(teacher, dataset)
-
-    chief = distribute.is_chief()
-    # Non-chief workers of a multi-worker run write to a scratch directory.
-    out = workdir if chief else Path(tempfile.mkdtemp(prefix="keras_cskd_worker_"))
-    out.mkdir(parents=True, exist_ok=True)
-    files.write_text(out / "config.json", config.to_json_best_effort(indent=2))
+        teacher_path = _prepare_teacher(config, workdir)
 
     batch_size = config.data.batch_size
     train = data_module.pipeline(
@@ -200,12 +195,15 @@ def run(config, workdir):
     )
     steps_per_epoch = math.ceil(int(dataset.train.cardinality()) / batch_size)
 
+    # Every variable (the teacher's too) is created in the strategy's scope.
     with strategy.scope():
         model = models_module.get(
             config.model, dataset.num_classes, dataset.input_shape
         )
         optimizer = build_optimizer(config, steps_per_epoch)
         if distilling:
+            teacher = models_module.load(teacher_path)
+            _check_teacher(teacher, dataset)
             trainer = Distiller(
                 teacher,
                 model,
@@ -215,6 +213,7 @@ def run(config, workdir):
             )
             trainer.compile(optimizer=optimizer)
         else:
+            teacher = None
             trainer = model
             trainer.compile(
                 optimizer=optimizer,
@@ -223,6 +222,12 @@ def run(config, workdir):
                 else keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy"],
             )
+
+    chief = distribute.is_chief()
+    # Non-chief workers of a multi-worker run write to a scratch directory.
+    out = workdir if chief else Path(tempfile.mkdtemp(prefix="keras_cskd_worker_"))
+    out.mkdir(parents=True, exist_ok=True)
+    files.write_text(out / "config.json", config.to_json_best_effort(indent=2))
 
     callbacks = [
         keras.callbacks.BackupAndRestore(str(out / "backup")),
@@ -235,7 +240,7 @@ def run(config, workdir):
         epochs=config.epochs,
         validation_data=validation,
         callbacks=callbacks,
-        verbose=config.verbose,
+        verbose=config.verbose if config.verbose == "auto" else int(config.verbose),
     ).history
 
     with files.atomic_path(out / "student.keras") as tmp:
@@ -285,8 +290,8 @@ def _epoch_summary(history):
     }
 
 
-def _teacher(config, workdir):
-    """Loads the teacher; trains it from its own config first if it is missing."""
+def _prepare_teacher(config, workdir):
+    """The teacher's path; trains it from its own config first if it is missing."""
     path = Path(config.teacher.path)
     if not path.exists() and config.teacher.config:
         teacher_config = load_config(config.teacher.config)
@@ -294,7 +299,15 @@ def _teacher(config, workdir):
         teacher_config.strategy = config.strategy
         print(f"Teacher {path} is missing: training it with {config.teacher.config}.")
         run(teacher_config, Path(workdir) / "teacher")
-    return models_module.load(path)
+    return path
+
+
+def _check_data(dataset):
+    for split in ("train", "test"):
+        if next(iter(getattr(dataset, split).take(1)), None) is None:
+            raise ValueError(
+                f"The '{split}' split of dataset '{dataset.name}' is empty."
+            )
 
 
 def _check_teacher(teacher, dataset):
@@ -326,13 +339,18 @@ def _augmentation(config, dataset):
 
 
 def _export(config, model, dataset, out, test_images, test_labels):
+    """Exports the student and measures every artefact against it."""
     from keras_cskd import export
 
-    formats = [f.strip() for f in config.export.formats.split(",") if f.strip()]
     export.export(
-        model, out / "export", formats=formats, representative_data=dataset.train
+        model,
+        out / "export",
+        formats=config.export.formats,
+        representative_data=dataset.train,
     )
-    return export.evaluate_exports(model, out / "export", test_images, test_labels)
+    report = export.evaluate_exports(model, out / "export", test_images, test_labels)
+    print(export.format_table(report))
+    return report["artefacts"]
 
 
 def format_summary(summary):
@@ -357,13 +375,13 @@ def format_summary(summary):
         ),
     ]
     for name, report in summary.get("exports", {}).items():
-        if "accuracy" in report:
-            rows.append(
-                (
-                    f"{name}: accuracy / agreement",
-                    f"{report['accuracy']:.4f} / {report['agreement']:.4f}",
-                )
+        rows.append(
+            (
+                f"{name}: accuracy / agreement / max |dlogit|",
+                f"{report['accuracy']:.4f} / {report['agreement']:.4f} / "
+                f"{report['max_abs_logit_diff']:.1e}",
             )
+        )
     rows.append(("wall time", f"{summary['wall_time_s']:.1f} s"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

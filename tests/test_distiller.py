@@ -251,3 +251,13 @@ def test_sample_weights_and_compile_loss_are_refused_clearly():
     x, y = random_data()
     with pytest.raises(ValueError, match="does not take sample weights"):
         distiller.fit(x, y, sample_weight=np.ones(len(y)), epochs=1, verbose=0)
+
+
+def test_labels_out_of_range_name_the_label_and_the_valid_range():
+    teacher, student = tiny_models()
+    distiller = keras_cskd.Distiller(teacher, student, "kd")
+    distiller.compile("sgd")
+    x, y = random_data()
+    y[3] = 12
+    with pytest.raises(tf.errors.InvalidArgumentError, match="valid range"):
+        distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)

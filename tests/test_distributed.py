@@ -43,7 +43,9 @@ def test_per_replica_switch_changes_batch_wise_losses():
         "cskd_per_replica", tf.distribute.get_strategy()
     )
     (weights, logs) = train("cskd_per_replica", two_cpus())
-    difference = max(np.abs(a - b).max() for a, b in zip(single_weights, weights, strict=True))
+    difference = max(
+        np.abs(a - b).max() for a, b in zip(single_weights, weights, strict=True)
+    )
     assert difference > 100 * TOLERANCE
     # The cross-entropy is per sample, so it is still the same global value
     # at the first step; the distillation loss, on shards, is not.

@@ -1,0 +1,374 @@
+"""What the benchmarks share: their flags, the workloads, interleaved step
+timing, peak memory and Markdown tables.
+
+The scripts next to this file import it as `timing`; run them from the
+repository root, for example `python benchmarks/step_time.py --quick`.
+
+A *workload* is one configuration on one teacher/student pair, for example
+`"cskd_cswt"` on `PAIRS["digits"]`: `build()` makes its (compiled) model and
+`make_step()` a callable that runs one step of it on a fixed random batch.
+Training configurations run the model's own compiled train function (what
+`fit` runs each step) on an iterator over a cached, repeated in-memory batch;
+teacher inference runs one `tf.function` forward pass. Step times come from
+`interleaved_step_times()`, which times every call separately and goes
+round-robin over the configurations, so that load from other processes falls
+on all of them alike.
+"""
+
+import dataclasses
+import json
+import os
+import statistics
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import flags
+
+import keras_cskd
+
+_STEPS = flags.DEFINE_integer(
+    "steps", 20, "Timed steps of each configuration in each round."
+)
+_WARMUP = flags.DEFINE_integer(
+    "warmup", 5, "Untimed steps of each configuration before the first round."
+)
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 5, "Rounds over all configurations (round-robin, rotating order)."
+)
+_JIT_COMPILE = flags.DEFINE_bool(
+    "jit_compile", False, "Compile the steps with XLA (`compile(jit_compile=True)`)."
+)
+_MIXED_PRECISION = flags.DEFINE_bool(
+    "mixed_precision",
+    False,
+    "Use the mixed_float16 policy (mixed_bfloat16 when there is no GPU).",
+)
+_QUICK = flags.DEFINE_bool(
+    "quick", False, "A smoke run in seconds (for tests): numbers mean nothing."
+)
+_JSON = flags.DEFINE_string("json", None, "Also write the results to this file.")
+
+# `--quick` replaces the defaults of the flags not given on the command line.
+QUICK_VALUES = {"steps": 3, "warmup": 1, "repeats": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The common flags, resolved (see `settings()`)."""
+
+    steps: int
+    warmup: int
+    repeats: int
+    jit_compile: bool
+    mixed_precision: bool
+    quick: bool
+    json_path: str | None
+
+
+def settings():
+    """Returns the common flags' values and applies `--mixed_precision`."""
+    values = Settings(
+        steps=quick_or(_STEPS, QUICK_VALUES["steps"]),
+        warmup=quick_or(_WARMUP, QUICK_VALUES["warmup"]),
+        repeats=quick_or(_REPEATS, QUICK_VALUES["repeats"]),
+        jit_compile=_JIT_COMPILE.value,
+        mixed_precision=_MIXED_PRECISION.value,
+        quick=_QUICK.value,
+        json_path=_JSON.value,
+    )
+    if values.mixed_precision:
+        keras.mixed_precision.set_global_policy(
+            "mixed_float16" if _has_gpu() else "mixed_bfloat16"
+        )
+    return values
+
+
+def quick_or(flag, quick_value):
+    """`flag`'s value, or `quick_value` under `--quick` if `flag` was not given."""
+    if _QUICK.value and not flags.FLAGS[flag.name].present:
+        return quick_value
+    return flag.value
+
+
+def common_flag_args(values):
+    """Command-line arguments that give a subprocess the same `settings()`."""
+    return [
+        f"--steps={values.steps}",
+        f"--warmup={values.warmup}",
+        f"--repeats={values.repeats}",
+        f"--jit_compile={values.jit_compile}",
+        f"--mixed_precision={values.mixed_precision}",
+    ]
+
+
+# Workloads.
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """A teacher and a student from the model zoo, and their data."""
+
+    teacher: str
+    student: str
+    input_shape: tuple
+    num_classes: int
+
+    def __str__(self):
+        return f"{self.teacher} -> {self.student}"
+
+    def random_batch(self, batch_size, seed=0):
+        """A batch of uniform images and integer labels, as NumPy arrays."""
+        rng = np.random.default_rng(seed)
+        x = rng.random((batch_size, *self.input_shape), dtype="float32")
+        y = rng.integers(0, self.num_classes, size=batch_size).astype("int32")
+        return x, y
+
+    def model(self, role):
+        return keras_cskd.models.get(
+            getattr(self, role), self.num_classes, self.input_shape
+        )
+
+
+PAIRS = {
+    "digits": Pair("digits_cnn", "digits_mlp", (8, 8, 1), 10),
+    "cifar": Pair("resnet32x4", "resnet8x4", (32, 32, 3), 100),
+}
+
+# Configuration name -> table label.
+CONFIGURATIONS = {
+    "student": "(a) student alone, CE",
+    "teacher": "(b) teacher inference",
+    "kd": "(c) Distiller, KD",
+    "cskd": "(c) Distiller, CSKD",
+    "cskd_cswt": "(c) Distiller, CSKD+CSWT",
+    "keras_kd": "(d) keras.distillation.Distiller, KD",
+}
+
+_OUR_LOSSES = {
+    "kd": lambda: keras_cskd.losses.KD(temperature=4.0),
+    "cskd": lambda: keras_cskd.losses.CSKD(temperature=4.0, cswt=None),
+    "cskd_cswt": lambda: keras_cskd.losses.CSKD(
+        temperature=4.0, cswt=keras_cskd.losses.CSWT(2.0, 6.0)
+    ),
+}
+
+
+def build(configuration, pair, jit_compile=False):
+    """Builds the model of `configuration` on `pair` (seeded, untrained weights).
+
+    Returns the teacher alone for `"teacher"`, else a model compiled with
+    SGD(0.05, momentum=0.9). Every trainer computes the same extras: top-1
+    accuracy, and for the distillers `0.5 * CE + 0.5 * distillation loss`.
+    Build under a strategy's `scope()` to distribute it.
+    """
+    keras.utils.set_random_seed(0)
+    teacher = pair.model("teacher")
+    if configuration == "teacher":
+        return teacher
+    student = pair.model("student")
+    optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+    if configuration == "student":
+        model = student
+    elif configuration == "keras_kd":
+        model = keras.distillation.Distiller(
+            teacher,
+            student,
+            keras.distillation.LogitsDistillation(
+                temperature=4.0, loss=keras.losses.KLDivergence()
+            ),
+            student_loss_weight=0.5,
+        )
+    else:
+        model = keras_cskd.Distiller(
+            teacher,
+            student,
+            _OUR_LOSSES[configuration](),
+            student_loss_weight=0.5,
+            distillation_loss_weight=0.5,
+        )
+        model.compile(optimizer=optimizer, jit_compile=jit_compile)
+        return model
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def make_step(model, batch, jit_compile=False):
+    """A callable running one step of `model` on `batch`, traced and ready.
+
+    For a compiled model: one optimizer step of its train function (the one
+    `fit` calls; a one-step `fit` builds and traces it) on an iterator over
+    the batch, cached and repeated. For an uncompiled model (the teacher): its
+    inference-mode forward pass on the batch, as a `tf.function`.
+    """
+    x, y = batch
+    if getattr(model, "optimizer", None) is None:
+        forward = tf.function(
+            lambda images: model(images, training=False), jit_compile=jit_compile
+        )
+        images = tf.constant(x)
+        forward(images)
+        return lambda: forward(images)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .batch(len(x), drop_remainder=True)
+        .cache()
+        .repeat()
+    )
+    model.fit(dataset, steps_per_epoch=1, epochs=1, verbose=0, shuffle=False)
+    iterator = iter(model.distribute_strategy.experimental_distribute_dataset(dataset))
+    return lambda: model.train_function(iterator)
+
+
+def effective_jit(model, requested):
+    """Whether XLA really compiles `model`'s steps (Keras may turn it off)."""
+    return bool(getattr(model, "jit_compile", requested))
+
+
+# Timing.
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """Statistics of per-step times, in milliseconds."""
+
+    median: float
+    q1: float
+    q3: float
+    count: int
+
+    @classmethod
+    def of(cls, seconds):
+        ms = [1000.0 * s for s in seconds]
+        q1, _, q3 = statistics.quantiles(ms, n=4) if len(ms) > 1 else ms * 3
+        return cls(statistics.median(ms), q1, q3, len(ms))
+
+    @property
+    def iqr(self):
+        return self.q3 - self.q1
+
+
+def interleaved_step_times(steps, num_steps, warmup, repeats):
+    """Measures the seconds of every call of each step function.
+
+    Each function first runs `warmup` untimed calls; then come `repeats`
+    rounds, in each of which every function runs `num_steps` timed calls in a
+    row. The order of the functions rotates from round to round.
+
+    Args:
+        steps: `{name: callable}`.
+
+    Returns:
+        `{name: Summary}`.
+    """
+    for step in steps.values():
+        for _ in range(warmup):
+            _timed(step)
+    names = list(steps)
+    seconds = {name: [] for name in names}
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            seconds[name].extend(_timed(steps[name]) for _ in range(num_steps))
+    return {name: Summary.of(values) for name, values in seconds.items()}
+
+
+def _timed(step):
+    start = time.perf_counter()
+    step()
+    # A function call on the CPU returns when its kernels have run; a GPU's
+    # kernels may still be queued.
+    if _has_gpu():
+        tf.test.experimental.sync_devices()
+    return time.perf_counter() - start
+
+
+def _has_gpu():
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def gpu_devices():
+    """Names of the visible GPUs, e.g. `["/GPU:0"]`."""
+    return [f"/GPU:{i}" for i in range(len(tf.config.list_physical_devices("GPU")))]
+
+
+def describe_device(device):
+    """`device` in words: the CPU model and core count, or the GPU's name."""
+    if device.upper().startswith("/GPU"):
+        index = int(device.rsplit(":", 1)[1])
+        gpu = tf.config.list_physical_devices("GPU")[index]
+        name = tf.config.experimental.get_device_details(gpu).get("device_name")
+        return f"GPU {name or index}"
+    model = "CPU"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(
+                line.split(":", 1)[1].strip()
+                for line in cpuinfo
+                if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {len(os.sched_getaffinity(0))} cores"
+
+
+# Memory.
+
+
+def reset_peak_rss():
+    """Resets this process's peak resident set size (VmHWM) to its current one.
+
+    Returns whether it could (Linux >= 4.0, writable /proc/self/clear_refs).
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_mib(field="VmRSS"):
+    """This process's resident set size (`"VmRSS"`) or its peak (`"VmHWM"`)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024.0
+    raise OSError(f"{field} is not in /proc/self/status.")
+
+
+# Output.
+
+
+def markdown_table(header, rows):
+    """A Markdown table; the first column left-aligned, the others right."""
+    table = [list(map(str, header))] + [list(map(str, row)) for row in rows]
+    widths = [max(3, *(len(row[i]) for row in table)) for i in range(len(header))]
+
+    def line(cells):
+        padded = [cells[0].ljust(widths[0])] + [
+            cell.rjust(width) for cell, width in zip(cells[1:], widths[1:])
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = ["-" * widths[0]] + ["-" * (width - 1) + ":" for width in widths[1:]]
+    return "\n".join([line(table[0]), line(rule)] + [line(row) for row in table[1:]])
+
+
+def write_json(path, payload):
+    if path:
+        with open(path, "w") as file:
+            json.dump(payload, file, indent=2, default=_jsonable)
+            file.write("\n")
+
+
+def _jsonable(value):
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    raise TypeError(f"Cannot write {type(value).__name__} to JSON.")

@@ -1,0 +1,136 @@
+"""train.py and training.run end to end: the files a run promises, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import pytest
+
+from keras_cskd import training
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["--config.epochs=2", "--config.verbose=0"]
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+
+
+def test_default_config_runs_end_to_end_and_writes_every_promised_file(tmp_path):
+    workdir = tmp_path / "run"
+    result = run_cli(f"--workdir={workdir}", *QUICK)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("config.json", "log.csv", "student.keras", "summary.json"):
+        assert (workdir / name).is_file(), name
+    assert any((workdir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert (workdir / "export" / "savedmodel" / "saved_model.pb").is_file()
+    assert (workdir / "export" / "model_float32.tflite").is_file()
+    assert json.loads((workdir / "config.json").read_text())["loss"]["method"] == "cskd"
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["method"] == "cskd" and summary["epochs"] == 2
+    assert summary["teacher_test_accuracy"] > 0.9
+    assert 0.0 <= summary["student_test_accuracy"] <= 1.0
+    for key in ("last_epoch", "best_epoch", "seed", "wall_time_s"):
+        assert key in summary
+    tflite = summary["exports"]["tflite"]
+    assert tflite["max_abs_logit_diff"] < 1e-4
+    assert tflite["agreement"] >= 0.995
+    assert "test accuracy, last epoch" in result.stdout
+    keras.saving.load_model(workdir / "student.keras")  # loads
+
+
+def test_mirrored_strategy_runs_the_default_config_on_two_logical_cpus(tmp_path):
+    result = run_cli(
+        f"--workdir={tmp_path / 'run'}",
+        "--logical_cpus=2",
+        "--config.strategy=mirrored",
+        "--config.export.formats=",
+        *QUICK,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["replicas"] == 2
+
+
+def test_list_shows_methods_models_and_configs():
+    result = run_cli("--list")
+    assert result.returncode == 0
+    assert "cskd" in result.stdout and "digits_mlp" in result.stdout
+    assert "digits_cskd" in result.stdout
+
+
+def test_a_cli_error_is_one_line_with_a_nonzero_exit_and_no_workdir(tmp_path):
+    result = run_cli(f"--workdir={tmp_path / 'run'}", "--config.loss.method=nope")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: ValueError: Unknown distillation method 'nope'")
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def small_teacher(path, num_classes=10, input_shape=(8, 8, 1)):
+    inputs = keras.Input(input_shape)
+    outputs = keras.layers.Dense(num_classes)(keras.layers.Flatten()(inputs))
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+def corrupt_teacher(path):
+    good = small_teacher(path)
+    data = good.read_bytes()
+    good.write_bytes(data[: len(data) // 2])
+    return path
+
+
+BAD_INPUTS = {
+    "unknown_loss": (lambda c, d: c.loss.update(method="nope"), "Unknown distillation"),
+    "unknown_model": (lambda c, d: c.update(model="nope"), "Unknown model 'nope'"),
+    "unknown_dataset": (lambda c, d: c.data.update(name="nope"), "Unknown dataset"),
+    "unknown_strategy": (lambda c, d: c.update(strategy="nope"), "Unknown strategy"),
+    "missing_teacher": (
+        lambda c, d: c.teacher.update(path=str(d / "none.keras"), config=""),
+        "No such file",
+    ),
+    "corrupt_teacher": (
+        lambda c, d: c.teacher.update(
+            path=str(corrupt_teacher(d / "bad.keras")), config=""
+        ),
+        "corrupt",
+    ),
+    "teacher_classes": (
+        lambda c, d: c.teacher.update(
+            path=str(small_teacher(d / "t5.keras", num_classes=5)), config=""
+        ),
+        "predicts 5 classes",
+    ),
+    "teacher_input_shape": (
+        lambda c, d: c.teacher.update(
+            path=str(small_teacher(d / "t3.keras", input_shape=(8, 8, 3))), config=""
+        ),
+        "inputs of shape",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_refused_before_anything_is_written(case, tmp_path):
+    change, message = BAD_INPUTS[case]
+    config = training.load_config(ROOT / "configs" / "digits_cskd.py")
+    change(config, tmp_path)
+    workdir = tmp_path / "run"
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        training.run(config, workdir)
+    assert not workdir.exists()
