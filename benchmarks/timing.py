@@ -50,6 +50,11 @@ _QUICK = flags.DEFINE_bool(
 )
 _JSON = flags.DEFINE_string("json", None, "Also write the results to this file.")
 
+# Every model traces its own train function once, which TensorFlow's retracing
+# detector counts against the one Python function Keras wraps; it and
+# MirroredStrategy's INFO lines would bury the tables.
+tf.get_logger().setLevel("ERROR")
+
 # `--quick` replaces the defaults of the flags not given on the command line.
 QUICK_VALUES = {"steps": 3, "warmup": 1, "repeats": 2}
 

@@ -6,6 +6,10 @@ from keras import ops
 
 from keras_cskd import losses as losses_module
 
+# Keys of an input batch that carries cached teacher logits.
+IMAGES = "images"
+CACHED_TEACHER_LOGITS = "teacher_logits"
+
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
 class Distiller(keras.Model):
@@ -38,6 +42,14 @@ class Distiller(keras.Model):
             `keras_cskd.losses.CSKD()`) or the name of one (`"cskd"`).
         student_loss_weight: weight of the cross-entropy with the labels.
         distillation_loss_weight: weight of the distillation loss.
+        view_weights: for batches of several augmented views of the same
+            images, `x = (view_1, view_2, ...)`: every term is computed on
+            each view and summed with these weights (the CSKD code's weak and
+            strong views: `(0.5, 1.0)`). Evaluation batches have one view.
+
+    Inputs may also carry precomputed teacher logits,
+    `x = {"images": ..., "teacher_logits": ...}` (see
+    `keras_cskd.data.with_teacher_logits`): the teacher then does not run.
 
     Example:
 
@@ -54,6 +66,7 @@ class Distiller(keras.Model):
         distillation_loss,
         student_loss_weight=1.0,
         distillation_loss_weight=1.0,
+        view_weights=None,
         name="distiller",
         **kwargs,
     ):
@@ -89,6 +102,7 @@ class Distiller(keras.Model):
         self.distillation_loss = distillation_loss
         self.student_loss_weight = float(student_loss_weight)
         self.distillation_loss_weight = float(distillation_loss_weight)
+        self.view_weights = tuple(float(w) for w in view_weights or ()) or None
         # The 1-based epoch number, for losses that change over training (DKD's
         # warm-up); `fit` keeps it current.
         self.epoch = self.add_weight(
@@ -146,10 +160,13 @@ class Distiller(keras.Model):
 
     def train_step(self, data):
         x, y = _unpack(data)
-        teacher_logits = self._teacher_logits(x)
+        views = self._views(x)
+        teacher_logits = [self._teacher_logits(view) for view in views]
         with tf.GradientTape() as tape:
-            student_logits = self.student(x, training=True)
-            terms = self._loss_terms(y, teacher_logits, student_logits)
+            student_logits = [
+                self.student(view.images, training=True) for view in views
+            ]
+            terms = self._combined_terms(y, teacher_logits, student_logits)
             # Each replica differentiates the global objective through its own
             # student logits only; the optimizer sums the replicas' gradients.
             # Regularisation is the same on every replica, hence the 1/N.
@@ -160,17 +177,52 @@ class Distiller(keras.Model):
         variables = self.student.trainable_variables
         gradients = tape.gradient(replica_loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        return self._update_metrics(x, y, student_logits, terms)
+        return self._update_metrics(x, y, student_logits[0], terms)
 
     def test_step(self, data):
         x, y = _unpack(data)
-        teacher_logits = self._teacher_logits(x)
-        student_logits = self.student(x, training=False)
-        terms = self._loss_terms(y, teacher_logits, student_logits)
-        return self._update_metrics(x, y, student_logits, terms)
+        views = self._views(x)
+        teacher_logits = [self._teacher_logits(view) for view in views]
+        student_logits = [self.student(view.images, training=False) for view in views]
+        terms = self._combined_terms(y, teacher_logits, student_logits)
+        return self._update_metrics(x, y, student_logits[0], terms)
 
-    def _teacher_logits(self, x):
-        return ops.stop_gradient(ops.cast(self.teacher(x, training=False), "float32"))
+    def _views(self, x):
+        """The input views of a batch: one, several (a tuple of image batches
+        with `view_weights`), or one with cached teacher logits (a dict)."""
+        if isinstance(x, dict) and CACHED_TEACHER_LOGITS in x:
+            return [_View(x[IMAGES], x[CACHED_TEACHER_LOGITS])]
+        if self.view_weights and isinstance(x, (tuple, list)):
+            if len(x) != len(self.view_weights):
+                raise ValueError(
+                    f"The batch has {len(x)} views but `view_weights` has "
+                    f"{len(self.view_weights)} weights."
+                )
+            return [_View(view) for view in x]
+        return [_View(x)]
+
+    def _teacher_logits(self, view):
+        logits = view.teacher_logits
+        if logits is None:
+            logits = self.teacher(view.images, training=False)
+        return ops.stop_gradient(ops.cast(logits, "float32"))
+
+    def _combined_terms(self, y, teacher_logits, student_logits):
+        """The view-weighted sum of each view's terms (one view: its terms)."""
+        per_view = [
+            self._loss_terms(y, teacher, student)
+            for teacher, student in zip(teacher_logits, student_logits, strict=True)
+        ]
+        if len(per_view) == 1:
+            return per_view[0]
+        combined = dict(per_view[0])  # accuracy and regularisation: first view
+        for key in ("objective", "ce_loss", "distillation_loss"):
+            combined[key] = sum(
+                weight * terms[key]
+                for weight, terms in zip(self.view_weights, per_view, strict=True)
+            )
+        combined["loss"] = combined["objective"] + combined["regularization"]
+        return combined
 
     def _loss_terms(self, y, teacher_logits, student_logits):
         """Global values of every term, identical on every replica."""
@@ -265,6 +317,7 @@ class Distiller(keras.Model):
                 ),
                 "student_loss_weight": self.student_loss_weight,
                 "distillation_loss_weight": self.distillation_loss_weight,
+                "view_weights": self.view_weights,
             }
         )
         return config
@@ -275,6 +328,13 @@ class Distiller(keras.Model):
         for key in ("teacher", "student", "distillation_loss"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+class _View:
+    """One view of a batch: its images, and the teacher's logits if cached."""
+
+    def __init__(self, images, teacher_logits=None):
+        self.images, self.teacher_logits = images, teacher_logits
 
 
 def cross_entropy(labels, logits):

@@ -15,6 +15,7 @@ from keras_cskd import data as data_module
 from keras_cskd import distribute, files
 from keras_cskd import losses as losses_module
 from keras_cskd import models as models_module
+from keras_cskd.data import augment
 from keras_cskd.distiller import Distiller
 
 
@@ -39,6 +40,12 @@ def default_config():
             "eval_batch_size": 256,
             "augment": False,
             "mixup_alpha": 0.0,
+            # A second, strongly augmented view of every image (RandAugment,
+            # 2 ops at magnitude 10 of 30, then cutout); see `view_weights`.
+            "two_views": False,
+            # Compute the teacher's logits once and reuse them every epoch
+            # (only without random augmentation, mixup or two views).
+            "cache_teacher_logits": False,
         }
     )
     config.model = "digits_mlp"  # the model this run trains (the student)
@@ -50,18 +57,10 @@ def default_config():
             "config": "configs/digits_teacher.py",
         }
     )
-    config.loss = ml_collections.ConfigDict(
-        {
-            "method": "cskd",  # "scratch" (cross-entropy alone) or a loss name
-            "temperature": 4.0,
-            "cswt": True,  # CSKD: add the CSWT term; other losses: T = CSWT
-            "t_min": 2.0,
-            "t_max": 6.0,
-            "alpha": 2.0,
-        }
-    )
+    config.loss = loss_config("cskd", temperature=4.0, cswt=True, alpha=2.0)
     config.student_loss_weight = 1.0
     config.distillation_loss_weight = 1.0
+    config.view_weights = (0.5, 1.0)  # weak and strong view, with two_views
     config.optimizer = ml_collections.ConfigDict(
         {
             "name": "sgd",  # sgd | adam
@@ -76,6 +75,22 @@ def default_config():
     config.export = ml_collections.ConfigDict({"formats": "savedmodel,tflite"})
     config.save_model_to = ""  # also save the trained model here (teachers)
     return config
+
+
+def loss_config(method, cswt=False, t_min=2.0, t_max=6.0, **options):
+    """A `config.loss` block: the method's name, its arguments, and CSWT.
+
+    `cswt=True` adds the CSWT term to CSKD and makes the temperature of every
+    other loss `CSWT(t_min, t_max)`. `method="scratch"` trains with
+    cross-entropy alone.
+
+    Example:
+
+    >>> config.loss = loss_config("dkd", temperature=4.0, beta=8.0)
+    """
+    return ml_collections.ConfigDict(
+        {"method": method, "cswt": cswt, "t_min": t_min, "t_max": t_max, **options}
+    )
 
 
 def load_config(path):
@@ -181,20 +196,7 @@ def run(config, workdir):
         teacher_path = _prepare_teacher(config, workdir)
 
     batch_size = config.data.batch_size
-    train = data_module.pipeline(
-        dataset.train,
-        batch_size,
-        training=True,
-        seed=config.seed,
-        augmentation=_augmentation(config, dataset) if config.data.augment else None,
-        mixup_alpha=config.data.mixup_alpha,
-        num_classes=dataset.num_classes,
-    )
-    validation = dataset.validation and data_module.pipeline(
-        dataset.validation, config.data.eval_batch_size
-    )
     steps_per_epoch = math.ceil(int(dataset.train.cardinality()) / batch_size)
-
     # Every variable (the teacher's too) is created in the strategy's scope.
     with strategy.scope():
         model = models_module.get(
@@ -210,6 +212,7 @@ def run(config, workdir):
                 loss,
                 student_loss_weight=config.student_loss_weight,
                 distillation_loss_weight=config.distillation_loss_weight,
+                view_weights=config.view_weights if config.data.two_views else None,
             )
             trainer.compile(optimizer=optimizer)
         else:
@@ -222,6 +225,25 @@ def run(config, workdir):
                 else keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy"],
             )
+
+    train_examples = dataset.train
+    if distilling and config.data.cache_teacher_logits:
+        train_examples = data_module.with_teacher_logits(train_examples, teacher)
+    train = data_module.pipeline(
+        train_examples,
+        batch_size,
+        training=True,
+        seed=config.seed,
+        augmentation=_augmentation(dataset) if config.data.augment else None,
+        strong_augmentation=(
+            _strong_augmentation(config.seed) if config.data.two_views else None
+        ),
+        mixup_alpha=config.data.mixup_alpha,
+        num_classes=dataset.num_classes,
+    )
+    validation = dataset.validation and data_module.pipeline(
+        dataset.validation, config.data.eval_batch_size
+    )
 
     chief = distribute.is_chief()
     # Non-chief workers of a multi-worker run write to a scratch directory.
@@ -325,15 +347,24 @@ def _check_teacher(teacher, dataset):
         )
 
 
-def _augmentation(config, dataset):
-    del config
-    if dataset.input_shape[:2] == (8, 8):
-        # Digits: shifts of up to one pixel.
-        return keras.layers.RandomTranslation(0.125, 0.125, fill_mode="constant")
+def _augmentation(dataset):
+    if tuple(dataset.input_shape[:2]) == (8, 8):
+        return augment.digits_augmentation()
+    return augment.cifar_augmentation(image_size=dataset.input_shape[0])
+
+
+def _strong_augmentation(seed):
+    """The CSKD code's strong view: RandAugment with 2 ops at magnitude 10
+    (of 30; inferred from its RandAugment implementation) and a cutout of up
+    to half the side (a quarter of the area)."""
     return keras.Sequential(
         [
-            keras.layers.RandomCrop(*dataset.input_shape[:2]),
-            keras.layers.RandomFlip("horizontal"),
+            keras.layers.RandAugment(
+                value_range=(0, 1), num_ops=2, factor=10 / 30, seed=seed
+            ),
+            keras.layers.RandomErasing(
+                factor=1.0, scale=(0.02, 0.25), value_range=(0, 1), seed=seed
+            ),
         ]
     )
 

@@ -92,19 +92,25 @@ def kd(zt, zs, temperature=4.0):
     return factor * kl_from_log_probs(log_softmax(zt / t), log_softmax(zs / t)).mean()
 
 
-def cosine_term(zt, zs, temperature, alpha=2.0):
-    """L_cs: alpha * T^2 * (1 - mean_c cos(Ps[:, c], Pt[:, c]))."""
+def cosine_term(zt, zs, temperature, alpha=2.0, multi_level=False):
+    """L_cs: alpha * T^2 * (1 - mean_c cos(Ps[:, c], Pt[:, c])); with
+    `multi_level`, plus 1 - mean row cosine of the class Grams P^T P and of
+    the batch Grams P P^T, inside the same alpha * T^2."""
     zt, zs = np.float64(zt), np.float64(zs)
     t, factor = temperature_and_factor(zt, zs, temperature)
-    per_class = cosine(softmax(zs, t), softmax(zt, t), axis=0)
-    return alpha * factor * (1.0 - per_class.mean())
+    ps, pt = softmax(zs, t), softmax(zt, t)
+    dissimilarity = 1.0 - cosine(ps, pt, axis=0).mean()
+    if multi_level:
+        dissimilarity += 1.0 - cosine(ps.T @ ps, pt.T @ pt, axis=1).mean()
+        dissimilarity += 1.0 - cosine(ps @ ps.T, pt @ pt.T, axis=1).mean()
+    return alpha * factor * dissimilarity
 
 
-def cskd(zt, zs, temperature=4.0, cswt_range=(2.0, 6.0), alpha=2.0):
+def cskd(zt, zs, temperature=4.0, cswt_range=(2.0, 6.0), alpha=2.0, multi_level=False):
     """L_cs(temperature) + L_cswt(cswt_range); cswt_range None for L_cs alone."""
-    loss = cosine_term(zt, zs, temperature, alpha)
+    loss = cosine_term(zt, zs, temperature, alpha, multi_level)
     if cswt_range is not None:
-        loss += cosine_term(zt, zs, ("cswt", *cswt_range), alpha)
+        loss += cosine_term(zt, zs, ("cswt", *cswt_range), alpha, multi_level)
     return loss
 
 

@@ -111,6 +111,11 @@ LOSSES = {
         lambda t, s, y: reference.cskd(t, s, 3.0, (1.0, 5.0), alpha=1.5),
         14 + 38,
     ),
+    "CSKD_multi_level": _case(
+        lambda: CSKD(multi_level=True),
+        lambda t, s, y: reference.cskd(t, s, multi_level=True),
+        3 * (32 + 72),
+    ),
     "CSKD_cswt_only": _case(
         lambda: CSKD(temperature=CSWT(), cswt=None),
         lambda t, s, y: reference.cskd(t, s, CSWT_REF, cswt_range=None),

@@ -1,32 +1,63 @@
 """Datasets as `tf.data` pipelines: named sources, splits, batching, augmentation.
 
-Sources (`load(name)`): `"digits"` (embedded); more register in `_SOURCES`.
+Sources (`load(name)`): `"digits"` (embedded), `"tfds:<spec>"` (TensorFlow
+Datasets, never downloaded unless asked) and `"folder:<path>"` (image folders).
 """
 
-from keras_cskd.data import digits
+from keras_cskd.data import digits, folder, tfds
+from keras_cskd.data.augment import (
+    RandomPaddedCrop,
+    cifar_augmentation,
+    digits_augmentation,
+)
 from keras_cskd.data.dataset import Dataset
 from keras_cskd.data.digits import digits_arrays
-from keras_cskd.data.pipeline import pipeline, to_numpy
+from keras_cskd.data.pipeline import pipeline, to_numpy, with_teacher_logits
+
+TFDS_PREFIX = "tfds:"
+FOLDER_PREFIX = "folder:"
 
 
 def names():
-    """The dataset names (and name prefixes) `load` understands."""
-    return ["digits"]
+    """The dataset names (and name patterns) `load` understands."""
+    return ["digits", f"{TFDS_PREFIX}<name>", f"{FOLDER_PREFIX}<path>"]
 
 
-def load(name):
+def load(
+    name, data_dir=None, download=False, validation_fraction=0.0, seed=0, **options
+):
     """Loads a named dataset.
 
     Args:
-        name: `"digits"`: scikit-learn's bundled 8x8 handwritten digits (real
-            data, no download), 10 classes, images scaled to [0, 1] as
-            `[8, 8, 1]`, split 70/15/15 (stratified, fixed seed).
+        name: one of
+            - `"digits"`: scikit-learn's bundled 8x8 handwritten digits (real
+              data, no download), 10 classes, images scaled to [0, 1] as
+              `[8, 8, 1]`, split 70/15/15 (stratified, fixed seed; its own
+              validation split, so `validation_fraction` is ignored).
+            - `"tfds:<name>[/<config>][:<version>][:<splits>]"`: a TensorFlow
+              Datasets image classification dataset, e.g. `"tfds:cifar100"`
+              or `"tfds:cifar10:train[:10%],test=test[:5%]"` (see
+              `keras_cskd.data.tfds`).
+            - `"folder:<path>"`: a folder of `<split>/<class>/<image>` files
+              (see `keras_cskd.data.folder`).
+        data_dir: the TFDS data directory (TFDS datasets only).
+        download: let TFDS download and prepare a missing dataset (TFDS
+            datasets only). Without it nothing is downloaded.
+        validation_fraction: for TFDS datasets and folders without their own
+            validation split, the fraction of the training split held out
+            for validation; `0` means no validation split.
+        seed: the seed of a folder's validation carve.
+        **options: passed on to the source's loader: `normalization` and
+            `image_size` (TFDS), `image_size` (folders).
 
     Returns:
         A `Dataset` of unbatched `(image, label)` splits.
 
     Raises:
-        ValueError: for an unknown name.
+        ValueError: for an unknown name, options given to `digits`, or a
+            source's own errors (see `tfds.load` and `folder.load`).
+        TypeError: for options the source does not take.
+        FileNotFoundError: for an unprepared TFDS dataset or a missing folder.
 
     Example:
 
@@ -35,8 +66,37 @@ def load(name):
     (10, (8, 8, 1))
     """
     if name == "digits":
+        if options:
+            raise ValueError(f"The digits dataset takes no options, got {options}.")
         return digits.load()
+    if name.startswith(TFDS_PREFIX):
+        return tfds.load(
+            name[len(TFDS_PREFIX) :],
+            data_dir=data_dir,
+            download=download,
+            validation_fraction=validation_fraction,
+            seed=seed,
+            **options,
+        )
+    if name.startswith(FOLDER_PREFIX):
+        return folder.load(
+            name[len(FOLDER_PREFIX) :],
+            validation_fraction=validation_fraction,
+            seed=seed,
+            **options,
+        )
     raise ValueError(f"Unknown dataset '{name}'. Known datasets: {', '.join(names())}.")
 
 
-__all__ = ["Dataset", "digits_arrays", "load", "names", "pipeline", "to_numpy"]
+__all__ = [
+    "Dataset",
+    "RandomPaddedCrop",
+    "cifar_augmentation",
+    "digits_arrays",
+    "digits_augmentation",
+    "load",
+    "names",
+    "pipeline",
+    "to_numpy",
+    "with_teacher_logits",
+]

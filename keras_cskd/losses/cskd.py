@@ -19,6 +19,12 @@ class CSKD(LogitsDistillationLoss):
     temperatures (and `mean_i(T_i)^2` for `T^2`) is added:
     `L = L_cs(temperature) + L_cs(cswt)`.
 
+    With `multi_level=True` (an optional extra of the paper's code) each term
+    also compares the class Gram matrices `P^T P` (`[C, C]`) and the batch Gram
+    matrices `P P^T` (`[B, B]`) of student and teacher, row by row, as
+    `1 - mean cosine`; the three parts share the term's `alpha * T^2`
+    (**inferred**: the weighting is not specified).
+
     The loss is batch-wise: under `tf.distribute` the `Distiller` computes it on
     the global batch unless `global_batch=False`.
 
@@ -27,6 +33,7 @@ class CSKD(LogitsDistillationLoss):
         cswt: a `CSWT` for the added per-sample-temperature term (default
             `CSWT(2, 6)`), or `None` for the fixed-temperature term alone.
         alpha: weight of each term (default 2).
+        multi_level: add the class-Gram and batch-Gram cosine parts.
         global_batch: see `LogitsDistillationLoss`.
 
     Example:
@@ -36,7 +43,14 @@ class CSKD(LogitsDistillationLoss):
     >>> paper.compute_loss(teacher_logits, student_logits)   # a scalar
     """
 
-    def __init__(self, temperature=4.0, cswt="default", alpha=2.0, global_batch=True):
+    def __init__(
+        self,
+        temperature=4.0,
+        cswt="default",
+        alpha=2.0,
+        multi_level=False,
+        global_batch=True,
+    ):
         super().__init__(temperature=temperature, global_batch=global_batch)
         if isinstance(cswt, str) and cswt == "default":
             cswt = CSWT(2.0, 6.0)
@@ -46,6 +60,7 @@ class CSKD(LogitsDistillationLoss):
             raise ValueError(f"`cswt` must be a CSWT or None, got {cswt!r}.")
         self.cswt = cswt
         self.alpha = float(alpha)
+        self.multi_level = bool(multi_level)
 
     def call(self, teacher_logits, student_logits, labels=None, **kwargs):
         loss = self._cosine_term(teacher_logits, student_logits, self.temperature)
@@ -61,10 +76,27 @@ class CSKD(LogitsDistillationLoss):
         teacher_probs = ops.softmax(teacher_logits / temperature, axis=-1)
         # axis=0: one cosine per class, over the samples of the batch.
         per_class = cosine_similarity(student_probs, teacher_probs, axis=0)
-        return self.alpha * temperature_squared * (1.0 - ops.mean(per_class))
+        dissimilarity = 1.0 - ops.mean(per_class)
+        if self.multi_level:
+            for gram in (_class_gram, _batch_gram):
+                rows = cosine_similarity(
+                    gram(student_probs), gram(teacher_probs), axis=-1
+                )
+                dissimilarity += 1.0 - ops.mean(rows)
+        return self.alpha * temperature_squared * dissimilarity
 
     def get_config(self):
         config = super().get_config()
         cswt = self.cswt and keras.saving.serialize_keras_object(self.cswt)
-        config.update({"cswt": cswt, "alpha": self.alpha})
+        config.update(
+            {"cswt": cswt, "alpha": self.alpha, "multi_level": self.multi_level}
+        )
         return config
+
+
+def _class_gram(probs):
+    return ops.matmul(ops.transpose(probs), probs)  # [C, C]
+
+
+def _batch_gram(probs):
+    return ops.matmul(probs, ops.transpose(probs))  # [B, B]

@@ -1,0 +1,234 @@
+"""Image folders (`folder:<path>`): `<path>/<split>/<class>/<image>` files.
+
+Splits are `train` and `test`, optionally `validation`. Class names, sorted
+alphabetically, become label ids `0..num_classes-1`, the same in every split.
+Every image is decoded once, eagerly, when the folder is loaded, so a corrupt
+file is reported by name rather than failing a `tf.data` pipeline mid-training.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from keras_cskd.data.dataset import Dataset
+
+SPLITS = ("train", "validation", "test")
+LAYOUT = (
+    "<path>/<split>/<class>/<image>, splits 'train', 'test' and optionally 'validation'"
+)
+
+
+def load(path, validation_fraction=0.0, seed=0, image_size=None):
+    """Loads an image-classification folder.
+
+    Images are decoded with `tf.io.decode_image` (PNG, JPEG, BMP, GIF; the
+    first frame of an animation), resized to `image_size` when given and
+    scaled to float32 in [0, 1]. When images mix grayscale, RGB and RGBA, all
+    are converted to RGB. Hidden files and folders (`.name`) are ignored.
+
+    Args:
+        path: the folder holding the split folders.
+        validation_fraction: when there is no `validation` folder, move this
+            fraction of each training class (chosen with `seed`, so the same
+            files each time) into a validation split; `0` leaves
+            `validation=None`.
+        seed: the seed of the validation carve.
+        image_size: `(height, width)` or an int to resize every image to;
+            without it all images must share one size.
+
+    Returns:
+        A `Dataset` named `folder:<path>` of unbatched `(image, label)` splits
+        (float32 images, int32 labels).
+
+    Raises:
+        FileNotFoundError: when `path` is not a directory.
+        ValueError: for a missing `train` or `test` split, a split without
+            images or with classes other than train's, stray files beside the
+            class folders, images that cannot be decoded (listed by file
+            name), images of different sizes without `image_size`, or both a
+            `validation` folder and a `validation_fraction`.
+
+    Example:
+
+    >>> flowers = load("/data/flowers", validation_fraction=0.1, image_size=64)
+    >>> flowers.input_shape
+    (64, 64, 3)
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"Image folder '{root}' does not exist or is not a directory. "
+            f"Expected the layout {LAYOUT}."
+        )
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(
+            f"`validation_fraction` must be in [0, 1), got {validation_fraction}."
+        )
+    for required in ("train", "test"):
+        if not (root / required).is_dir():
+            raise ValueError(
+                f"Image folder '{root}' has no '{required}' split folder. "
+                f"Expected the layout {LAYOUT}."
+            )
+    has_validation = (root / "validation").is_dir()
+    if has_validation and validation_fraction > 0:
+        raise ValueError(
+            f"Image folder '{root}' has its own 'validation' split; "
+            "leave `validation_fraction` at 0."
+        )
+
+    files = {"train": _list_split(root, "train")}
+    class_names = sorted(files["train"])
+    for split in SPLITS[1:]:
+        if split == "validation" and not has_validation:
+            continue
+        files[split] = _list_split(root, split)
+        if sorted(files[split]) != class_names:
+            raise ValueError(
+                f"The '{split}' split of image folder '{root}' has the classes "
+                f"{sorted(files[split])}, but 'train' has {class_names}; every "
+                "split must have the same class folders."
+            )
+    empty = [name for name in class_names if not files["train"][name]]
+    if empty:
+        raise ValueError(
+            f"These classes of image folder '{root}' have no training images: {empty}."
+        )
+
+    paths = {
+        split: [file for name in class_names for file in by_class[name]]
+        for split, by_class in files.items()
+    }
+    labels = {
+        split: np.array(
+            [i for i, name in enumerate(class_names) for _ in by_class[name]],
+            dtype="int32",
+        )
+        for split, by_class in files.items()
+    }
+    images = _decode_all(paths, root, image_size)
+
+    if validation_fraction > 0:
+        keep, carve = _carve(labels["train"], validation_fraction, seed)
+        if not len(carve):
+            raise ValueError(
+                f"`validation_fraction={validation_fraction}` carves no images "
+                f"from the {len(keep)} training images of image folder '{root}'."
+            )
+        images["validation"] = images["train"][carve]
+        labels["validation"] = labels["train"][carve]
+        images["train"] = images["train"][keep]
+        labels["train"] = labels["train"][keep]
+
+    def split_dataset(split):
+        if split not in images:
+            return None
+        return tf.data.Dataset.from_tensor_slices((images[split], labels[split]))
+
+    return Dataset(
+        f"folder:{path}",
+        split_dataset("train"),
+        split_dataset("validation"),
+        split_dataset("test"),
+        num_classes=len(class_names),
+        input_shape=tuple(int(side) for side in images["train"].shape[1:]),
+    )
+
+
+def _visible(entries):
+    return sorted(entry for entry in entries if not entry.name.startswith("."))
+
+
+def _list_split(root, split):
+    """`{class name: [image paths]}` of one split folder."""
+    directory = root / split
+    entries = _visible(directory.iterdir())
+    stray = [entry.name for entry in entries if not entry.is_dir()]
+    if stray:
+        raise ValueError(
+            f"Split folder '{directory}' holds files beside its class folders: "
+            f"{stray[:5]}. Expected the layout {LAYOUT}."
+        )
+    by_class = {
+        entry.name: [file for file in _visible(entry.iterdir()) if file.is_file()]
+        for entry in entries
+    }
+    if not any(by_class.values()):
+        raise ValueError(
+            f"Split folder '{directory}' holds no images. Expected the layout {LAYOUT}."
+        )
+    return by_class
+
+
+def _decode(file, channels=0):
+    return tf.io.decode_image(
+        file.read_bytes(), channels=channels, expand_animations=False
+    )
+
+
+def _decode_all(paths, root, image_size):
+    """Decodes every file once: `{split: float32 array [N, H, W, C]}`."""
+    decoded, bad = {}, []
+    for split, files in paths.items():
+        decoded[split] = []
+        for file in files:
+            try:
+                decoded[split].append(_decode(file))
+            except (tf.errors.OpError, OSError) as error:
+                message = str(error).strip().splitlines()[0] if str(error) else ""
+                bad.append(f"{file} ({type(error).__name__}: {message})")
+    if bad:
+        raise ValueError(
+            f"Image folder '{root}' has {len(bad)} file(s) that cannot be "
+            "decoded as images (PNG, JPEG, BMP or GIF):\n  " + "\n  ".join(bad)
+        )
+
+    all_images = [image for images in decoded.values() for image in images]
+    if len({int(image.shape[-1]) for image in all_images}) > 1:
+        # Mixed grayscale / RGB / RGBA: decode everything as RGB.
+        decoded = {
+            split: [_decode(file, channels=3) for file in files]
+            for split, files in paths.items()
+        }
+
+    size = None
+    if image_size is not None:
+        size = (image_size, image_size) if isinstance(image_size, int) else image_size
+        size = tuple(int(side) for side in size)
+    else:
+        shapes = {}
+        for split, files in paths.items():
+            for file, image in zip(files, decoded[split], strict=True):
+                shapes.setdefault(tuple(image.shape[:2]), file)
+        if len(shapes) > 1:
+            examples = ", ".join(
+                f"{height}x{width} (e.g. {file})"
+                for (height, width), file in shapes.items()
+            )
+            raise ValueError(
+                f"The images of image folder '{root}' differ in size: {examples}. "
+                "Pass `image_size` to resize them to one size."
+            )
+
+    def to_array(images):
+        images = [tf.image.convert_image_dtype(image, tf.float32) for image in images]
+        if size is not None:
+            images = [tf.image.resize(image, size) for image in images]
+        return np.stack([image.numpy() for image in images]).astype("float32")
+
+    return {split: to_array(images) for split, images in decoded.items()}
+
+
+def _carve(labels, validation_fraction, seed):
+    """Stratified indices `(keep, carve)` moving a fraction of each class."""
+    rng = np.random.default_rng(seed)
+    keep, carve = [], []
+    for label in np.unique(labels):
+        indices = rng.permutation(np.flatnonzero(labels == label))
+        count = min(round(len(indices) * validation_fraction), len(indices) - 1)
+        carve.extend(indices[:count])
+        keep.extend(indices[count:])
+    return np.sort(np.array(keep, dtype="int64")), np.sort(
+        np.array(carve, dtype="int64")
+    )

@@ -1,0 +1,367 @@
+"""TensorFlow Datasets image classification datasets (`tfds:<spec>`).
+
+A spec names a TFDS dataset and, optionally, its version and splits:
+
+```
+<name>[/<config>][:<version>][:<splits>]
+<splits> := <item>[,<item>...]
+<item>   := [train=|validation=|test=]<TFDS split expression>
+```
+
+An item without a key overrides the train split. The defaults are `train` for
+training and `test` for testing. Examples:
+
+- `cifar100`: train on `train`, test on `test`.
+- `cifar10:train[:10%]`: train on the first 10% of `train`, test on `test`.
+- `cifar10:3.0.2:train[:50%],test=test[:20%]`: a pinned version and both splits.
+- `imagenette/160px:train,test=validation`: a dataset without a `test` split.
+
+Nothing is ever downloaded unless `download=True`; an unprepared dataset fails
+at once with the command that prepares it on a machine with network access.
+"""
+
+import re
+
+import tensorflow as tf
+
+from keras_cskd.data.dataset import Dataset
+
+# Per-channel mean and standard deviation of the training images in [0, 1].
+NORMALIZATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+}
+
+SPLIT_KEYS = ("train", "validation", "test")
+_VERSION = re.compile(r"^\d+(\.(\d+|\*)){0,2}$")
+# The host a network probe asks before a download: TFDS's own bucket.
+_PROBE_URL = "https://storage.googleapis.com"
+
+
+def parse_spec(spec):
+    """Splits a `tfds:` spec (prefix already stripped) into its parts.
+
+    Args:
+        spec: `<name>[/<config>][:<version>][:<splits>]`, see the module
+            docstring.
+
+    Returns:
+        A tuple `(name, version, splits)`: the TFDS name (with its config),
+        the version string or `None`, and a dict of the split expressions
+        given, keyed by `"train"`, `"validation"` or `"test"`.
+
+    Raises:
+        ValueError: for an empty name, a repeated or unknown split key, or
+            more parts than the syntax allows.
+
+    Example:
+
+    >>> parse_spec("cifar10:train[:10%],test=test[:5%]")
+    ('cifar10', None, {'train': 'train[:10%]', 'test': 'test[:5%]'})
+    """
+    parts = _split_outside_brackets(spec, ":")
+    name, rest = parts[0].strip(), parts[1:]
+    if not name:
+        raise ValueError(f"The TFDS spec '{spec}' names no dataset.")
+    version = None
+    if rest and _VERSION.match(rest[0].strip()):
+        version = rest.pop(0).strip()
+    if len(rest) > 1:
+        raise ValueError(
+            f"Cannot read the TFDS spec '{spec}': expected "
+            "'<name>[/<config>][:<version>][:<splits>]'."
+        )
+    splits = {}
+    for item in _split_outside_brackets(rest[0], ",") if rest else []:
+        key, sep, expression = item.partition("=")
+        key, expression = (key.strip(), expression.strip()) if sep else ("train", key)
+        expression = expression.strip()
+        if key not in SPLIT_KEYS or not expression:
+            raise ValueError(
+                f"Cannot read the split item '{item}' in the TFDS spec '{spec}': "
+                "expected '<split>' or 'train=|validation=|test=<split>', "
+                "for example 'cifar10:train[:10%],test=test[:5%]'."
+            )
+        if key in splits:
+            raise ValueError(f"The TFDS spec '{spec}' gives the {key} split twice.")
+        splits[key] = expression
+    return name, version, splits
+
+
+def load(
+    spec,
+    data_dir=None,
+    download=False,
+    validation_fraction=0.0,
+    seed=0,
+    normalization="auto",
+    image_size=None,
+):
+    """Loads a TFDS image classification dataset with `image` and `label`.
+
+    Images become float32 in [0, 1] and are then normalised per channel:
+    CIFAR-10 and CIFAR-100 with their usual constants (`NORMALIZATION`), other
+    datasets not at all unless `normalization` is given. Labels are int32.
+
+    Args:
+        spec: `<name>[/<config>][:<version>][:<splits>]` (the `tfds:` prefix
+            already stripped), see the module docstring.
+        data_dir: the TFDS data directory; `None` uses TFDS's default
+            (`$TFDS_DATA_DIR` or `~/tensorflow_datasets`).
+        download: download and prepare the dataset when it is not prepared.
+            Without network this fails at once rather than retrying.
+        validation_fraction: carve this fraction off the end of the train
+            split as the validation split (TFDS split slicing, so the same
+            examples every time); `0` leaves `validation=None` unless the spec
+            names a validation split.
+        seed: unused: TFDS slicing is deterministic by itself. Accepted so
+            every source takes the same arguments.
+        normalization: `"auto"` (the constants above for known datasets,
+            otherwise none), `None` (none), or a `(mean, std)` pair of
+            per-channel sequences for images in [0, 1].
+        image_size: `(height, width)` or an int to resize every image to;
+            needed when the dataset's images differ in size.
+
+    Returns:
+        A `Dataset` named `tfds:<spec>` of unbatched `(image, label)` splits.
+
+    Raises:
+        ValueError: for an unknown dataset, a malformed spec, a dataset without
+            `image` and `label` features, images without a fixed size and no
+            `image_size`, or a bad `validation_fraction`/`normalization`.
+        FileNotFoundError: when the dataset is not prepared in `data_dir`
+            and `download=False`.
+        ConnectionError: when `download=True` but the network is unreachable
+            or the download fails.
+
+    Example:
+
+    >>> cifar = load("cifar100", data_dir="/data/tfds", validation_fraction=0.1)
+    >>> cifar.num_classes, cifar.input_shape
+    (100, (32, 32, 3))
+    """
+    import tensorflow_datasets as tfds
+
+    name, version, splits = parse_spec(spec)
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(
+            f"`validation_fraction` must be in [0, 1), got {validation_fraction}."
+        )
+    full_name = f"{name}:{version}" if version else name
+    try:
+        builder = tfds.builder(full_name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as error:
+        raise ValueError(
+            f"Unknown TFDS dataset '{full_name}' (from 'tfds:{spec}'). "
+            "`tfds.list_builders()` lists the known names."
+        ) from error
+
+    features = builder.info.features
+    image_feature, label_feature = _image_and_label(features, name)
+    num_classes = int(label_feature.num_classes)
+
+    if download and not builder.is_prepared():
+        _download_and_prepare(builder, full_name, data_dir)
+
+    train = splits.get("train", "train")
+    test = splits.get("test", "test")
+    validation = splits.get("validation")
+    if validation_fraction > 0:
+        if validation is not None:
+            raise ValueError(
+                f"The TFDS spec 'tfds:{spec}' names a validation split; "
+                "leave `validation_fraction` at 0 or drop `validation=`."
+            )
+        train, validation = _carve(builder, train, validation_fraction, spec)
+
+    mean_std = _normalization(normalization, name, image_feature.shape[-1])
+    preprocess = _preprocess_fn(mean_std, image_size)
+    shape = _input_shape(image_feature.shape, image_size, name)
+
+    def split_dataset(split):
+        try:
+            dataset = builder.as_dataset(split=split, shuffle_files=False)
+        except AssertionError as error:
+            # TFDS's own check: `data_path` does not exist (nothing prepared).
+            raise FileNotFoundError(
+                _not_prepared_message(builder, full_name, data_dir)
+            ) from error
+        return dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return Dataset(
+        f"tfds:{spec}",
+        split_dataset(train),
+        None if validation is None else split_dataset(validation),
+        split_dataset(test),
+        num_classes=num_classes,
+        input_shape=shape,
+    )
+
+
+def _split_outside_brackets(text, separator):
+    """Splits `text` at `separator`s that are not inside `[...]`."""
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth = max(depth - 1, 0)
+        elif char == separator and depth == 0:
+            parts.append(text[start:index])
+            start = index + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _image_and_label(features, name):
+    import tensorflow_datasets as tfds
+
+    keys = list(features.keys()) if hasattr(features, "keys") else []
+    image = features["image"] if "image" in keys else None
+    label = features["label"] if "label" in keys else None
+    if not isinstance(image, tfds.features.Image) or not isinstance(
+        label, tfds.features.ClassLabel
+    ):
+        raise ValueError(
+            f"TFDS dataset '{name}' is not an image classification dataset "
+            "with an `image` (Image) and a `label` (ClassLabel) feature; "
+            f"its features are: {', '.join(keys) or features}."
+        )
+    return image, label
+
+
+def _carve(builder, train, validation_fraction, spec):
+    """Splits the train split expression into train and validation parts."""
+    if not re.fullmatch(r"[\w-]+", train):
+        raise ValueError(
+            f"`validation_fraction` carves a plain split name, but the train "
+            f"split of 'tfds:{spec}' is '{train}'. Name the validation split "
+            "in the spec instead, e.g. 'cifar10:train[:80%],validation=train[80%:]'."
+        )
+    split_info = builder.info.splits.get(train) if builder.info.splits else None
+    if split_info is not None:
+        # Exact example counts when TFDS knows the size of the split.
+        cut = split_info.num_examples - round(
+            split_info.num_examples * validation_fraction
+        )
+        return f"{train}[:{cut}]", f"{train}[{cut}:]"
+    percent = 100 * (1 - validation_fraction)
+    if abs(percent - round(percent)) > 1e-9:
+        raise ValueError(
+            f"The size of the '{train}' split is not known yet, so "
+            "`validation_fraction` must be a whole percentage (e.g. 0.1), "
+            f"got {validation_fraction}."
+        )
+    return f"{train}[:{round(percent)}%]", f"{train}[{round(percent)}%:]"
+
+
+def _normalization(normalization, name, channels):
+    if isinstance(normalization, str):
+        if normalization != "auto":
+            raise ValueError(
+                "`normalization` must be 'auto', None or (mean, std), "
+                f"got '{normalization}'."
+            )
+        normalization = NORMALIZATION.get(name.split("/")[0])
+    if normalization is None:
+        return None
+    mean, std = normalization
+    mean = tf.constant(mean, tf.float32)
+    std = tf.constant(std, tf.float32)
+    if channels is not None and (
+        mean.shape.num_elements() not in (1, channels)
+        or std.shape.num_elements() not in (1, channels)
+    ):
+        raise ValueError(
+            f"`normalization` for '{name}' needs 1 or {channels} values per "
+            f"statistic, got mean {mean.numpy()} and std {std.numpy()}."
+        )
+    return mean, std
+
+
+def _preprocess_fn(mean_std, image_size):
+    size = _size_pair(image_size)
+
+    def preprocess(example):
+        image = tf.image.convert_image_dtype(example["image"], tf.float32)
+        if size is not None:
+            image = tf.image.resize(image, size)
+        if mean_std is not None:
+            image = (image - mean_std[0]) / mean_std[1]
+        return image, tf.cast(example["label"], tf.int32)
+
+    return preprocess
+
+
+def _size_pair(image_size):
+    if image_size is None:
+        return None
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    return tuple(int(side) for side in image_size)
+
+
+def _input_shape(feature_shape, image_size, name):
+    height, width, channels = feature_shape
+    size = _size_pair(image_size)
+    if size is not None:
+        height, width = size
+    if height is None or width is None or channels is None:
+        raise ValueError(
+            f"TFDS dataset '{name}' has images of varying shape {feature_shape}; "
+            "pass `image_size` to resize them to one size."
+        )
+    return (int(height), int(width), int(channels))
+
+
+def _prepare_command(full_name, data_dir):
+    directory = data_dir if data_dir else "DATA_DIR"
+    return (
+        'python -c "import tensorflow_datasets as tfds; '
+        f"tfds.builder('{full_name}', data_dir='{directory}')"
+        '.download_and_prepare()"'
+    )
+
+
+def _how_to_prepare(full_name, data_dir):
+    directory = data_dir if data_dir else "DATA_DIR"
+    return (
+        "Prepare it on a machine with network access:\n"
+        f"    {_prepare_command(full_name, data_dir)}\n"
+        f"then copy '{directory}' here and pass it with "
+        f"--config.data.data_dir={directory} (or `data_dir=` in Python, or the "
+        "TFDS_DATA_DIR environment variable)."
+    )
+
+
+def _not_prepared_message(builder, full_name, data_dir):
+    return (
+        f"TFDS dataset '{full_name}' is not prepared: no data in "
+        f"'{builder.data_dir}', and nothing is downloaded without "
+        f"`download=True`. {_how_to_prepare(full_name, data_dir)}"
+    )
+
+
+def _download_and_prepare(builder, full_name, data_dir):
+    """Downloads and prepares, failing at once when there is no network.
+
+    TFDS retries an unreachable host for minutes; a quick probe first turns
+    "no network" into an immediate error.
+    """
+    import requests
+
+    try:
+        requests.head(_PROBE_URL, timeout=5)
+    except requests.RequestException as error:
+        raise ConnectionError(
+            f"Cannot download TFDS dataset '{full_name}': the network is "
+            f"unreachable ({type(error).__name__}). "
+            f"{_how_to_prepare(full_name, data_dir)}"
+        ) from error
+    try:
+        builder.download_and_prepare()
+    except (OSError, requests.RequestException) as error:
+        raise ConnectionError(
+            f"Downloading TFDS dataset '{full_name}' failed: {error}. "
+            f"{_how_to_prepare(full_name, data_dir)}"
+        ) from error
