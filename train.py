@@ -29,6 +29,9 @@ _LOGICAL_CPUS = flags.DEFINE_integer(
     "MirroredStrategy without GPUs).",
 )
 _LIST = flags.DEFINE_bool("list", False, "List methods, models and configs, then exit.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace a finished run in --workdir (else refused)."
+)
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of errors.")
 
 
@@ -51,17 +54,7 @@ def main(argv):
     if not config.name:
         config.name = Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
     workdir = _WORKDIR.value or os.path.join("runs", config.name)
-    try:
-        summary = training.run(config, workdir)
-    except Exception as error:  # noqa: BLE001  one line for users, --verbose for all
-        if _VERBOSE.value:
-            raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        print(f"error: {type(error).__name__}: {message}", file=sys.stderr)
-        return 1
-    print(training.format_summary(summary))
-    print(f"Results in {workdir}")
-    return 0
+    return training.main(config, workdir, _OVERWRITE.value, _VERBOSE.value)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
+import timing  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-import timing  # noqa: E402
 from keras_cskd import distribute  # noqa: E402
 
 _PAIR = flags.DEFINE_enum(
@@ -87,12 +87,14 @@ def measure(pair_name, batch_size, values):
             model = timing.build(CONFIGURATION, pair, values.jit_compile)
         steps[name] = timing.make_step(model, batch, values.jit_compile)
         xla[name] = timing.effective_jit(model, values.jit_compile)
+    num_steps = values.steps_for(pair)
     summaries = timing.interleaved_step_times(
-        steps, values.steps, values.warmup, values.repeats
+        steps, num_steps, values.warmup, values.repeats
     )
     return {
         "pair": str(pair),
         "batch_size": batch_size,
+        "steps": num_steps,
         "step_ms": summaries,
         "xla": xla,
     }
@@ -101,7 +103,6 @@ def measure(pair_name, batch_size, values):
 def report(pair_name, batch_size, result, values):
     """The Markdown section of one pair: a title line and the table."""
     baseline = result["step_ms"]["default"].median
-    xla = "/".join(sorted({str(on) for on in result["xla"].values()}))
     rows = [
         [
             label,
@@ -114,9 +115,8 @@ def report(pair_name, batch_size, result, values):
     title = (
         f"## {pair_name}: {result['pair']}, Distiller CSKD+CSWT, global batch "
         f"{batch_size}, {timing.describe_device('/CPU:0')} split into "
-        f"{NUM_DEVICES} logical devices; XLA: {xla}; "
-        f"{values.repeats} rounds x {values.steps} steps after {values.warmup} "
-        "warm-up steps"
+        f"{NUM_DEVICES} logical devices; "
+        f"{timing.describe_run(values, result['steps'], result['xla'])}"
     )
     header = ["strategy", "median ms/step", "IQR ms", "÷ default"]
     return f"{title}\n\n{timing.markdown_table(header, rows)}"

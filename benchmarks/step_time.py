@@ -44,16 +44,18 @@ from concurrent import futures
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
-
 import timing  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 _PAIR = flags.DEFINE_enum(
     "pair", "both", ["digits", "cifar", "both"], "Teacher/student pair(s)."
 )
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Batch size.")
 _MEMORY = flags.DEFINE_bool(
-    "memory", True, "Measure each configuration's memory in a subprocess of its own."
+    "memory",
+    True,
+    "Measure each configuration's memory in a subprocess of its own (off under "
+    "--quick unless given).",
 )
 _MEMORY_PROBE = flags.DEFINE_enum(
     "memory_probe",
@@ -97,11 +99,12 @@ def measure(pair_name, values):
         configuration: timing.make_step(model, batch, values.jit_compile)
         for configuration, model in models.items()
     }
+    num_steps = values.steps_for(pair)
     summaries = timing.interleaved_step_times(
-        steps, values.steps, values.warmup, values.repeats
+        steps, num_steps, values.warmup, values.repeats
     )
     memory = {}
-    if _MEMORY.value:
+    if timing.quick_or(_MEMORY, False):
         with futures.ThreadPoolExecutor(_MEMORY_JOBS) as pool:
             memory = dict(
                 zip(
@@ -113,6 +116,7 @@ def measure(pair_name, values):
     return {
         "pair": str(pair),
         "device": timing.describe_device("/CPU:0"),
+        "steps": num_steps,
         "step_ms": summaries,
         "memory_mib": memory,
         "xla": {
@@ -148,7 +152,7 @@ def probe_memory(configuration, pair_name, values):
     step = timing.make_step(
         model, pair.random_batch(_BATCH_SIZE.value), values.jit_compile
     )
-    for _ in range(values.warmup + values.steps):
+    for _ in range(values.warmup + values.steps_for(pair)):
         step()
     peak = timing.rss_mib("VmHWM")
     return {
@@ -181,12 +185,10 @@ def report(pair_name, result, values):
                 f"{memory['growth']:.0f}" if memory else "n/a",
             ]
         )
-    xla = sorted({str(on) for on in result["xla"].values()})
     title = (
         f"## {pair_name}: {result['pair']}, batch {_BATCH_SIZE.value}, "
-        f"{result['device']}; XLA: {'/'.join(xla)}; "
-        f"{values.repeats} rounds x {values.steps} steps after {values.warmup} "
-        "warm-up steps"
+        f"{result['device']}; "
+        f"{timing.describe_run(values, result['steps'], result['xla'])}"
     )
     header = [
         "configuration",

@@ -22,9 +22,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
-
 import timing  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Batch size.")
 
@@ -43,9 +42,7 @@ def main(argv):
     values = timing.settings()
     batch_size = timing.quick_or(_BATCH_SIZE, QUICK_BATCH_SIZE)
     devices = ["/CPU:0", *timing.gpu_devices()[:1]]
-    results = {
-        device: measure(device, batch_size, values) for device in devices
-    }
+    results = {device: measure(device, batch_size, values) for device in devices}
     print(report(results, batch_size, values))
     timing.write_json(
         values.json_path,
@@ -66,11 +63,13 @@ def measure(device, batch_size, values):
                 device, timing.make_step(model, batch, values.jit_compile)
             )
             xla[configuration] = timing.effective_jit(model, values.jit_compile)
+    num_steps = values.steps_for(pair)
     summaries = timing.interleaved_step_times(
-        steps, values.steps, values.warmup, values.repeats
+        steps, num_steps, values.warmup, values.repeats
     )
     return {
         "device": timing.describe_device(device),
+        "steps": num_steps,
         "step_ms": summaries,
         "images_per_second": {
             name: 1000.0 * batch_size / summary.median
@@ -100,11 +99,15 @@ def report(results, batch_size, values):
         for device, result in results.items()
         for name, label in CONFIGURATIONS.items()
     ]
-    xla = sorted({str(on) for result in results.values() for on in result["xla"].values()})
+    xla = {
+        f"{device} {name}": on
+        for device, result in results.items()
+        for name, on in result["xla"].items()
+    }
+    num_steps = next(iter(results.values()))["steps"]
     title = (
-        f"## {timing.PAIRS[PAIR]}, batch {batch_size}; XLA: {'/'.join(xla)}; "
-        f"{values.repeats} rounds x {values.steps} steps after {values.warmup} "
-        "warm-up steps"
+        f"## {timing.PAIRS[PAIR]}, batch {batch_size}; "
+        f"{timing.describe_run(values, num_steps, xla)}"
     )
     header = ["configuration", "device", "median ms/step", "images/s"]
     return f"{title}\n\n{timing.markdown_table(header, rows)}"

@@ -29,10 +29,13 @@ from absl import flags
 import keras_cskd
 
 _STEPS = flags.DEFINE_integer(
-    "steps", 20, "Timed steps of each configuration in each round."
+    "steps",
+    None,
+    "Timed steps of each configuration in each round (default: the pair's, "
+    "50 for digits and 5 for cifar).",
 )
 _WARMUP = flags.DEFINE_integer(
-    "warmup", 5, "Untimed steps of each configuration before the first round."
+    "warmup", 3, "Untimed steps of each configuration before the first round."
 )
 _REPEATS = flags.DEFINE_integer(
     "repeats", 5, "Rounds over all configurations (round-robin, rotating order)."
@@ -63,13 +66,17 @@ QUICK_VALUES = {"steps": 3, "warmup": 1, "repeats": 2}
 class Settings:
     """The common flags, resolved (see `settings()`)."""
 
-    steps: int
+    steps: int | None
     warmup: int
     repeats: int
     jit_compile: bool
     mixed_precision: bool
     quick: bool
     json_path: str | None
+
+    def steps_for(self, pair):
+        """Timed steps per round on `pair`: `--steps`, else the pair's default."""
+        return self.steps or pair.default_steps
 
 
 def settings():
@@ -99,13 +106,13 @@ def quick_or(flag, quick_value):
 
 def common_flag_args(values):
     """Command-line arguments that give a subprocess the same `settings()`."""
-    return [
-        f"--steps={values.steps}",
+    args = [
         f"--warmup={values.warmup}",
         f"--repeats={values.repeats}",
         f"--jit_compile={values.jit_compile}",
         f"--mixed_precision={values.mixed_precision}",
     ]
+    return args + ([f"--steps={values.steps}"] if values.steps else [])
 
 
 # Workloads.
@@ -119,6 +126,7 @@ class Pair:
     student: str
     input_shape: tuple
     num_classes: int
+    default_steps: int
 
     def __str__(self):
         return f"{self.teacher} -> {self.student}"
@@ -137,8 +145,8 @@ class Pair:
 
 
 PAIRS = {
-    "digits": Pair("digits_cnn", "digits_mlp", (8, 8, 1), 10),
-    "cifar": Pair("resnet32x4", "resnet8x4", (32, 32, 3), 100),
+    "digits": Pair("digits_cnn", "digits_mlp", (8, 8, 1), 10, default_steps=50),
+    "cifar": Pair("resnet32x4", "resnet8x4", (32, 32, 3), 100, default_steps=5),
 }
 
 # Configuration name -> table label.
@@ -234,6 +242,16 @@ def make_step(model, batch, jit_compile=False):
 def effective_jit(model, requested):
     """Whether XLA really compiles `model`'s steps (Keras may turn it off)."""
     return bool(getattr(model, "jit_compile", requested))
+
+
+def describe_run(values, num_steps, xla):
+    """How a table was measured, in words (`xla`: `{configuration: bool}`)."""
+    xla = "/".join(sorted({str(on) for on in xla.values()}))
+    return (
+        f"XLA: {xla}; dtype policy {keras.mixed_precision.global_policy().name}; "
+        f"{values.repeats} rounds x {num_steps} steps after {values.warmup} "
+        "warm-up steps"
+    )
 
 
 # Timing.
@@ -358,7 +376,7 @@ def markdown_table(header, rows):
 
     def line(cells):
         padded = [cells[0].ljust(widths[0])] + [
-            cell.rjust(width) for cell, width in zip(cells[1:], widths[1:])
+            cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)
         ]
         return "| " + " | ".join(padded) + " |"
 

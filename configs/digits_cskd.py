@@ -1,7 +1,7 @@
 """The default run: distil the digits MLP from the shipped CNN with CSKD + CSWT
 (T = 4, CSWT in [2, 6], alpha 2, CE 1, distillation 1, as in the paper's code)."""
 
-from keras_cskd.training import default_config, loss_config
+from keras_cskd.config import default_config, loss_config
 
 
 def get_config():

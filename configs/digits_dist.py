@@ -1,7 +1,7 @@
 """DIST (Huang et al., 2022): inter- and intra-class Pearson correlation, T = 4,
 beta = gamma = 1, CE 1, distillation 2."""
 
-from keras_cskd.training import default_config, loss_config
+from keras_cskd.config import default_config, loss_config
 
 
 def get_config():

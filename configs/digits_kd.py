@@ -1,6 +1,6 @@
 """KD (Hinton et al., 2015) on the digits pair: CE 0.1, KD 0.9, T = 4."""
 
-from keras_cskd.training import default_config, loss_config
+from keras_cskd.config import default_config, loss_config
 
 
 def get_config():

@@ -1,7 +1,7 @@
 """Logit standardisation (Sun et al., 2024): KD on z-scored logits, T = 2,
 CE 0.1, KD 9."""
 
-from keras_cskd.training import default_config, loss_config
+from keras_cskd.config import default_config, loss_config
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """The floor of every comparison: the digits student on cross-entropy alone."""
 
-from keras_cskd.training import default_config, loss_config
+from keras_cskd.config import default_config, loss_config
 
 
 def get_config():

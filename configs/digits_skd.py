@@ -1,7 +1,7 @@
 """Spherical KD (Guo et al., 2020): (1 - a) CE + a KD on sphere-projected logits,
 a = 0.9, T = 4, multiplier 2, the student's CE on its normalised logits too."""
 
-from keras_cskd.training import default_config, loss_config
+from keras_cskd.config import default_config, loss_config
 
 
 def get_config():

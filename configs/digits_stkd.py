@@ -2,7 +2,7 @@
 in the input pipeline (Beta(0.2, 0.2)), mixed-label CE 0.1 and KD 0.9 at T = 4
 on the mixed images, which teacher and student both see."""
 
-from keras_cskd.training import default_config, loss_config
+from keras_cskd.config import default_config, loss_config
 
 
 def get_config():

@@ -4,7 +4,7 @@ Rebuilds saved_models/digits_teacher.keras:
     python train.py --config=configs/digits_teacher.py
 """
 
-from keras_cskd.training import default_config
+from keras_cskd.config import default_config
 
 
 def get_config():

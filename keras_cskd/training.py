@@ -1,107 +1,28 @@
 """One training run, as `train.py` drives it: config in, workdir and summary out."""
 
-import importlib.util
 import json
 import math
+import shutil
+import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import keras
-import ml_collections
 import numpy as np
+import tensorflow as tf
 
+from keras_cskd import checkpointing, distribute, files
+from keras_cskd import config as config_module
 from keras_cskd import data as data_module
-from keras_cskd import distribute, files
 from keras_cskd import losses as losses_module
 from keras_cskd import models as models_module
 from keras_cskd.data import augment
 from keras_cskd.distiller import Distiller
 
-
-def default_config():
-    """Every config key with its default; experiment configs start from this.
-
-    Example:
-
-    >>> config = default_config()
-    >>> config.loss.method = "kd"
-    """
-    config = ml_collections.ConfigDict()
-    config.name = ""  # set from the config file's name when empty
-    config.seed = 0
-    config.strategy = "auto"  # auto | none | mirrored | multiworker | tpu
-    config.epochs = 30
-    config.verbose = "auto"  # Keras fit verbosity: auto, 0, 1 or 2
-    config.data = ml_collections.ConfigDict(
-        {
-            "name": "digits",
-            "batch_size": 64,  # the global batch, split over the replicas
-            "eval_batch_size": 256,
-            "augment": False,
-            "mixup_alpha": 0.0,
-            # A second, strongly augmented view of every image (RandAugment,
-            # 2 ops at magnitude 10 of 30, then cutout); see `view_weights`.
-            "two_views": False,
-            # Compute the teacher's logits once and reuse them every epoch
-            # (only without random augmentation, mixup or two views).
-            "cache_teacher_logits": False,
-        }
-    )
-    config.model = "digits_mlp"  # the model this run trains (the student)
-    config.teacher = ml_collections.ConfigDict(
-        {
-            # A trained teacher; if the file is missing and `config` names a
-            # config file, that config trains it first and saves it here.
-            "path": "saved_models/digits_teacher.keras",
-            "config": "configs/digits_teacher.py",
-        }
-    )
-    config.loss = loss_config("cskd", temperature=4.0, cswt=True, alpha=2.0)
-    config.student_loss_weight = 1.0
-    config.distillation_loss_weight = 1.0
-    config.view_weights = (0.5, 1.0)  # weak and strong view, with two_views
-    config.optimizer = ml_collections.ConfigDict(
-        {
-            "name": "sgd",  # sgd | adam
-            "learning_rate": 0.05,
-            "momentum": 0.9,
-            "weight_decay": 0.0,
-            "schedule": "cosine",  # constant | cosine | multistep
-            "milestones": (150, 180, 210),  # epochs, for multistep
-            "decay_rate": 0.1,
-        }
-    )
-    config.export = ml_collections.ConfigDict({"formats": "savedmodel,tflite"})
-    config.save_model_to = ""  # also save the trained model here (teachers)
-    return config
-
-
-def loss_config(method, cswt=False, t_min=2.0, t_max=6.0, **options):
-    """A `config.loss` block: the method's name, its arguments, and CSWT.
-
-    `cswt=True` adds the CSWT term to CSKD and makes the temperature of every
-    other loss `CSWT(t_min, t_max)`. `method="scratch"` trains with
-    cross-entropy alone.
-
-    Example:
-
-    >>> config.loss = loss_config("dkd", temperature=4.0, beta=8.0)
-    """
-    return ml_collections.ConfigDict(
-        {"method": method, "cswt": cswt, "t_min": t_min, "t_max": t_max, **options}
-    )
-
-
-def load_config(path):
-    """Loads `get_config()` from a Python config file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Config file not found: {path}")
-    spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite during training."""
 
 
 def build_loss(loss_config):
@@ -114,8 +35,7 @@ def build_loss(loss_config):
         options["cswt"] = cswt if cswt_on else None
     elif cswt_on:
         options["temperature"] = cswt
-    loss_class = losses_module.get(method).__class__
-    return loss_class(**options)
+    return losses_module.get(method, **options)
 
 
 def build_optimizer(config, steps_per_epoch):
@@ -175,21 +95,74 @@ class _TestAccuracy(keras.callbacks.Callback):
             )
 
 
-def run(config, workdir):
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the first step whose loss terms are not finite,
+    naming the term (cross-entropy, distillation loss, or the total with its
+    regularisation) and the step."""
+
+    TERMS = ("ce_loss", "distillation_loss", "loss")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        for term in self.TERMS:
+            if term in (logs or {}) and not math.isfinite(float(logs[term])):
+                raise NonFiniteLossError(
+                    f"The {term} became {float(logs[term])} at epoch "
+                    f"{self._epoch + 1}, step {batch + 1}: lower the learning "
+                    "rate, check the data for NaN or infinite values, or (mixed "
+                    "precision) check the loss scale."
+                )
+
+
+def main(config, workdir, overwrite=False, verbose=False):
+    """Runs `config` for the command line: returns the exit code, and prints a
+    user error as one line on stderr (the traceback too with `verbose`)."""
+    try:
+        summary = run(config, workdir, overwrite=overwrite)
+    except Exception as error:
+        if verbose:
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"error: {type(error).__name__}: {message}", file=sys.stderr)
+        return 1
+    print(format_summary(summary))
+    print(f"Results in {workdir}")
+    return 0
+
+
+def run(config, workdir, overwrite=False):
     """Trains (or distils) the model `config` describes; writes `workdir`.
 
     Everything that can be checked is checked before the workdir is created,
-    so a bad config, dataset or teacher leaves nothing behind.
+    so a bad config, dataset or teacher leaves nothing behind. A run that
+    finds a checkpoint in `workdir` resumes from it; a finished run (one with
+    a `summary.json`) is only replaced with `overwrite=True`.
 
     Returns the summary dict (also written as `workdir/summary.json`).
     """
     start = time.time()
+    config_module.validate(config)
     workdir = Path(workdir)
+    if (workdir / "summary.json").exists() and not overwrite:
+        raise ValueError(
+            f"{workdir} holds a finished run; pass --overwrite to replace it, or "
+            "choose another --workdir."
+        )
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     strategy = distribute.get_strategy(config.strategy)
     distilling = config.loss.method != "scratch"
     loss = build_loss(config.loss) if distilling else None
-    dataset = data_module.load(config.data.name)
+    dataset = data_module.load(
+        config.data.name,
+        data_dir=config.data.data_dir or None,
+        download=config.data.download,
+        validation_fraction=config.data.validation_fraction,
+        seed=config.seed,
+    )
     _check_data(dataset)
     test_images, test_labels = data_module.to_numpy(dataset.test)
     if distilling:
@@ -203,6 +176,7 @@ def run(config, workdir):
             config.model, dataset.num_classes, dataset.input_shape
         )
         optimizer = build_optimizer(config, steps_per_epoch)
+        teacher = None
         if distilling:
             teacher = models_module.load(teacher_path)
             _check_teacher(teacher, dataset)
@@ -216,7 +190,6 @@ def run(config, workdir):
             )
             trainer.compile(optimizer=optimizer)
         else:
-            teacher = None
             trainer = model
             trainer.compile(
                 optimizer=optimizer,
@@ -225,45 +198,79 @@ def run(config, workdir):
                 else keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy"],
             )
+    teacher_accuracy = teacher and _evaluate_teacher(
+        teacher, dataset, test_images, test_labels
+    )
+
+    chief = distribute.is_chief()
+    if chief and overwrite and workdir.exists():
+        shutil.rmtree(workdir)
+    # Non-chief workers of a multi-worker run write to a scratch directory and
+    # resume from the chief's checkpoint (the workdir must be shared).
+    out = workdir if chief else Path(tempfile.mkdtemp(prefix="keras_cskd_worker_"))
+    out.mkdir(parents=True, exist_ok=True)
+    files.write_text(out / "config.json", config.to_json_best_effort(indent=2))
+    checkpoint = workdir / "checkpoint"
+    frozen = [teacher] if teacher is not None else []
+    resumed = checkpointing.restore(checkpoint, trainer, frozen)
+    first_epoch, first_step, history = resumed or (0, 0, {})
+    if resumed:
+        print(
+            f"Resuming from {checkpoint}: epoch {first_epoch + 1}, step {first_step}."
+        )
 
     train_examples = dataset.train
     if distilling and config.data.cache_teacher_logits:
         train_examples = data_module.with_teacher_logits(train_examples, teacher)
-    train = data_module.pipeline(
-        train_examples,
-        batch_size,
-        training=True,
-        seed=config.seed,
-        augmentation=_augmentation(dataset) if config.data.augment else None,
-        strong_augmentation=(
-            _strong_augmentation(config.seed) if config.data.two_views else None
-        ),
-        mixup_alpha=config.data.mixup_alpha,
-        num_classes=dataset.num_classes,
-    )
     validation = dataset.validation and data_module.pipeline(
         dataset.validation, config.data.eval_batch_size
     )
-
-    chief = distribute.is_chief()
-    # Non-chief workers of a multi-worker run write to a scratch directory.
-    out = workdir if chief else Path(tempfile.mkdtemp(prefix="keras_cskd_worker_"))
-    out.mkdir(parents=True, exist_ok=True)
-    files.write_text(out / "config.json", config.to_json_best_effort(indent=2))
-
+    checkpointer = checkpointing.Checkpointer(
+        checkpoint if chief else out / "checkpoint",
+        every_steps=config.checkpoint_every_steps,
+        frozen=frozen,
+        history=history,
+    )
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(out / "backup")),
         _TestAccuracy(model, test_images, test_labels, config.data.eval_batch_size),
+        StopOnNonFiniteLoss(),
+        checkpointer,
         keras.callbacks.CSVLogger(str(out / "log.csv"), append=True),
         keras.callbacks.TensorBoard(str(out / "tensorboard")),
     ]
-    history = trainer.fit(
-        train,
-        epochs=config.epochs,
-        validation_data=validation,
-        callbacks=callbacks,
-        verbose=config.verbose if config.verbose == "auto" else int(config.verbose),
-    ).history
+    # A resumed run first finishes its interrupted epoch, then runs the rest;
+    # each epoch's batches depend on (seed, epoch) alone, resumed or not.
+    segments = [(first_epoch, first_epoch + 1, first_step)] if first_step else []
+    segments.append((first_epoch + (1 if first_step else 0), config.epochs, 0))
+    for begin, end, skip in segments:
+        if begin >= end:
+            continue
+        checkpointer.first_step = skip
+        train = data_module.pipeline(
+            train_examples,
+            batch_size,
+            training=True,
+            seed=config.seed,
+            augmentation=_augmentation(dataset) if config.data.augment else None,
+            strong_augmentation=(
+                _strong_augmentation(config.seed) if config.data.two_views else None
+            ),
+            mixup_alpha=config.data.mixup_alpha,
+            num_classes=dataset.num_classes,
+            epochs=end,
+            first_epoch=begin,
+            skip_steps=skip,
+        )
+        trainer.fit(
+            train,
+            epochs=end,
+            initial_epoch=begin,
+            steps_per_epoch=steps_per_epoch - skip,
+            validation_data=validation,
+            callbacks=callbacks,
+            verbose=config.verbose if config.verbose == "auto" else int(config.verbose),
+        )
+    history = checkpointer.history
 
     with files.atomic_path(out / "student.keras") as tmp:
         model.save(tmp)
@@ -282,7 +289,7 @@ def run(config, workdir):
         **_epoch_summary(history),
     }
     if teacher is not None:
-        summary["teacher_test_accuracy"] = accuracy(teacher, test_images, test_labels)
+        summary["teacher_test_accuracy"] = teacher_accuracy
         summary["teacher_params"] = teacher.count_params()
     if chief and config.export.formats:
         summary["exports"] = _export(
@@ -290,6 +297,7 @@ def run(config, workdir):
         )
     summary["wall_time_s"] = round(time.time() - start, 1)
     files.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)  # the run is finished
     return summary
 
 
@@ -316,7 +324,7 @@ def _prepare_teacher(config, workdir):
     """The teacher's path; trains it from its own config first if it is missing."""
     path = Path(config.teacher.path)
     if not path.exists() and config.teacher.config:
-        teacher_config = load_config(config.teacher.config)
+        teacher_config = config_module.load_config(config.teacher.config)
         teacher_config.save_model_to = str(path)
         teacher_config.strategy = config.strategy
         print(f"Teacher {path} is missing: training it with {config.teacher.config}.")
@@ -325,11 +333,48 @@ def _prepare_teacher(config, workdir):
 
 
 def _check_data(dataset):
-    for split in ("train", "test"):
-        if next(iter(getattr(dataset, split).take(1)), None) is None:
+    """Non-empty train and test splits, and labels within the class range."""
+    for split in ("train", "validation", "test"):
+        examples = getattr(dataset, split)
+        if examples is None:
+            continue
+        labels = examples.map(lambda x, y: tf.cast(y, tf.int64)).batch(8192)
+        low, high, count = labels.reduce(
+            (
+                tf.constant(2**62, tf.int64),
+                tf.constant(-(2**62), tf.int64),
+                tf.constant(0, tf.int64),
+            ),
+            lambda state, y: (
+                tf.minimum(state[0], tf.reduce_min(y)),
+                tf.maximum(state[1], tf.reduce_max(y)),
+                state[2] + tf.size(y, tf.int64),
+            ),
+        )
+        if int(count) == 0:
             raise ValueError(
                 f"The '{split}' split of dataset '{dataset.name}' is empty."
             )
+        if int(low) < 0 or int(high) >= dataset.num_classes:
+            raise ValueError(
+                f"The '{split}' split of dataset '{dataset.name}' has labels in "
+                f"[{int(low)}, {int(high)}], outside the {dataset.num_classes} "
+                f"classes [0, {dataset.num_classes - 1}]."
+            )
+
+
+def _evaluate_teacher(teacher, dataset, test_images, test_labels):
+    """The teacher's test accuracy; warns when it is near chance (a wrong or
+    untrained teacher would waste the whole run)."""
+    result = accuracy(teacher, test_images, test_labels)
+    chance = 1.0 / dataset.num_classes
+    if result < 1.5 * chance:
+        warnings.warn(
+            f"The teacher's test accuracy is {result:.3f}, near chance "
+            f"({chance:.3f}): is it the right, trained teacher?",
+            stacklevel=2,
+        )
+    return result
 
 
 def _check_teacher(teacher, dataset):

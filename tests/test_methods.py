@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import keras_cskd
+from keras_cskd import config as config_module
 from keras_cskd import data, losses, training
 from keras_cskd.distiller import cross_entropy
 
@@ -126,7 +127,7 @@ VARIANTS = {
 @pytest.mark.parametrize("name", CONFIGS + sorted(VARIANTS))
 def test_every_digits_config_runs_end_to_end(name, tmp_path):
     config_name, data_overrides, multi_level = VARIANTS.get(name, (name, {}, False))
-    config = training.load_config(ROOT / "configs" / f"{config_name}.py")
+    config = config_module.load_config(ROOT / "configs" / f"{config_name}.py")
     config.epochs = 1
     config.verbose = "0"
     config.export.formats = ""

@@ -9,6 +9,7 @@ from pathlib import Path
 import keras
 import pytest
 
+from keras_cskd import config as config_module
 from keras_cskd import training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +77,9 @@ def test_a_cli_error_is_one_line_with_a_nonzero_exit_and_no_workdir(tmp_path):
     assert (
         result.stderr.strip()
         .splitlines()[-1]
-        .startswith("error: ValueError: Unknown distillation method 'nope'")
+        .startswith(
+            "error: ValueError: Invalid config: unknown distillation method 'nope'"
+        )
     )
     assert not (tmp_path / "run").exists()
 
@@ -96,10 +99,13 @@ def corrupt_teacher(path):
 
 
 BAD_INPUTS = {
-    "unknown_loss": (lambda c, d: c.loss.update(method="nope"), "Unknown distillation"),
+    "unknown_loss": (
+        lambda c, d: c.loss.update(method="nope"),
+        "distillation method .nope.",
+    ),
     "unknown_model": (lambda c, d: c.update(model="nope"), "Unknown model 'nope'"),
     "unknown_dataset": (lambda c, d: c.data.update(name="nope"), "Unknown dataset"),
-    "unknown_strategy": (lambda c, d: c.update(strategy="nope"), "Unknown strategy"),
+    "unknown_strategy": (lambda c, d: c.update(strategy="nope"), "strategy must be"),
     "missing_teacher": (
         lambda c, d: c.teacher.update(path=str(d / "none.keras"), config=""),
         "No such file",
@@ -128,7 +134,7 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_is_refused_before_anything_is_written(case, tmp_path):
     change, message = BAD_INPUTS[case]
-    config = training.load_config(ROOT / "configs" / "digits_cskd.py")
+    config = config_module.load_config(ROOT / "configs" / "digits_cskd.py")
     change(config, tmp_path)
     workdir = tmp_path / "run"
     with pytest.raises((ValueError, FileNotFoundError), match=message):

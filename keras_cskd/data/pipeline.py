@@ -1,5 +1,7 @@
 """Batching, shuffling, augmentation and mixup for `fit`/`evaluate`."""
 
+import functools
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -15,6 +17,9 @@ def pipeline(
     mixup_alpha=0.0,
     num_classes=None,
     drop_remainder=False,
+    epochs=None,
+    first_epoch=0,
+    skip_steps=0,
 ):
     """Batches an unbatched `(image, label)` dataset for `fit`/`evaluate`.
 
@@ -37,6 +42,13 @@ def pipeline(
         mixup_alpha: the Beta(a, a) parameter of mixup; 0 turns it off.
         num_classes: needed for mixup's one-hot labels.
         drop_remainder: drop the last partial batch.
+        epochs: for resumable training, one dataset for epochs
+            `[first_epoch, epochs)` whose shuffle order is a function of
+            `(seed, epoch)` alone, so a resumed run sees the batches an
+            uninterrupted one sees (pass `steps_per_epoch` to `fit`); `None`
+            reshuffles on every pass instead.
+        first_epoch: the first epoch of that dataset.
+        skip_steps: batches of `first_epoch` already trained on.
 
     Returns:
         A batched, prefetched `tf.data.Dataset`.
@@ -62,8 +74,21 @@ def pipeline(
     if training:
         size = int(dataset.cardinality())
         buffer = size if size > 0 else 10_000
-        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    if training and epochs is not None:
+        # One shuffled pass per epoch, each seeded by (seed, epoch) alone
+        # (tf.data takes only Python seeds, hence the chain of passes).
+        passes = [
+            dataset.shuffle(
+                buffer, seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False
+            ).batch(batch_size, drop_remainder=drop_remainder)
+            for epoch in range(first_epoch, epochs)
+        ]
+        dataset = functools.reduce(tf.data.Dataset.concatenate, passes)
+        dataset = dataset.skip(skip_steps)
+    else:
+        if training:
+            dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     if training and (augmentation or strong_augmentation):
         weak = augmentation or (lambda images, training: images)
 

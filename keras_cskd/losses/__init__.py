@@ -24,6 +24,17 @@ def names():
     return sorted(_LOSSES)
 
 
+def get_class(name):
+    """The loss class called `name` (case-insensitive), e.g. `KD` for "kd"."""
+    key = str(name).lower()
+    if key not in _LOSSES:
+        raise ValueError(
+            f"Unknown distillation method '{name}'. Known methods: "
+            f"{', '.join(names())}."
+        )
+    return _LOSSES[key]
+
+
 def get(name, **kwargs):
     """Builds a distillation loss by (case-insensitive) name.
 
@@ -31,13 +42,7 @@ def get(name, **kwargs):
 
     >>> loss = keras_cskd.losses.get("kd", temperature=4.0)
     """
-    key = str(name).lower()
-    if key not in _LOSSES:
-        raise ValueError(
-            f"Unknown distillation method '{name}'. Known methods: "
-            f"{', '.join(names())}."
-        )
-    return _LOSSES[key](**kwargs)
+    return get_class(name)(**kwargs)
 
 
 __all__ = [
@@ -50,5 +55,6 @@ __all__ = [
     "LogitsDistillationLoss",
     "SKD",
     "get",
+    "get_class",
     "names",
 ]

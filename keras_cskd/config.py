@@ -1,0 +1,204 @@
+"""The run config: every key with its default, loading, and validation."""
+
+import importlib.util
+import inspect
+from pathlib import Path
+
+import ml_collections
+
+from keras_cskd import distribute
+from keras_cskd import losses as losses_module
+
+
+def default_config():
+    """Every config key with its default; experiment configs start from this.
+
+    Example:
+
+    >>> config = default_config()
+    >>> config.loss = loss_config("kd", temperature=4.0)
+    """
+    config = ml_collections.ConfigDict()
+    config.name = ""  # set from the config file's name when empty
+    config.seed = 0
+    # Bitwise-reproducible runs (tf.config.experimental.enable_op_determinism);
+    # costs speed on GPUs, where some kernels then have slower deterministic forms.
+    config.deterministic = False
+    config.strategy = "auto"  # auto | none | mirrored | multiworker | tpu
+    config.epochs = 30
+    config.verbose = "auto"  # Keras fit verbosity: auto, 0, 1 or 2
+    config.checkpoint_every_steps = 0  # also checkpoint within epochs; 0: epochs only
+    config.data = ml_collections.ConfigDict(
+        {
+            "name": "digits",  # digits | tfds:<name>[:<splits>] | folder:<path>
+            "data_dir": "",  # TFDS data directory ("": TFDS's default)
+            "download": False,  # let TFDS download and prepare missing data
+            "validation_fraction": 0.0,  # carve a validation split from train
+            "batch_size": 64,  # the global batch, split over the replicas
+            "eval_batch_size": 256,
+            "augment": False,
+            "mixup_alpha": 0.0,
+            # A second, strongly augmented view of every image (RandAugment,
+            # 2 ops at magnitude 10 of 30, then cutout); see `view_weights`.
+            "two_views": False,
+            # Compute the teacher's logits once and reuse them every epoch
+            # (only without random augmentation, mixup or two views).
+            "cache_teacher_logits": False,
+        }
+    )
+    config.model = "digits_mlp"  # the model this run trains (the student)
+    config.teacher = ml_collections.ConfigDict(
+        {
+            # A trained teacher; if the file is missing and `config` names a
+            # config file, that config trains it first and saves it here.
+            "path": "saved_models/digits_teacher.keras",
+            "config": "configs/digits_teacher.py",
+        }
+    )
+    config.loss = loss_config("cskd", temperature=4.0, cswt=True, alpha=2.0)
+    config.student_loss_weight = 1.0
+    config.distillation_loss_weight = 1.0
+    config.view_weights = (0.5, 1.0)  # weak and strong view, with two_views
+    config.optimizer = ml_collections.ConfigDict(
+        {
+            "name": "sgd",  # sgd | adam
+            "learning_rate": 0.05,
+            "momentum": 0.9,
+            "weight_decay": 0.0,
+            "schedule": "cosine",  # constant | cosine | multistep
+            "milestones": (150, 180, 210),  # epochs, for multistep
+            "decay_rate": 0.1,
+        }
+    )
+    # Any of savedmodel, tflite, tflite_float16, tflite_dynamic_range,
+    # tflite_int8, comma-separated; "" exports nothing.
+    config.export = ml_collections.ConfigDict({"formats": "savedmodel,tflite"})
+    config.save_model_to = ""  # also save the trained model here (teachers)
+    return config
+
+
+def loss_config(method, cswt=False, t_min=2.0, t_max=6.0, **options):
+    """A `config.loss` block: the method's name, its arguments, and CSWT.
+
+    `cswt=True` adds the CSWT term to CSKD and makes the temperature of every
+    other loss `CSWT(t_min, t_max)`. `method="scratch"` trains with
+    cross-entropy alone.
+
+    Example:
+
+    >>> config.loss = loss_config("dkd", temperature=4.0, beta=8.0)
+    """
+    return ml_collections.ConfigDict(
+        {"method": method, "cswt": cswt, "t_min": t_min, "t_max": t_max, **options}
+    )
+
+
+def load_config(path):
+    """Loads `get_config()` from a Python config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+# (key, check, what it must be) for the keys whose range matters.
+_RANGES = [
+    ("seed", lambda v: v >= 0, "an integer >= 0"),
+    ("epochs", lambda v: v >= 1, "an integer >= 1"),
+    ("checkpoint_every_steps", lambda v: v >= 0, "an integer >= 0"),
+    ("verbose", lambda v: str(v) in ("auto", "0", "1", "2"), "auto, 0, 1 or 2"),
+    ("strategy", lambda v: v in distribute.STRATEGIES, "|".join(distribute.STRATEGIES)),
+    ("data.batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("data.eval_batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("data.validation_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("data.mixup_alpha", lambda v: v >= 0, ">= 0"),
+    ("student_loss_weight", lambda v: v >= 0, ">= 0"),
+    ("distillation_loss_weight", lambda v: v >= 0, ">= 0"),
+    ("view_weights", lambda v: len(v) == 2 and min(v) >= 0, "two weights >= 0"),
+    ("optimizer.name", lambda v: v in ("sgd", "adam"), "sgd or adam"),
+    ("optimizer.learning_rate", lambda v: v > 0, "> 0"),
+    ("optimizer.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optimizer.weight_decay", lambda v: v >= 0, ">= 0"),
+    (
+        "optimizer.schedule",
+        lambda v: v in ("constant", "cosine", "multistep"),
+        "constant, cosine or multistep",
+    ),
+    ("optimizer.decay_rate", lambda v: 0 < v <= 1, "in (0, 1]"),
+]
+
+
+def validate(config):
+    """Checks keys, types and ranges; raises one `ValueError` listing every problem.
+
+    Example:
+
+    >>> validate(load_config("configs/digits_cskd.py"))   # passes silently
+    """
+    problems = _unknown_or_mistyped(config, default_config(), prefix="")
+    for key, check, expected in _RANGES:
+        value = _get(config, key)
+        try:
+            ok = check(value)
+        except TypeError:
+            ok = False
+        if not ok:
+            problems.append(f"{key} must be {expected} (got {value!r})")
+    problems += _loss_problems(config.loss)
+    if problems:
+        raise ValueError("Invalid config: " + "; ".join(problems) + ".")
+
+
+def _unknown_or_mistyped(config, defaults, prefix):
+    problems = []
+    for key, value in config.items():
+        name = prefix + key
+        if key not in defaults:
+            problems.append(f"unknown key '{name}'")
+        elif name == "loss":
+            continue  # method-specific keys, checked by _loss_problems
+        elif isinstance(defaults[key], ml_collections.ConfigDict):
+            problems += _unknown_or_mistyped(value, defaults[key], name + ".")
+        elif not _same_type(value, defaults[key]):
+            problems.append(
+                f"{name} must be a {type(defaults[key]).__name__} (got {value!r})"
+            )
+    return problems
+
+
+def _same_type(value, default):
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list))
+    return isinstance(value, type(default))
+
+
+def _loss_problems(loss):
+    method = loss.get("method")
+    if method == "scratch":
+        return []
+    if method not in losses_module.names():
+        return [
+            f"unknown distillation method {method!r} in loss.method (use scratch or "
+            f"one of {', '.join(losses_module.names())})"
+        ]
+    accepted = set(inspect.signature(losses_module.get_class(method)).parameters)
+    accepted |= {"method", "cswt", "t_min", "t_max"}
+    return [
+        f"unknown key 'loss.{key}' for method {method} (it takes: "
+        f"{', '.join(sorted(accepted))})"
+        for key in loss
+        if key not in accepted
+    ]
+
+
+def _get(config, dotted):
+    for part in dotted.split("."):
+        config = config[part]
+    return config

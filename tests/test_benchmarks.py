@@ -1,0 +1,171 @@
+"""The benchmark scripts run in `--quick` mode and print well-formed tables.
+
+The scripts run at once, in subprocesses (most of their time is importing
+TensorFlow and tracing); each test then reads one script's output.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 600
+
+STEP_TIME_ROWS = [
+    "(a) student alone, CE",
+    "(b) teacher inference",
+    "(c) Distiller, KD",
+    "(c) Distiller, CSKD",
+    "(c) Distiller, CSKD+CSWT",
+    "(d) keras.distillation.Distiller, KD",
+]
+DISTRIBUTED_ROWS = [
+    "default strategy, 1 device",
+    "MirroredStrategy, 1 device",
+    "MirroredStrategy, 2 devices",
+]
+THROUGHPUT_ROWS = [
+    "teacher inference (/CPU:0)",
+    "student training, CE (/CPU:0)",
+    "distillation, CSKD+CSWT (/CPU:0)",
+]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """`{name: (return code, stdout, stderr)}` of every benchmark run."""
+    tmp = tmp_path_factory.mktemp("benchmarks")
+    commands = {
+        "step_time": ["step_time.py", "--quick", f"--json={tmp / 'step.json'}"],
+        "memory_probe": ["step_time.py", "--quick", "--memory_probe=cskd_cswt"],
+        "distributed_overhead": ["distributed_overhead.py", "--quick"],
+        "throughput": ["throughput.py", "--quick"],
+    }
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    processes = {}
+    for name, (script, *args) in commands.items():
+        stdout = open(tmp / f"{name}.out", "w+")  # noqa: SIM115  closed below
+        stderr = open(tmp / f"{name}.err", "w+")  # noqa: SIM115
+        command = [sys.executable, str(ROOT / "benchmarks" / script), *args]
+        processes[name] = (
+            subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr),
+            stdout,
+            stderr,
+        )
+    results = {}
+    for name, (process, stdout, stderr) in processes.items():
+        process.wait(timeout=TIMEOUT_S)
+        outputs = []
+        for file in (stdout, stderr):
+            file.seek(0)
+            outputs.append(file.read())
+            file.close()
+        results[name] = (process.returncode, *outputs)
+    results["step_time_json"] = tmp / "step.json"
+    return results
+
+
+def output_of(runs, name):
+    returncode, stdout, stderr = runs[name]
+    assert returncode == 0, f"{name} exited with {returncode}:\n{stderr[-3000:]}"
+    return stdout
+
+
+def tables_in(text):
+    """The Markdown tables in `text`, each a list of rows of stripped cells."""
+    tables, table = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|") and line.endswith("|"):
+            table.append([cell.strip() for cell in line[1:-1].split("|")])
+        elif table:
+            tables.append(table)
+            table = []
+    return tables
+
+
+def check_table(table, header, labels):
+    """Checks the header, the rule and the row labels; returns the body rows."""
+    assert table[0] == header
+    assert len(table[1]) == len(header)
+    assert all(re.fullmatch(r":?-{3,}:?", cell) for cell in table[1])
+    body = table[2:]
+    assert [row[0] for row in body] == labels
+    assert all(len(row) == len(header) for row in body)
+    return body
+
+
+def positive(cell):
+    value = float(cell)
+    assert value > 0, cell
+    return value
+
+
+def test_step_time_prints_every_configuration_with_ratios(runs):
+    tables = tables_in(output_of(runs, "step_time"))
+    assert len(tables) == 1  # --quick: the digits pair only
+    header = [
+        "configuration",
+        "median ms/step",
+        "IQR ms",
+        "÷ (a + b)",
+        "÷ (d)",
+        "peak RSS MiB (own process)",
+        "RSS growth MiB (own process)",
+    ]
+    body = check_table(tables[0], header, STEP_TIME_ROWS)
+    for label, median, iqr, *ratios, peak, growth in body:
+        positive(median)
+        assert float(iqr) >= 0
+        if label.startswith(("(c)", "(d)")):
+            assert all(positive(ratio) for ratio in ratios)
+        else:
+            assert ratios == ["-", "-"]
+        assert (peak, growth) == ("n/a", "n/a")  # --quick skips memory
+    assert body[-1][4] == "1.00"  # (d) ÷ (d)
+
+
+def test_step_time_writes_json(runs):
+    output_of(runs, "step_time")
+    result = json.loads(runs["step_time_json"].read_text())
+    step_ms = result["pairs"]["digits"]["step_ms"]
+    assert set(step_ms) == {"student", "teacher", "kd", "cskd", "cskd_cswt", "keras_kd"}
+    assert all(summary["count"] == 3 * 2 for summary in step_ms.values())
+
+
+def test_memory_probe_reports_peak_and_growth(runs):
+    memory = json.loads(output_of(runs, "memory_probe").strip().splitlines()[-1])
+    assert memory["peak"] >= memory["built"] > 0
+    assert memory["growth"] == pytest.approx(memory["peak"] - memory["built"])
+
+
+def test_distributed_overhead_compares_one_and_two_devices(runs):
+    tables = tables_in(output_of(runs, "distributed_overhead"))
+    assert len(tables) == 1
+    header = ["strategy", "median ms/step", "IQR ms", "÷ default"]
+    body = check_table(tables[0], header, DISTRIBUTED_ROWS)
+    for _, median, iqr, ratio in body:
+        positive(median)
+        assert float(iqr) >= 0
+        positive(ratio)
+    assert body[0][3] == "1.00"
+
+
+def test_throughput_reports_images_per_second(runs):
+    stdout = output_of(runs, "throughput")
+    tables = tables_in(stdout)
+    assert len(tables) == 1
+    header = ["configuration", "device", "median ms/step", "images/s"]
+    labels = THROUGHPUT_ROWS
+    if "(/GPU:0)" in stdout:
+        labels = labels + [label.replace("/CPU:0", "/GPU:0") for label in labels]
+    body = check_table(tables[0], header, labels)
+    for _, device, median, images_per_second in body:
+        assert device
+        assert positive(images_per_second) == pytest.approx(
+            1000 * 8 / positive(median), rel=0.05, abs=1
+        )
