@@ -18,9 +18,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/digits_cskd.py", "Experiment config file (get_config())."
-)
+
+def fail(error):
+    """Reports a command-line error as one line and exits with code 2."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"error: {type(error).__name__}: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+try:  # config_flags applies the --config.key=value overrides right here
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", "configs/digits_cskd.py", "Experiment config file (get_config())."
+    )
+except (AttributeError, KeyError) as error:
+    fail(ValueError(f"Unknown config key in the --config.* overrides: {error}"))
+except Exception as error:  # noqa: BLE001  wrong types, a broken config file, ...
+    fail(error)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (runs/<config>).")
 _LOGICAL_CPUS = flags.DEFINE_integer(
     "logical_cpus",
@@ -50,12 +63,25 @@ def main(argv):
         print("models: ", ", ".join(models.names()))
         print("configs:", ", ".join(configs))
         return 0
-    config = _CONFIG.value
+    try:
+        config = _CONFIG.value
+        config.name  # noqa: B018  a config file that failed to load raises here
+    except Exception as error:  # noqa: BLE001
+        fail(error)
     if not config.name:
         config.name = Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
     workdir = _WORKDIR.value or os.path.join("runs", config.name)
     return training.main(config, workdir, _OVERWRITE.value, _VERBOSE.value)
 
 
+def parse_flags(argv):
+    """absl's parser, with its errors (bad flags, unknown config keys, a
+    config file that fails to load) as one line and exit code 2."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as error:  # noqa: BLE001  config_flags raises many types
+        fail(error)
+
+
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

@@ -16,6 +16,7 @@ on all of them alike.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import statistics
@@ -240,8 +241,11 @@ def make_step(model, batch, jit_compile=False):
 
 
 def effective_jit(model, requested):
-    """Whether XLA really compiles `model`'s steps (Keras may turn it off)."""
-    return bool(getattr(model, "jit_compile", requested))
+    """Whether XLA compiles `model`'s steps: Keras may turn it off for a
+    compiled model; `make_step` compiles the teacher's forward as requested."""
+    if getattr(model, "optimizer", None) is None:
+        return bool(requested)
+    return bool(model.jit_compile)
 
 
 def describe_run(values, num_steps, xla):
@@ -312,6 +316,7 @@ def _timed(step):
     return time.perf_counter() - start
 
 
+@functools.cache
 def _has_gpu():
     return bool(tf.config.list_physical_devices("GPU"))
 

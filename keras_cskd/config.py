@@ -148,6 +148,7 @@ def validate(config):
         if not ok:
             problems.append(f"{key} must be {expected} (got {value!r})")
     problems += _loss_problems(config.loss)
+    problems += _combination_problems(config)
     if problems:
         raise ValueError("Invalid config: " + "; ".join(problems) + ".")
 
@@ -196,6 +197,28 @@ def _loss_problems(loss):
         for key in loss
         if key not in accepted
     ]
+
+
+def _combination_problems(config):
+    from keras_cskd import export  # TensorFlow-heavy; only needed here
+
+    problems = []
+    try:
+        if config.export.formats:  # "" exports nothing
+            export.parse_formats(config.export.formats)
+    except ValueError as error:
+        problems.append(f"export.formats: {error}")
+    data = config.data
+    randomised = data.augment or data.mixup_alpha > 0 or data.two_views
+    if data.cache_teacher_logits and randomised:
+        problems.append(
+            "data.cache_teacher_logits cannot be combined with data.augment, "
+            "data.mixup_alpha or data.two_views (the cached logits belong to the "
+            "un-augmented images)"
+        )
+    if data.two_views and data.mixup_alpha > 0:
+        problems.append("data.two_views and data.mixup_alpha cannot be combined")
+    return problems
 
 
 def _get(config, dotted):

@@ -1,0 +1,340 @@
+"""Nothing lost, nothing silent: resume after SIGKILL, corrupt checkpoints,
+non-finite losses, and a catalogue of bad inputs refused before any work."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_cskd
+from keras_cskd import checkpointing, training
+from keras_cskd import config as config_module
+from keras_cskd.data import Dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+RESUMABLE = [
+    "--config.deterministic=True",
+    "--config.epochs=4",
+    "--config.checkpoint_every_steps=3",
+    "--config.export.formats=",
+    "--config.verbose=0",
+]
+
+
+def train_cli(workdir):
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), f"--workdir={workdir}", *RESUMABLE],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(path, process, timeout):
+    """Waits until `path` exists, polling on the process (bounded in time)."""
+    deadline = timeout
+    while not path.exists():
+        try:
+            process.wait(timeout=0.05)
+        except subprocess.TimeoutExpired:
+            deadline -= 0.05
+            if deadline <= 0:
+                raise TimeoutError(f"{path} did not appear in {timeout} s") from None
+        else:
+            raise AssertionError(f"the run ended before {path} appeared")
+
+
+def test_a_killed_run_resumes_and_ends_with_the_uninterrupted_student(tmp_path):
+    killed = tmp_path / "killed"
+    process = train_cli(killed)
+    wait_for(killed / "checkpoint" / checkpointing.METADATA_FILE, process, timeout=120)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    resumed_from = json.loads((killed / "checkpoint" / "state.json").read_text())
+    assert not (killed / "summary.json").exists()
+
+    restarted = train_cli(killed)
+    assert restarted.wait(timeout=300) == 0, restarted.stderr.read()[-2000:]
+    uninterrupted = train_cli(tmp_path / "uninterrupted")
+    assert uninterrupted.wait(timeout=300) == 0, uninterrupted.stderr.read()[-2000:]
+
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["last_epoch"] == 4
+    assert (resumed_from["epoch"], resumed_from["step"]) < (4, 0)
+    assert not (killed / "checkpoint").exists()  # removed once the run finished
+    a = keras.saving.load_model(killed / "student.keras").get_weights()
+    b = keras.saving.load_model(
+        tmp_path / "uninterrupted" / "student.keras"
+    ).get_weights()
+    for resumed_weight, reference_weight in zip(a, b, strict=True):
+        np.testing.assert_array_equal(resumed_weight, reference_weight)
+
+
+def digits_config(**overrides):
+    config = config_module.load_config(ROOT / "configs" / "digits_cskd.py")
+    config.epochs = 1
+    config.verbose = "0"
+    config.export.formats = ""
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return config
+
+
+def distiller_for_digits():
+    teacher = keras.saving.load_model(ROOT / "saved_models" / "digits_teacher.keras")
+    student = keras_cskd.models.get("digits_mlp", 10, (8, 8, 1))
+    distiller = keras_cskd.Distiller(teacher, student, "cskd")
+    distiller.compile(keras.optimizers.SGD(0.05, momentum=0.9))
+    return distiller, teacher
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / "state.npz").write_bytes(b"truncated"), "does not match"),
+        (lambda d: (d / "state.json").write_text("{"), "unreadable"),
+    ],
+    ids=["truncated_state", "broken_metadata"],
+)
+def test_a_corrupt_checkpoint_is_reported_and_never_used(tmp_path, damage, message):
+    workdir = tmp_path / "run"
+    distiller, teacher = distiller_for_digits()
+    checkpointing.save(workdir / "checkpoint", distiller, 1, 0, {}, frozen=[teacher])
+    damage(workdir / "checkpoint")
+    with pytest.raises(checkpointing.CorruptCheckpointError, match=message) as error:
+        training.run(digits_config(), workdir)
+    assert "Delete" in str(error.value)
+    assert not (workdir / "summary.json").exists()
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path):
+    distiller, teacher = distiller_for_digits()
+    checkpointing.save(tmp_path / "checkpoint", distiller, 1, 0, {}, frozen=[teacher])
+    other = keras_cskd.Distiller(
+        teacher, keras_cskd.models.get("digits_mlp", 10, (8, 8, 1), hidden=32), "kd"
+    )
+    other.compile("sgd")
+    with pytest.raises(checkpointing.CorruptCheckpointError, match="another model"):
+        checkpointing.restore(tmp_path / "checkpoint", other, frozen=[teacher])
+
+
+def test_a_checkpoint_restores_every_trained_variable(tmp_path):
+    distiller, teacher = distiller_for_digits()
+    x = np.random.default_rng(0).random((64, 8, 8, 1)).astype("float32")
+    y = np.arange(64) % 10
+    distiller.fit(x, y, epochs=1, verbose=0)
+    checkpointing.save(tmp_path / "ckpt", distiller, 1, 0, {"loss": [1.0]}, [teacher])
+    saved = [v.numpy() for v in checkpointing.trained_variables(distiller, [teacher])]
+    distiller.fit(x, y, epochs=1, verbose=0)  # moves weights and optimizer state
+    epoch, step, history = checkpointing.restore(
+        tmp_path / "ckpt", distiller, [teacher]
+    )
+    assert (epoch, step, history) == (1, 0, {"loss": [1.0]})
+    restored = checkpointing.trained_variables(distiller, [teacher])
+    for value, variable in zip(saved, restored, strict=True):
+        np.testing.assert_array_equal(value, variable.numpy())
+
+
+class NaNFromEpochTwo(keras_cskd.losses.KD):
+    def call(self, teacher_logits, student_logits, labels=None, epoch=None, **kwargs):
+        # NaN in the value only: the gradient stays finite, so the weights
+        # (and the cross-entropy) stay finite and only this term goes bad.
+        return super().call(teacher_logits, student_logits) + tf.where(
+            epoch >= 2, np.nan, 0.0
+        )
+
+
+def test_a_nan_in_the_distillation_term_stops_training_and_names_it():
+    distiller, teacher = distiller_for_digits()
+    distiller = keras_cskd.Distiller(teacher, distiller.student, NaNFromEpochTwo())
+    distiller.compile("sgd")
+    x = np.zeros((32, 8, 8, 1), "float32")
+    y = np.arange(32) % 10
+    with pytest.raises(
+        training.NonFiniteLossError,
+        match=r"distillation_loss became nan at epoch 2, step 1",
+    ):
+        distiller.fit(
+            x,
+            y,
+            batch_size=8,
+            epochs=3,
+            verbose=0,
+            callbacks=[training.StopOnNonFiniteLoss()],
+        )
+
+
+def with_dataset(labels):
+    """A data source whose splits hold these labels (10 classes)."""
+    images = np.zeros((len(labels), 8, 8, 1), "float32")
+    split = tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, "int32")))
+
+    def change(config, tmp_path, monkeypatch):
+        monkeypatch.setattr(
+            keras_cskd.data,
+            "load",
+            lambda *args, **kwargs: Dataset("bad", split, None, split, 10, (8, 8, 1)),
+        )
+        return config
+
+    return change
+
+
+def tiny_teacher(path, num_classes=10, input_shape=(8, 8, 1)):
+    inputs = keras.Input(input_shape)
+    outputs = keras.layers.Dense(num_classes)(keras.layers.Flatten()(inputs))
+    keras.Model(inputs, outputs).save(path)
+    return str(path)
+
+
+def corrupt_file(path):
+    path.write_bytes(b"PK\x03\x04 not really a zip")
+    return str(path)
+
+
+def setting(**values):
+    """Sets dotted keys (`loss__method` for `loss.method`)."""
+
+    def change(config, tmp_path, monkeypatch):
+        for key, value in values.items():
+            target = config
+            *parents, leaf = key.split("__")
+            for parent in parents:
+                target = target[parent]
+            target[leaf] = value
+        return config
+
+    return change
+
+
+def teacher(make):
+    def change(config, tmp_path, monkeypatch):
+        config.teacher.update(path=make(tmp_path / "teacher.keras"), config="")
+        return config
+
+    return change
+
+
+def as_written_in_a_file(**values):
+    """A config file that builds its own ConfigDict, so nothing checked types."""
+
+    def change(config, tmp_path, monkeypatch):
+        return ml_collections.ConfigDict({**config.to_dict(), **values})
+
+    return change
+
+
+def empty_image_folder(config, tmp_path, monkeypatch):
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    (tmp_path / "images" / "test").mkdir()
+    config.data.name = f"folder:{tmp_path / 'images'}"
+    return config
+
+
+# name: (change to the digits config, expected message)
+BAD_INPUTS = {
+    "unknown_method": (setting(loss__method="nope"), "distillation method 'nope'"),
+    "unknown_loss_argument": (
+        setting(loss__temprature=3.0),
+        "unknown key 'loss.temprature'",
+    ),
+    "unknown_model": (setting(model="nope"), "Unknown model 'nope'"),
+    "unknown_dataset": (setting(data__name="nope"), "Unknown dataset 'nope'"),
+    "unknown_strategy": (setting(strategy="gpus"), "strategy must be"),
+    "unknown_export_format": (
+        setting(export__formats="tflite_int4"),
+        "Unknown export format 'tflite_int4'",
+    ),
+    "unknown_config_key": (setting(optimiser="adam"), "unknown key 'optimiser'"),
+    "wrong_type": (as_written_in_a_file(epochs="ten"), "epochs must be a int"),
+    "zero_epochs": (setting(epochs=0), "epochs must be an integer >= 1"),
+    "negative_learning_rate": (
+        setting(optimizer__learning_rate=-0.1),
+        "learning_rate must be > 0",
+    ),
+    "bad_cswt_range": (setting(loss__t_min=6.0, loss__t_max=2.0), "t_min <= t_max"),
+    "cache_with_mixup": (
+        setting(data__cache_teacher_logits=True, data__mixup_alpha=0.2),
+        "cache_teacher_logits cannot be combined",
+    ),
+    "multiworker_without_tf_config": (
+        setting(strategy="multiworker"),
+        "needs the TF_CONFIG",
+    ),
+    "missing_teacher": (teacher(lambda path: str(path)), "No such file"),
+    "corrupt_teacher": (teacher(corrupt_file), "is corrupt"),
+    "teacher_class_count": (
+        teacher(lambda path: tiny_teacher(path, num_classes=5)),
+        "predicts 5 classes",
+    ),
+    "teacher_input_shape": (
+        teacher(lambda path: tiny_teacher(path, input_shape=(8, 8, 3))),
+        "inputs of shape",
+    ),
+    "labels_out_of_range": (with_dataset([0, 3, 12]), r"labels in \[0, 12\]"),
+    "empty_dataset": (with_dataset([]), "split of dataset 'bad' is empty"),
+    "empty_image_folder": (empty_image_folder, "images"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_1_and_leaves_nothing(
+    case, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    change, message = BAD_INPUTS[case]
+    config = change(digits_config(), tmp_path, monkeypatch)
+    workdir = tmp_path / "run"
+    assert training.main(config, workdir) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert re.search(message, lines[0]), lines[0]
+    assert not workdir.exists()
+
+
+def test_a_finished_workdir_is_not_overwritten_unless_asked(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert training.main(digits_config(), workdir) == 0
+    finished = (workdir / "summary.json").read_text()
+    assert training.main(digits_config(), workdir) == 1
+    assert "holds a finished run" in capsys.readouterr().err
+    assert (workdir / "summary.json").read_text() == finished
+    assert training.main(digits_config(seed=1), workdir, overwrite=True) == 0
+    assert json.loads((workdir / "summary.json").read_text())["seed"] == 1
+
+
+def test_deterministic_runs_give_the_same_student(tmp_path):
+    students = []
+    for name in ("a", "b"):
+        training.run(digits_config(deterministic=True, epochs=2), tmp_path / name)
+        students.append(keras.saving.load_model(tmp_path / name / "student.keras"))
+    for a, b in zip(students[0].get_weights(), students[1].get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_cli_turns_a_flag_error_into_a_nonzero_exit():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--config.no_such_key=1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "no_such_key" in result.stderr and "Traceback" not in result.stderr
