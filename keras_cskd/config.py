@@ -94,14 +94,21 @@ def loss_config(method, cswt=False, t_min=2.0, t_max=6.0, **options):
 
 
 def load_config(path):
-    """Loads `get_config()` from a Python config file."""
-    path = Path(path)
+    """Loads `get_config()` from a Python config file; `"file.py:arg"` passes
+    `arg` to it, as `--config=file.py:arg` does on the command line.
+
+    Example:
+
+    >>> config = load_config("configs/cifar100_teacher.py:resnet56")
+    """
+    path, _, argument = str(path).partition(".py:")
+    path = Path(path if path.endswith(".py") else path + ".py")
     if not path.is_file():
         raise FileNotFoundError(f"Config file not found: {path}")
     spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config(argument) if argument else module.get_config()
 
 
 # (key, check, what it must be) for the keys whose range matters.

@@ -21,6 +21,7 @@ from keras_cskd import models as models_module
 from keras_cskd.data import augment
 from keras_cskd.distiller import Distiller
 
+
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite during training."""
 
@@ -316,6 +317,9 @@ def _epoch_summary(history):
         if "val_accuracy" in history
         else "test_accuracy",
         "student_test_accuracy_at_best_epoch": test[best],
+        "best_validation_accuracy": max(history["val_accuracy"])
+        if "val_accuracy" in history
+        else None,
         "best_test_accuracy_over_epochs": max(test),
     }
 

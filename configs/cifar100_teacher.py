@@ -1,0 +1,34 @@
+"""Train a CIFAR-100 teacher from the zoo (the frameworks' teacher recipe).
+
+    python train.py --config=configs/cifar100_teacher.py:resnet32x4
+
+SGD 0.05 with momentum 0.9 and weight decay 5e-4, batch 64, 240 epochs, the
+learning rate x0.1 at epochs 150, 180 and 210; random crop with 4-pixel
+padding and horizontal flip. Saves saved_models/cifar100_<model>.keras.
+Needs CIFAR-100 prepared for TFDS (see the README; --config.data.data_dir).
+"""
+
+from keras_cskd.config import default_config, loss_config
+
+
+def get_config(model="resnet32x4"):
+    config = default_config()
+    config.model = model
+    config.loss = loss_config("scratch")
+    config.data.name = "tfds:cifar100"
+    config.data.augment = True
+    config.data.batch_size = 64
+    config.data.eval_batch_size = 500
+    config.epochs = 240
+    config.optimizer.update(
+        name="sgd",
+        learning_rate=0.05,
+        momentum=0.9,
+        weight_decay=5e-4,
+        schedule="multistep",
+        milestones=(150, 180, 210),
+        decay_rate=0.1,
+    )
+    config.export.formats = ""
+    config.save_model_to = f"saved_models/cifar100_{model}.keras"
+    return config
