@@ -45,6 +45,9 @@ _LIST = flags.DEFINE_bool("list", False, "List methods, models and configs, then
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace a finished run in --workdir (else refused)."
 )
+_SEEDS = flags.DEFINE_list(
+    "seeds", [], "Run once per seed (workdir/seed_<n>) and aggregate: --seeds=0,1,2."
+)
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of errors.")
 
 
@@ -71,7 +74,11 @@ def main(argv):
     if not config.name:
         config.name = Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
     workdir = _WORKDIR.value or os.path.join("runs", config.name)
-    return training.main(config, workdir, _OVERWRITE.value, _VERBOSE.value)
+    try:
+        seeds = [int(seed) for seed in _SEEDS.value]
+    except ValueError as error:
+        fail(ValueError(f"--seeds takes integers, e.g. --seeds=0,1,2 ({error})"))
+    return training.main(config, workdir, _OVERWRITE.value, _VERBOSE.value, seeds)
 
 
 def parse_flags(argv):

@@ -1,5 +1,6 @@
 """One training run, as `train.py` drives it: config in, workdir and summary out."""
 
+import copy
 import json
 import math
 import shutil
@@ -117,20 +118,70 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
                 )
 
 
-def main(config, workdir, overwrite=False, verbose=False):
+def main(config, workdir, overwrite=False, verbose=False, seeds=()):
     """Runs `config` for the command line: returns the exit code, and prints a
-    user error as one line on stderr (the traceback too with `verbose`)."""
+    user error as one line on stderr (the traceback too with `verbose`).
+    With `seeds`, runs once per seed and prints their aggregate."""
     try:
-        summary = run(config, workdir, overwrite=overwrite)
+        if seeds:
+            aggregate = run_seeds(config, workdir, seeds, overwrite=overwrite)
+        else:
+            summary = run(config, workdir, overwrite=overwrite)
     except Exception as error:
         if verbose:
             raise
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"error: {type(error).__name__}: {message}", file=sys.stderr)
         return 1
-    print(format_summary(summary))
+    if seeds:
+        for key, stats in aggregate["metrics"].items():
+            print(
+                f"{key}: {stats['mean']:.4f} +- {stats['std']:.4f} ({len(seeds)} seeds)"
+            )
+    else:
+        print(format_summary(summary))
     print(f"Results in {workdir}")
     return 0
+
+
+SEED_METRICS = (
+    "student_test_accuracy",
+    "student_test_accuracy_at_best_epoch",
+    "best_test_accuracy_over_epochs",
+)
+
+
+def run_seeds(config, workdir, seeds, overwrite=False):
+    """Runs `config` once per seed (in `workdir/seed_<n>`) and writes the mean
+    and standard deviation of the test accuracies to `workdir/seeds.json`.
+
+    Example:
+
+    >>> aggregate = run_seeds(config, "runs/kd", seeds=[0, 1, 2, 3, 4])
+    >>> aggregate["metrics"]["student_test_accuracy"]["mean"]
+    """
+    summaries = []
+    for seed in seeds:
+        seeded = copy.deepcopy(config)
+        seeded.seed = int(seed)
+        summaries.append(run(seeded, Path(workdir) / f"seed_{seed}", overwrite))
+    aggregate = {
+        "seeds": [int(seed) for seed in seeds],
+        "metrics": {
+            key: {
+                "mean": float(np.mean([s[key] for s in summaries])),
+                "std": float(np.std([s[key] for s in summaries], ddof=1))
+                if len(summaries) > 1
+                else 0.0,
+                "values": [s[key] for s in summaries],
+            }
+            for key in SEED_METRICS
+        },
+    }
+    files.write_text(
+        Path(workdir) / "seeds.json", json.dumps(aggregate, indent=2) + "\n"
+    )
+    return aggregate
 
 
 def run(config, workdir, overwrite=False):

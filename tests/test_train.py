@@ -140,3 +140,18 @@ def test_bad_input_is_refused_before_anything_is_written(case, tmp_path):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         training.run(config, workdir)
     assert not workdir.exists()
+
+
+def test_several_seeds_are_aggregated(tmp_path):
+    config = config_module.load_config(ROOT / "configs" / "digits_kd.py")
+    config.update(epochs=1, verbose="0")
+    config.export.formats = ""
+    aggregate = training.run_seeds(config, tmp_path, seeds=[0, 1])
+    assert aggregate["seeds"] == [0, 1]
+    stats = aggregate["metrics"]["student_test_accuracy"]
+    assert len(stats["values"]) == 2 and stats["std"] >= 0
+    assert abs(stats["mean"] - sum(stats["values"]) / 2) < 1e-12
+    assert json.loads((tmp_path / "seeds.json").read_text()) == aggregate
+    for seed in (0, 1):
+        summary = json.loads((tmp_path / f"seed_{seed}" / "summary.json").read_text())
+        assert summary["seed"] == seed
