@@ -59,16 +59,20 @@ def main(argv):
     values = timing.settings()
     pair = timing.quick_or(_PAIR, "digits")
     pair_names = ["digits", "cifar"] if pair == "both" else [pair]
+    # One set of strategies for all pairs: two MirroredStrategy objects in one
+    # process hand out the same collective keys, and their all-gathers clash.
+    strategies = make_strategies()
     results = {}
     for name in pair_names:
         batch_size = _BATCH_SIZE.value if name == "digits" else _CIFAR_BATCH_SIZE.value
-        results[name] = measure(name, batch_size, values)
+        results[name] = measure(name, batch_size, strategies, values)
         print(report(name, batch_size, results[name], values), end="\n\n", flush=True)
     timing.write_json(values.json_path, {"settings": values, "pairs": results})
     return 0
 
 
-def strategies():
+def make_strategies():
+    """`{name: strategy}` for the names of `STRATEGIES`."""
     devices = [device.name for device in tf.config.list_logical_devices("CPU")]
     return {
         "default": tf.distribute.get_strategy(),
@@ -77,12 +81,12 @@ def strategies():
     }
 
 
-def measure(pair_name, batch_size, values):
+def measure(pair_name, batch_size, strategies, values):
     """Step times of the Distiller under each strategy, on one global batch."""
     pair = timing.PAIRS[pair_name]
     batch = pair.random_batch(batch_size)
     steps, xla = {}, {}
-    for name, strategy in strategies().items():
+    for name, strategy in strategies.items():
         with strategy.scope():
             model = timing.build(CONFIGURATION, pair, values.jit_compile)
         steps[name] = timing.make_step(model, batch, values.jit_compile)

@@ -96,7 +96,9 @@ def measure(pair_name, values):
         for configuration in timing.CONFIGURATIONS
     }
     steps = {
-        configuration: timing.make_step(model, batch, values.jit_compile)
+        configuration: timing.make_step(
+            model, timing.batch_for(configuration, model, batch), values.jit_compile
+        )
         for configuration, model in models.items()
     }
     num_steps = values.steps_for(pair)
@@ -149,9 +151,8 @@ def probe_memory(configuration, pair_name, values):
     model = timing.build(configuration, pair, values.jit_compile)
     baseline = timing.rss_mib()
     peak_was_reset = timing.reset_peak_rss()
-    step = timing.make_step(
-        model, pair.random_batch(_BATCH_SIZE.value), values.jit_compile
-    )
+    batch = timing.batch_for(configuration, model, pair.random_batch(_BATCH_SIZE.value))
+    step = timing.make_step(model, batch, values.jit_compile)
     for _ in range(values.warmup + values.steps_for(pair)):
         step()
     peak = timing.rss_mib("VmHWM")
@@ -177,6 +178,9 @@ def report(pair_name, result, values):
                 label,
                 f"{summary.median:.2f}",
                 f"{summary.iqr:.2f}",
+                f"{step_ms[configuration] / step_ms['student']:.2f}"
+                if distils
+                else "-",
                 f"{step_ms[configuration] / separate:.2f}" if distils else "-",
                 f"{step_ms[configuration] / step_ms['keras_kd']:.2f}"
                 if distils
@@ -194,6 +198,7 @@ def report(pair_name, result, values):
         "configuration",
         "median ms/step",
         "IQR ms",
+        "÷ (a)",
         "÷ (a + b)",
         "÷ (d)",
         "peak RSS MiB (own process)",

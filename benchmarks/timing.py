@@ -157,6 +157,7 @@ CONFIGURATIONS = {
     "kd": "(c) Distiller, KD",
     "cskd": "(c) Distiller, CSKD",
     "cskd_cswt": "(c) Distiller, CSKD+CSWT",
+    "cskd_cswt_cached": "(c) Distiller, CSKD+CSWT, cached teacher logits",
     "keras_kd": "(d) keras.distillation.Distiller, KD",
 }
 
@@ -167,6 +168,17 @@ _OUR_LOSSES = {
         temperature=4.0, cswt=keras_cskd.losses.CSWT(2.0, 6.0)
     ),
 }
+_OUR_LOSSES["cskd_cswt_cached"] = _OUR_LOSSES["cskd_cswt"]
+
+
+def batch_for(configuration, model, batch):
+    """The batch a configuration trains on: with cached teacher logits, the
+    images come with the teacher's logits, computed once beforehand."""
+    if not configuration.endswith("_cached"):
+        return batch
+    x, y = batch
+    logits = model.teacher.predict(x, verbose=0)
+    return {"images": x, "teacher_logits": logits}, y
 
 
 def build(configuration, pair, jit_compile=False):
@@ -222,7 +234,7 @@ def make_step(model, batch, jit_compile=False):
     inference-mode forward pass on the batch, as a `tf.function`.
     """
     x, y = batch
-    if getattr(model, "optimizer", None) is None:
+    if getattr(model, "optimizer", None) is None:  # the teacher: x are images
         forward = tf.function(
             lambda images: model(images, training=False), jit_compile=jit_compile
         )
@@ -231,7 +243,7 @@ def make_step(model, batch, jit_compile=False):
         return lambda: forward(images)
     dataset = (
         tf.data.Dataset.from_tensor_slices((x, y))
-        .batch(len(x), drop_remainder=True)
+        .batch(len(y), drop_remainder=True)
         .cache()
         .repeat()
     )

@@ -22,6 +22,7 @@ STEP_TIME_ROWS = [
     "(c) Distiller, KD",
     "(c) Distiller, CSKD",
     "(c) Distiller, CSKD+CSWT",
+    "(c) Distiller, CSKD+CSWT, cached teacher logits",
     "(d) keras.distillation.Distiller, KD",
 ]
 DISTRIBUTED_ROWS = [
@@ -112,6 +113,7 @@ def test_step_time_prints_every_configuration_with_ratios(runs):
         "configuration",
         "median ms/step",
         "IQR ms",
+        "÷ (a)",
         "÷ (a + b)",
         "÷ (d)",
         "peak RSS MiB (own process)",
@@ -124,16 +126,24 @@ def test_step_time_prints_every_configuration_with_ratios(runs):
         if label.startswith(("(c)", "(d)")):
             assert all(positive(ratio) for ratio in ratios)
         else:
-            assert ratios == ["-", "-"]
+            assert ratios == ["-", "-", "-"]
         assert (peak, growth) == ("n/a", "n/a")  # --quick skips memory
-    assert body[-1][4] == "1.00"  # (d) ÷ (d)
+    assert body[-1][5] == "1.00"  # (d) ÷ (d)
 
 
 def test_step_time_writes_json(runs):
     output_of(runs, "step_time")
     result = json.loads(runs["step_time_json"].read_text())
     step_ms = result["pairs"]["digits"]["step_ms"]
-    assert set(step_ms) == {"student", "teacher", "kd", "cskd", "cskd_cswt", "keras_kd"}
+    assert set(step_ms) == {
+        "student",
+        "teacher",
+        "kd",
+        "cskd",
+        "cskd_cswt",
+        "cskd_cswt_cached",
+        "keras_kd",
+    }
     assert all(summary["count"] == 3 * 2 for summary in step_ms.values())
 
 

@@ -85,12 +85,7 @@ def digits_config(**overrides):
     config.epochs = 1
     config.verbose = "0"
     config.export.formats = ""
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
+    config.update(overrides)
     return config
 
 
