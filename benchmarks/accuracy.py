@@ -1,6 +1,6 @@
 """Does distillation help? Every method on the digits pair, over seeds.
 
-    python benchmarks/accuracy.py                    # the full table (~20 min, 2 cores)
+    python benchmarks/accuracy.py                    # the full table (~30 min, 2 cores)
     python benchmarks/accuracy.py --quick            # seconds: a smoke test
 
 Protocol: the shipped digits CNN teacher (95k parameters) and the digits MLP
