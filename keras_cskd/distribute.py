@@ -1,5 +1,6 @@
 """Choosing a `tf.distribute` strategy by name."""
 
+import functools
 import json
 import os
 
@@ -61,7 +62,15 @@ def get_strategy(name="auto"):
     if name == "none" or (name == "auto" and len(gpus) < 2):
         return tf.distribute.get_strategy()
     devices = gpus or tf.config.list_logical_devices("CPU")
-    return tf.distribute.MirroredStrategy([d.name for d in devices])
+    return _mirrored(tuple(d.name for d in devices))
+
+
+@functools.cache
+def _mirrored(devices):
+    # One MirroredStrategy per set of devices and process: a second one hands
+    # out the same collective keys, and their collectives then clash
+    # (tensorflow/tensorflow#62790).
+    return tf.distribute.MirroredStrategy(list(devices))
 
 
 def is_chief():

@@ -1,5 +1,6 @@
 """N replicas train exactly like one device on the same global batch."""
 
+import functools
 import json
 import os
 import socket
@@ -16,7 +17,10 @@ LOSSES = ["kd", "cskd", "cskd_cswt", "kd_cswt", "dist", "dkd"]
 TOLERANCE = 1e-5
 
 
+@functools.cache
 def two_cpus():
+    # One strategy per process: a second MirroredStrategy hands out the same
+    # collective keys, and the two then clash (tensorflow/tensorflow#62790).
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
