@@ -58,7 +58,10 @@ def get_config(spec="cskd,resnet32x4,resnet8x4"):
         learning_rate = 0.01 if small else 0.025
     elif method == "dkd":
         config.loss = loss_config(
-            "dkd", temperature=4.0, alpha=1.0, beta=PAIRS[teacher, student],
+            "dkd",
+            temperature=4.0,
+            alpha=1.0,
+            beta=PAIRS[teacher, student],
             warmup_epochs=20,
         )
         learning_rate = 0.01 if small else 0.05

@@ -86,9 +86,8 @@ def restore(directory, trainer, frozen=()):
         trainer.optimizer.build(trainer.trainable_variables)
     variables = trained_variables(trainer, frozen)
     paths = [v.path for v in variables]
-    shapes_match = len(values) == len(variables) and all(
-        tuple(v.shape) == value.shape for v, value in zip(variables, values, strict=True)
-    )
+    shapes = [tuple(v.shape) for v in variables]
+    shapes_match = shapes == [value.shape for value in values]
     if paths != metadata["variables"] or not shapes_match:
         raise CorruptCheckpointError(
             f"The checkpoint {directory} belongs to another model or optimizer "
