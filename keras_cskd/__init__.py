@@ -1,8 +1,12 @@
-"""keras-cskd: knowledge distillation for Keras, centred on CSKD with CSWT."""
+"""keras-cskd: knowledge distillation for Keras, centred on CSKD with CSWT.
 
-from keras_cskd import losses, models
+`keras_cskd.export` (SavedModel and TFLite) is imported on its own:
+`from keras_cskd import export`.
+"""
+
+from keras_cskd import data, losses, models
 from keras_cskd.distiller import Distiller
 
 __version__ = "0.1.0"
 
-__all__ = ["Distiller", "losses", "models"]
+__all__ = ["Distiller", "data", "losses", "models"]
