@@ -6,7 +6,9 @@ warm-up, the median time per step of:
 
 - (a) the student alone, training on the cross-entropy;
 - (b) the teacher's inference on the same batch (a `tf.function` forward pass);
-- (c) `keras_cskd.Distiller` with KD, CSKD (`cswt=None`) and CSKD+CSWT;
+- (c) `keras_cskd.Distiller` with KD, CSKD (`cswt=None`) and CSKD+CSWT, each
+  also on batches that carry the teacher's logits, computed once beforehand
+  (`keras_cskd.data.with_teacher_logits`): the teacher does not run;
 - (d) `keras.distillation.Distiller` with `LogitsDistillation(temperature=4,
   loss=KLDivergence())` and `student_loss_weight=0.5`.
 

@@ -157,6 +157,8 @@ CONFIGURATIONS = {
     "kd": "(c) Distiller, KD",
     "cskd": "(c) Distiller, CSKD",
     "cskd_cswt": "(c) Distiller, CSKD+CSWT",
+    "kd_cached": "(c) Distiller, KD, cached teacher logits",
+    "cskd_cached": "(c) Distiller, CSKD, cached teacher logits",
     "cskd_cswt_cached": "(c) Distiller, CSKD+CSWT, cached teacher logits",
     "keras_kd": "(d) keras.distillation.Distiller, KD",
 }
@@ -168,7 +170,7 @@ _OUR_LOSSES = {
         temperature=4.0, cswt=keras_cskd.losses.CSWT(2.0, 6.0)
     ),
 }
-_OUR_LOSSES["cskd_cswt_cached"] = _OUR_LOSSES["cskd_cswt"]
+_OUR_LOSSES.update({f"{name}_cached": loss for name, loss in _OUR_LOSSES.items()})
 
 
 def batch_for(configuration, model, batch):

@@ -9,6 +9,8 @@ from keras_cskd import losses as losses_module
 # Keys of an input batch that carries cached teacher logits.
 IMAGES = "images"
 CACHED_TEACHER_LOGITS = "teacher_logits"
+# What every step logs (global values, averaged over the epoch's samples).
+LOGGED_TERMS = ("loss", "ce_loss", "distillation_loss", "accuracy")
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
@@ -108,23 +110,14 @@ class Distiller(keras.Model):
         self.epoch = self.add_weight(
             shape=(), initializer="ones", trainable=False, name="epoch"
         )
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.ce_loss_tracker = keras.metrics.Mean(name="ce_loss")
-        self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
-        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+        self.term_means = _Means(LOGGED_TERMS)
         # Built models make a built Distiller (BackupAndRestore needs that).
         self.built = bool(teacher.built and student.built)
 
     @property
     def metrics(self):
-        trackers = [
-            self.loss_tracker,
-            self.ce_loss_tracker,
-            self.distillation_loss_tracker,
-            self.accuracy_tracker,
-        ]
         compiled = getattr(self, "_compile_metrics", None)
-        return trackers + ([compiled] if compiled is not None else [])
+        return [self.term_means] + ([compiled] if compiled is not None else [])
 
     def compile(self, optimizer="sgd", loss=None, metrics=None, **kwargs):
         """Configures the optimizer and any extra metrics; the loss is built in."""
@@ -289,14 +282,10 @@ class Distiller(keras.Model):
         return ops.cast(loss, "float32")
 
     def _update_metrics(self, x, y, student_logits, terms):
-        batch_size = ops.shape(terms["correct"])[0]
-        for tracker in (
-            self.loss_tracker,
-            self.ce_loss_tracker,
-            self.distillation_loss_tracker,
-        ):
-            tracker.update_state(terms[tracker.name], sample_weight=batch_size)
-        self.accuracy_tracker.update_state(terms["correct"])
+        self.term_means.update_state(
+            dict(terms, accuracy=ops.mean(terms["correct"])),
+            num_samples=ops.shape(terms["correct"])[0],
+        )
         logs = self.compute_metrics(x, y, student_logits, sample_weight=None)
         if isinstance(
             self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy
@@ -328,6 +317,39 @@ class Distiller(keras.Model):
         for key in ("teacher", "student", "distillation_loss"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+class _Means(keras.metrics.Metric):
+    """Running sample-weighted means of several scalars, in one vector.
+
+    One update per step for all of the Distiller's logged terms: separate
+    `Mean` trackers cost a few ops each, a visible share of a small model's
+    step. It is named `loss`, its first value, so that `evaluate` lists the
+    loss first. Its variables sum over replicas like any Keras metric's.
+    """
+
+    def __init__(self, names, name="loss"):
+        super().__init__(name=name)
+        self.names = tuple(names)
+        self.totals = self.add_variable(
+            shape=(len(self.names),), initializer="zeros", name="totals"
+        )
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, values, num_samples):
+        """Adds `{name: batch mean}` (other keys ignored) for `num_samples`."""
+        num_samples = ops.cast(num_samples, self.dtype)
+        batch_means = ops.stack([values[name] for name in self.names])
+        self.totals.assign_add(batch_means * num_samples)
+        self.count.assign_add(num_samples)
+
+    def result(self):
+        means = ops.divide_no_nan(self.totals, self.count)
+        return {name: means[i] for i, name in enumerate(self.names)}
+
+    def reset_state(self):
+        self.totals.assign(ops.zeros_like(self.totals))
+        self.count.assign(0.0)
 
 
 class _View:

@@ -22,6 +22,8 @@ STEP_TIME_ROWS = [
     "(c) Distiller, KD",
     "(c) Distiller, CSKD",
     "(c) Distiller, CSKD+CSWT",
+    "(c) Distiller, KD, cached teacher logits",
+    "(c) Distiller, CSKD, cached teacher logits",
     "(c) Distiller, CSKD+CSWT, cached teacher logits",
     "(d) keras.distillation.Distiller, KD",
 ]
@@ -46,6 +48,7 @@ def runs(tmp_path_factory):
         "memory_probe": ["step_time.py", "--quick", "--memory_probe=cskd_cswt"],
         "distributed_overhead": ["distributed_overhead.py", "--quick"],
         "throughput": ["throughput.py", "--quick"],
+        "accuracy": ["accuracy.py", "--quick", f"--output={tmp / 'accuracy'}"],
     }
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     processes = {}
@@ -68,6 +71,7 @@ def runs(tmp_path_factory):
             file.close()
         results[name] = (process.returncode, *outputs)
     results["step_time_json"] = tmp / "step.json"
+    results["accuracy_output"] = tmp / "accuracy"
     return results
 
 
@@ -141,6 +145,8 @@ def test_step_time_writes_json(runs):
         "kd",
         "cskd",
         "cskd_cswt",
+        "kd_cached",
+        "cskd_cached",
         "cskd_cswt_cached",
         "keras_kd",
     }
@@ -179,3 +185,28 @@ def test_throughput_reports_images_per_second(runs):
         assert positive(images_per_second) == pytest.approx(
             1000 * 8 / positive(median), rel=0.05, abs=1
         )
+
+
+def test_accuracy_writes_the_table_the_json_and_the_chart(runs):
+    stdout = output_of(runs, "accuracy")
+    output = runs["accuracy_output"]
+    tables = tables_in((output / "accuracy.md").read_text())
+    assert tables == tables_in(stdout)
+    header = [
+        "method",
+        "tuned on validation",
+        "test accuracy, val-selected epoch (%)",
+        "test accuracy, last epoch (%)",
+    ]
+    # --quick: the first two methods, one seed, one epoch, the grid's first value.
+    body = check_table(tables[0], header, ["scratch (CE only)", "KD"])
+    assert [row[1] for row in body] == ["-", "T 2"]
+    for _, _, *accuracies in body:
+        for cell in accuracies:
+            mean, std = re.fullmatch(r"(\d+\.\d\d) \+- (\d+\.\d\d)", cell).groups()
+            assert 0 <= float(mean) <= 100 and float(std) == 0
+    results = json.loads((output / "accuracy.json").read_text())
+    assert results["KD"]["tuned"] == {"temperature": 2.0}
+    assert results["KD"]["teacher"] == 1.0  # the shipped digits teacher
+    assert all(len(r["selected"]) == len(r["last"]) == 1 for r in results.values())
+    assert (output / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -99,6 +99,19 @@ def test_logged_terms_equal_the_objective_recomputed_in_numpy():
     np.testing.assert_allclose(logs["accuracy"], np.mean(zs.argmax(-1) == y))
 
 
+def test_epoch_logs_weight_batches_by_size_and_list_the_loss_first():
+    teacher, student = tiny_models()
+    x, y = random_data()
+    x, y = x[:10], y[:10]
+    distiller = keras_cskd.Distiller(teacher, student, losses.KD())
+    distiller.compile(keras.optimizers.SGD(0.0))
+    whole = distiller.evaluate(x, y, batch_size=10, verbose=0, return_dict=True)
+    # Batches of 4, 4 and 2: per-sample terms average back to the whole batch.
+    listed = distiller.evaluate(x, y, batch_size=4, verbose=0)
+    names = ("loss", "accuracy", "ce_loss", "distillation_loss")
+    np.testing.assert_allclose(listed, [whole[name] for name in names], rtol=1e-5)
+
+
 def test_one_hot_labels_give_the_same_step_as_integer_labels():
     x, y = random_data()
     results = []
@@ -261,3 +274,26 @@ def test_labels_out_of_range_name_the_label_and_the_valid_range():
     y[3] = 12
     with pytest.raises(tf.errors.InvalidArgumentError, match="valid range"):
         distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize(
+    "compile_options",
+    [{"steps_per_execution": 3}, {"jit_compile": True}],
+    ids=["steps_per_execution", "xla"],
+)
+def test_compile_options_train_like_the_default_step(compile_options):
+    x, y = random_data()
+    results = []
+    for options in ({}, compile_options):
+        teacher, student = tiny_models()
+        distiller = keras_cskd.Distiller(teacher, student, losses.CSKD())
+        distiller.compile(keras.optimizers.SGD(0.1, momentum=0.9), **options)
+        history = distiller.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+        assert int(distiller.optimizer.iterations) == 8  # 4 batches x 2 epochs
+        results.append(([w.numpy() for w in student.weights], history.history))
+    assert distiller.jit_compile == compile_options.get("jit_compile", False)
+    for default, other in zip(results[0][0], results[1][0], strict=True):
+        np.testing.assert_allclose(other, default, rtol=1e-5, atol=1e-6)
+    for key in ("loss", "ce_loss", "distillation_loss", "accuracy"):
+        # XLA fuses and reorders float32 arithmetic: agreement to ~1e-5.
+        np.testing.assert_allclose(results[1][1][key], results[0][1][key], rtol=1e-4)
