@@ -32,28 +32,28 @@ _SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds per method (0..seeds-1).")
 _QUICK = flags.DEFINE_bool("quick", False, "One epoch, one seed, no tuning.")
 
 ROOT = Path(__file__).resolve().parents[1]
-# name: (config file, {loss overrides}, {setting: values tried on the validation
-# split}); a setting is a loss argument or, with a dot, a config path. DKD's beta
-# and LSKD's weight are tuned too: their published values (beta 8; CE 0.1 with
-# KD 9) made this small student unstable in a first run.
+# name: (config file, {loss overrides}, {config path: values tried on the
+# validation split}). DKD's beta and LSKD's weight are tuned too: their published
+# values (beta 8; CE 0.1 with KD 9) made this small student unstable in a first run.
+T_GRID = [2.0, 4.0, 8.0]
 METHODS = {
     "scratch (CE only)": ("digits_scratch", {}, {}),
-    "KD": ("digits_kd", {}, {"temperature": [2.0, 4.0, 8.0]}),
-    "CSKD": ("digits_cskd", {"cswt": False}, {"temperature": [2.0, 4.0, 8.0]}),
-    "CSKD+CSWT": ("digits_cskd", {}, {"temperature": [2.0, 4.0, 8.0]}),
-    "SKD": ("digits_skd", {}, {"temperature": [2.0, 4.0, 8.0]}),
+    "KD": ("digits_kd", {}, {"loss.temperature": T_GRID}),
+    "CSKD": ("digits_cskd", {"cswt": False}, {"loss.temperature": T_GRID}),
+    "CSKD+CSWT": ("digits_cskd", {}, {"loss.temperature": T_GRID}),
+    "SKD": ("digits_skd", {}, {"loss.temperature": T_GRID}),
     "LSKD": (
         "digits_lskd",
         {},
-        {"temperature": [1.0, 2.0, 4.0], ".distillation_loss_weight": [1.0, 9.0]},
+        {"loss.temperature": [1.0, 2.0, 4.0], "distillation_loss_weight": [1.0, 9.0]},
     ),
     "DKD": (
         "digits_dkd",
         {},
-        {"temperature": [2.0, 4.0, 8.0], "beta": [1.0, 2.0, 8.0]},
+        {"loss.temperature": T_GRID, "loss.beta": [1.0, 2.0, 8.0]},
     ),
-    "DIST": ("digits_dist", {}, {"temperature": [1.0, 4.0, 8.0]}),
-    "STKD (mixup)": ("digits_stkd", {}, {"temperature": [2.0, 4.0, 8.0]}),
+    "DIST": ("digits_dist", {}, {"loss.temperature": [1.0, 4.0, 8.0]}),
+    "STKD (mixup)": ("digits_stkd", {}, {"loss.temperature": T_GRID}),
 }
 
 
@@ -69,11 +69,12 @@ def run_once(config_name, loss_overrides, settings, seed, workdir, epochs=None):
     if epochs:
         config.epochs = epochs
     config.loss.update(loss_overrides)
-    for key, value in settings.items():
-        if key.startswith("."):
-            config[key[1:]] = value
-        else:
-            config.loss[key] = value
+    for path, value in settings.items():
+        *parents, key = path.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
     return training.run(config, workdir, overwrite=True)
 
 
@@ -100,23 +101,26 @@ def main(argv):
     seeds = range(1 if quick else _SEEDS.value)
     methods = dict(list(METHODS.items())[:2]) if quick else METHODS
     epochs = 1 if quick else None
-    scratch_dir = Path(tempfile.mkdtemp(prefix="accuracy_"))
     results = {}
-    for name, (config_name, overrides, grid) in methods.items():
-        if quick:
-            grid = {key: values[:1] for key, values in grid.items()}
-        chosen = tune(config_name, overrides, grid, scratch_dir / "tune", epochs)
-        runs = [
-            run_once(config_name, overrides, chosen, seed, scratch_dir / "run", epochs)
-            for seed in seeds
-        ]
-        results[name] = {
-            "tuned": chosen,
-            "selected": [r["student_test_accuracy_at_best_epoch"] for r in runs],
-            "last": [r["student_test_accuracy"] for r in runs],
-            "teacher": runs[0].get("teacher_test_accuracy"),
-        }
-        print(f"{name}: {summarise(results[name]['selected'])}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="accuracy_") as scratch:
+        scratch_dir = Path(scratch)
+        for name, (config_name, overrides, grid) in methods.items():
+            if quick:
+                grid = {key: values[:1] for key, values in grid.items()}
+            chosen = tune(config_name, overrides, grid, scratch_dir / "tune", epochs)
+            runs = [
+                run_once(
+                    config_name, overrides, chosen, seed, scratch_dir / "run", epochs
+                )
+                for seed in seeds
+            ]
+            results[name] = {
+                "tuned": chosen,
+                "selected": [r["student_test_accuracy_at_best_epoch"] for r in runs],
+                "last": [r["student_test_accuracy"] for r in runs],
+                "teacher": runs[0].get("teacher_test_accuracy"),
+            }
+            print(f"{name}: {summarise(results[name]['selected'])}", flush=True)
     output = Path(_OUTPUT.value)
     output.mkdir(parents=True, exist_ok=True)
     table = markdown(results)
@@ -144,8 +148,8 @@ def markdown(results):
     ]
     for name, result in results.items():
         tuned = ", ".join(
-            f"{key.lstrip('.').replace('temperature', 'T')} {value:g}"
-            for key, value in result["tuned"].items()
+            f"{path.rsplit('.', 1)[-1].replace('temperature', 'T')} {value:g}"
+            for path, value in result["tuned"].items()
         )
         lines.append(
             f"| {name} | {tuned or '-'} | {summarise(result['selected'])} "

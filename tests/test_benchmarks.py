@@ -206,7 +206,7 @@ def test_accuracy_writes_the_table_the_json_and_the_chart(runs):
             mean, std = re.fullmatch(r"(\d+\.\d\d) \+- (\d+\.\d\d)", cell).groups()
             assert 0 <= float(mean) <= 100 and float(std) == 0
     results = json.loads((output / "accuracy.json").read_text())
-    assert results["KD"]["tuned"] == {"temperature": 2.0}
+    assert results["KD"]["tuned"] == {"loss.temperature": 2.0}
     assert results["KD"]["teacher"] == 1.0  # the shipped digits teacher
     assert all(len(r["selected"]) == len(r["last"]) == 1 for r in results.values())
     assert (output / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
