@@ -1,6 +1,6 @@
 """Does distillation help? Every method on the digits pair, over seeds.
 
-    python benchmarks/accuracy.py                    # the full table (~45 min, 2 cores)
+    python benchmarks/accuracy.py                    # the full table (~25 min, 2 cores)
     python benchmarks/accuracy.py --quick            # seconds: a smoke test
 
 Protocol: the shipped digits CNN teacher (95k parameters) and the digits MLP
@@ -69,12 +69,7 @@ def run_once(config_name, loss_overrides, settings, seed, workdir, epochs=None):
     if epochs:
         config.epochs = epochs
     config.loss.update(loss_overrides)
-    for path, value in settings.items():
-        *parents, key = path.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[key] = value
+    config.update_from_flattened_dict(settings)  # {"loss.beta": 1.0, ...}
     return training.run(config, workdir, overwrite=True)
 
 
