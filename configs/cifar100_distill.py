@@ -1,25 +1,36 @@
-"""Distil a CIFAR-100 student: the paper recipes for KD, CSKD+CSWT and DKD.
+"""Distil a CIFAR-100 student: the reference recipes of KD, DKD and CSKD.
 
-    python train.py --config=configs/cifar100_distill.py:cskd,resnet32x4,resnet8x4
+    python train.py \
+        --config=configs/cifar100_distill.py:cskd_reference,resnet32x4,resnet8x4
 
-The argument is `method,teacher,student` with method kd, cskd (CSKD+CSWT) or
-dkd and one of the pairs in PAIRS. The teacher is read from
-saved_models/cifar100_<teacher>.keras and, if missing, trained first with
-configs/cifar100_teacher.py. Recipe (METHODS.md): SGD with momentum 0.9 and
-weight decay 5e-4, batch 64, 240 epochs (--config.epochs), the learning rate
-x0.1 at epochs 150, 180 and 210; base learning rate 0.05 for KD and DKD and
-0.025 for CSKD, 0.01 for ShuffleNet and MobileNetV2 students; KD: CE 0.1, KD
-0.9, T 4; CSKD: CE 1, CSKD+CSWT 1 (T 4, CSWT 2..6, alpha 2); DKD: CE 1, T 4,
-alpha 1, beta per pair, 20 warm-up epochs.
+The argument is `method,teacher,student`, for one of the eleven pairs of the
+CSKD paper's CIFAR-100 table (PAIRS) and one of:
+
+- `kd`: mdistiller's KD (CE 0.1, KD 0.9, T 4), 240 epochs.
+- `dkd`: mdistiller's DKD (CE 1, alpha 1, beta per pair, T 4, 20 warm-up
+  epochs), 240 epochs.
+- `cskd`: CSKD+CSWT as the paper describes it: CE plus L_cs(T=4) + L_cswt(2..6),
+  weight 1 each, on one view, 240 epochs.
+- `cskd_reference`: exactly what the paper's code (llieeai/lud) trains: a weak
+  and a strong view of every batch, CE on both, `TwoViewCSKD` with its
+  median-confidence masks and class- and batch-Gram terms, 480 epochs.
+
+Every recipe trains with PyTorch's SGD (momentum 0.9, weight decay 5e-4 added
+to the gradient of every parameter), batch 64, the rate x0.1 at the start of
+epochs 151, 181 and 211; base rate 0.05 (KD, DKD) or 0.025 (CSKD), 0.01 for
+ShuffleNet and MobileNetV2 students; black-padded random crop and flip. The
+teacher is read from saved_models/cifar100_<teacher>.keras and, if missing,
+trained first with configs/cifar100_teacher.py. docs/reproducing.md gives each
+value's source.
 """
 
 from keras_cskd.config import default_config, loss_config
 
-# (teacher, student): DKD's beta for the pair.
+# (teacher, student): DKD's beta for the pair (mdistiller's configs).
 PAIRS = {
-    ("resnet32x4", "resnet8x4"): 8.0,
     ("resnet56", "resnet20"): 2.0,
     ("resnet110", "resnet32"): 2.0,
+    ("resnet32x4", "resnet8x4"): 8.0,
     ("wrn_40_2", "wrn_16_2"): 6.0,
     ("wrn_40_2", "wrn_40_1"): 6.0,
     ("vgg13", "vgg8"): 6.0,
@@ -30,13 +41,18 @@ PAIRS = {
     ("resnet50", "mobilenetv2"): 8.0,
 }
 SMALL_LEARNING_RATE_STUDENTS = ("shufflenetv1", "shufflenetv2", "mobilenetv2")
+METHODS = ("kd", "dkd", "cskd", "cskd_reference")
 
 
-def get_config(spec="cskd,resnet32x4,resnet8x4"):
+def get_config(spec="cskd_reference,resnet32x4,resnet8x4"):
     method, teacher, student = (part.strip() for part in spec.split(","))
     if (teacher, student) not in PAIRS:
         pairs = ", ".join(f"{t},{s}" for t, s in PAIRS)
         raise ValueError(f"Unknown pair {teacher},{student}; known pairs: {pairs}.")
+    if method not in METHODS:
+        raise ValueError(
+            f"Unknown method '{method}' for CIFAR-100: {', '.join(METHODS)}."
+        )
     config = default_config()
     config.model = student
     config.teacher.path = f"saved_models/cifar100_{teacher}.keras"
@@ -46,30 +62,27 @@ def get_config(spec="cskd,resnet32x4,resnet8x4"):
     config.data.batch_size = 64
     config.data.eval_batch_size = 500
     config.epochs = 240
-    small = student in SMALL_LEARNING_RATE_STUDENTS
     if method == "kd":
         config.loss = loss_config("kd", temperature=4.0)
         config.student_loss_weight, config.distillation_loss_weight = 0.1, 0.9
-        learning_rate = 0.01 if small else 0.05
-    elif method == "cskd":
-        config.loss = loss_config(
-            "cskd", temperature=4.0, cswt=True, t_min=2.0, t_max=6.0, alpha=2.0
-        )
-        learning_rate = 0.01 if small else 0.025
     elif method == "dkd":
+        beta = PAIRS[teacher, student]
         config.loss = loss_config(
-            "dkd",
-            temperature=4.0,
-            alpha=1.0,
-            beta=PAIRS[teacher, student],
-            warmup_epochs=20,
+            "dkd", temperature=4.0, alpha=1.0, beta=beta, warmup_epochs=20
         )
-        learning_rate = 0.01 if small else 0.05
+    elif method == "cskd":
+        config.loss = loss_config("cskd", temperature=4.0, cswt=True, alpha=2.0)
     else:
-        raise ValueError(f"Unknown method '{method}' for CIFAR-100: kd, cskd or dkd.")
+        config.loss = loss_config(
+            "two_view_cskd", temperature=4.0, cswt=True, alpha=2.0
+        )
+        config.data.two_views = True
+        config.view_weights = (1.0, 1.0)  # CE on both views
+        config.epochs = 480
+    base_rate = 0.025 if method.startswith("cskd") else 0.05
     config.optimizer.update(
-        name="sgd",
-        learning_rate=learning_rate,
+        name="torch_sgd",
+        learning_rate=0.01 if student in SMALL_LEARNING_RATE_STUDENTS else base_rate,
         momentum=0.9,
         weight_decay=5e-4,
         schedule="multistep",

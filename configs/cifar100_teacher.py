@@ -2,9 +2,11 @@
 
     python train.py --config=configs/cifar100_teacher.py:resnet32x4
 
-SGD 0.05 with momentum 0.9 and weight decay 5e-4, batch 64, 240 epochs, the
-learning rate x0.1 at epochs 150, 180 and 210; random crop with 4-pixel
-padding and horizontal flip. Saves saved_models/cifar100_<model>.keras.
+The reference teacher recipe (mdistiller, llieeai/lud `configs/cifar100/
+teacher/`): PyTorch's SGD at 0.05 with momentum 0.9 and weight decay 5e-4 on
+every parameter, batch 64, 240 epochs, the rate x0.1 at the start of epochs
+151, 181 and 211; black-padded random crop and horizontal flip. Saves
+saved_models/cifar100_<model>.keras.
 Needs CIFAR-100 prepared for TFDS (see the README; --config.data.data_dir).
 """
 
@@ -21,7 +23,7 @@ def get_config(model="resnet32x4"):
     config.data.eval_batch_size = 500
     config.epochs = 240
     config.optimizer.update(
-        name="sgd",
+        name="torch_sgd",
         learning_rate=0.05,
         momentum=0.9,
         weight_decay=5e-4,

@@ -4,9 +4,9 @@
 `from keras_cskd import export`.
 """
 
-from keras_cskd import data, losses, models
+from keras_cskd import data, losses, models, optimizers
 from keras_cskd.distiller import Distiller
 
 __version__ = "0.1.0"
 
-__all__ = ["Distiller", "data", "losses", "models"]
+__all__ = ["Distiller", "data", "losses", "models", "optimizers"]

@@ -38,8 +38,8 @@ def default_config():
             "eval_batch_size": 256,
             "augment": False,
             "mixup_alpha": 0.0,
-            # A second, strongly augmented view of every image (RandAugment,
-            # 2 ops at magnitude 10 of 30, then cutout); see `view_weights`.
+            # A second, strongly augmented view of every image (the CSKD
+            # code's crop, flip, RandAugment and cutout); see `view_weights`.
             "two_views": False,
             # Compute the teacher's logits once and reuse them every epoch
             # (only without random augmentation, mixup or two views).
@@ -58,15 +58,20 @@ def default_config():
     config.loss = loss_config("cskd", temperature=4.0, cswt=True, alpha=2.0)
     config.student_loss_weight = 1.0
     config.distillation_loss_weight = 1.0
-    config.view_weights = (0.5, 1.0)  # weak and strong view, with two_views
+    # With two_views: the weights of the weak and the strong view's terms (of
+    # the cross-entropy alone for a loss that takes both views, two_view_cskd).
+    config.view_weights = (1.0, 1.0)
     config.optimizer = ml_collections.ConfigDict(
         {
-            "name": "sgd",  # sgd | adam
+            # sgd | adam (Keras's, decoupled weight decay) | torch_sgd (PyTorch's
+            # SGD: weight decay added to the gradient, as the reference recipes)
+            "name": "sgd",
             "learning_rate": 0.05,
             "momentum": 0.9,
             "weight_decay": 0.0,
             "schedule": "cosine",  # constant | cosine | multistep
-            "milestones": (150, 180, 210),  # epochs, for multistep
+            # multistep: x decay_rate at the start of each epoch after these
+            "milestones": (150, 180, 210),
             "decay_rate": 0.1,
         }
     )
@@ -125,7 +130,11 @@ _RANGES = [
     ("student_loss_weight", lambda v: v >= 0, ">= 0"),
     ("distillation_loss_weight", lambda v: v >= 0, ">= 0"),
     ("view_weights", lambda v: len(v) == 2 and min(v) >= 0, "two weights >= 0"),
-    ("optimizer.name", lambda v: v in ("sgd", "adam"), "sgd or adam"),
+    (
+        "optimizer.name",
+        lambda v: v in ("sgd", "adam", "torch_sgd"),
+        "sgd, adam or torch_sgd",
+    ),
     ("optimizer.learning_rate", lambda v: v > 0, "> 0"),
     ("optimizer.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("optimizer.weight_decay", lambda v: v >= 0, ">= 0"),
@@ -225,6 +234,11 @@ def _combination_problems(config):
         )
     if data.two_views and data.mixup_alpha > 0:
         problems.append("data.two_views and data.mixup_alpha cannot be combined")
+    if config.loss.method == "two_view_cskd" and not data.two_views:
+        problems.append(
+            "loss.method two_view_cskd needs data.two_views=True (it takes a weak "
+            "and a strong view of every batch)"
+        )
     return problems
 
 

@@ -46,10 +46,13 @@ class Distiller(keras.Model):
         distillation_loss_weight: weight of the distillation loss.
         view_weights: for batches of several augmented views of the same
             images, `x = (view_1, view_2, ...)`: every term is computed on
-            each view and summed with these weights (the CSKD code's weak and
-            strong views: `(0.5, 1.0)`). Evaluation batches have one view.
+            each view and summed with these weights. A loss that takes all
+            views at once (`num_views > 1`, such as `TwoViewCSKD`, the CSKD
+            code's objective, with `(1.0, 1.0)`) gets them together, and the
+            weights then weight the cross-entropy alone. Evaluation batches
+            have one view.
 
-    Inputs may also carry precomputed teacher logits,
+    Inputs (or each view) may also carry precomputed teacher logits,
     `x = {"images": ..., "teacher_logits": ...}` (see
     `keras_cskd.data.with_teacher_logits`): the teacher then does not run.
 
@@ -181,18 +184,17 @@ class Distiller(keras.Model):
         return self._update_metrics(x, y, student_logits[0], terms)
 
     def _views(self, x):
-        """The input views of a batch: one, several (a tuple of image batches
-        with `view_weights`), or one with cached teacher logits (a dict)."""
-        if isinstance(x, dict) and CACHED_TEACHER_LOGITS in x:
-            return [_View(x[IMAGES], x[CACHED_TEACHER_LOGITS])]
+        """The input views of a batch: one, or several (a tuple with
+        `view_weights`); each an image batch, or a dict of images and their
+        cached teacher logits."""
         if self.view_weights and isinstance(x, (tuple, list)):
             if len(x) != len(self.view_weights):
                 raise ValueError(
                     f"The batch has {len(x)} views but `view_weights` has "
                     f"{len(self.view_weights)} weights."
                 )
-            return [_View(view) for view in x]
-        return [_View(x)]
+            return [_View.of(view) for view in x]
+        return [_View.of(x)]
 
     def _teacher_logits(self, view):
         logits = view.teacher_logits
@@ -201,40 +203,32 @@ class Distiller(keras.Model):
         return ops.stop_gradient(ops.cast(logits, "float32"))
 
     def _combined_terms(self, y, teacher_logits, student_logits):
-        """The view-weighted sum of each view's terms (one view: its terms)."""
-        per_view = [
-            self._loss_terms(y, teacher, student)
+        """Global values of every term, identical on every replica.
+
+        With several views the cross-entropy is the `view_weights`-weighted sum
+        over views, and so is the distillation loss, unless the loss takes all
+        views at once (`num_views > 1`, e.g. `TwoViewCSKD`).
+        """
+        weights = self.view_weights or (1.0,)
+        gathered = [
+            _global_batch(teacher, ops.cast(student, "float32"), y)
             for teacher, student in zip(teacher_logits, student_logits, strict=True)
         ]
-        if len(per_view) == 1:
-            return per_view[0]
-        combined = dict(per_view[0])  # accuracy and regularisation: first view
-        for key in ("objective", "ce_loss", "distillation_loss"):
-            combined[key] = sum(
-                weight * terms[key]
-                for weight, terms in zip(self.view_weights, per_view, strict=True)
-            )
-        combined["loss"] = combined["objective"] + combined["regularization"]
-        return combined
-
-    def _loss_terms(self, y, teacher_logits, student_logits):
-        """Global values of every term, identical on every replica."""
-        student_logits = ops.cast(student_logits, "float32")
-        teacher_logits, student_logits, y, replica_ids = _global_batch(
-            teacher_logits, student_logits, y
+        teachers, students, labels, replica_ids = (
+            list(part) for part in zip(*gathered, strict=True)
         )
-        # SKD can ask for its normalised logits in the cross-entropy too.
-        ce_logits = getattr(
-            self.distillation_loss, "student_logits_for_ce", lambda logits: logits
-        )(student_logits)
-        ce_loss = ops.mean(cross_entropy(y, ce_logits))
-        if replica_ids is None or getattr(self.distillation_loss, "global_batch", True):
-            distillation_loss = self._distillation_loss(
-                teacher_logits, student_logits, y
-            )
+        ce_loss = sum(
+            weight * self._cross_entropy(labels[0], student)
+            for weight, student in zip(weights, students, strict=True)
+        )
+        if getattr(self.distillation_loss, "num_views", 1) > 1:
+            distillation_loss = self._distillation_loss(teachers, students, labels[0])
         else:
-            distillation_loss = self._mean_over_shards(
-                teacher_logits, student_logits, y, replica_ids
+            distillation_loss = sum(
+                weight * self._view_distillation_loss(*view)
+                for weight, *view in zip(
+                    weights, teachers, students, labels, replica_ids, strict=True
+                )
             )
         objective = (
             self.student_loss_weight * ce_loss
@@ -244,7 +238,7 @@ class Distiller(keras.Model):
             ops.sum(self.student.losses) if self.student.losses else ops.zeros(())
         )
         correct = ops.equal(
-            ops.argmax(student_logits, axis=-1), ops.cast(_class_ids(y), "int64")
+            ops.argmax(students[0], axis=-1), ops.cast(_class_ids(labels[0]), "int64")
         )
         return {
             "objective": objective,
@@ -254,6 +248,22 @@ class Distiller(keras.Model):
             "distillation_loss": distillation_loss,
             "correct": ops.cast(correct, "float32"),
         }
+
+    def _cross_entropy(self, labels, student_logits):
+        # SKD can ask for its normalised logits in the cross-entropy too.
+        ce_logits = getattr(
+            self.distillation_loss, "student_logits_for_ce", lambda logits: logits
+        )(student_logits)
+        return ops.mean(cross_entropy(labels, ce_logits))
+
+    def _view_distillation_loss(
+        self, teacher_logits, student_logits, labels, replica_ids
+    ):
+        if replica_ids is None or getattr(self.distillation_loss, "global_batch", True):
+            return self._distillation_loss(teacher_logits, student_logits, labels)
+        return self._mean_over_shards(
+            teacher_logits, student_logits, labels, replica_ids
+        )
 
     def _mean_over_shards(self, teacher_logits, student_logits, labels, replica_ids):
         """The distillation loss of each replica's shard, averaged by shard size."""
@@ -357,6 +367,12 @@ class _View:
 
     def __init__(self, images, teacher_logits=None):
         self.images, self.teacher_logits = images, teacher_logits
+
+    @classmethod
+    def of(cls, x):
+        if isinstance(x, dict) and CACHED_TEACHER_LOGITS in x:
+            return cls(x[IMAGES], x[CACHED_TEACHER_LOGITS])
+        return cls(x)
 
 
 def cross_entropy(labels, logits):

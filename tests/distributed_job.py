@@ -23,11 +23,15 @@ def build_loss(name):
         "cskd_per_replica": lambda: losses.CSKD(global_batch=False),
         "dist": lambda: losses.get("dist"),
         "dkd": lambda: losses.get("dkd"),
+        "two_view_cskd": lambda: losses.TwoViewCSKD(),
     }[name]()
 
 
 def train(loss_name, strategy, global_batch=32, steps=5):
-    """Five SGD steps of a digits student; returns (weights, history)."""
+    """Five SGD steps of a digits student; returns (weights, history).
+
+    `two_view_cskd` trains on two views (the images and their mirror image)
+    with the reference recipes' TorchSGD (coupled weight decay)."""
     import keras
     import tensorflow as tf
 
@@ -36,13 +40,24 @@ def train(loss_name, strategy, global_batch=32, steps=5):
 
     x, y = digits_arrays()["train"]
     x, y = x[: global_batch * steps], y[: global_batch * steps]
+    two_views = loss_name == "two_view_cskd"
     with strategy.scope():
         keras.utils.set_random_seed(0)
         teacher = keras_cskd.models.get("digits_cnn", 10, (8, 8, 1), width=8)
         student = keras_cskd.models.get("digits_mlp", 10, (8, 8, 1))
-        distiller = keras_cskd.Distiller(teacher, student, build_loss(loss_name))
-        distiller.compile(keras.optimizers.SGD(0.1, momentum=0.9))
-    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(global_batch)
+        distiller = keras_cskd.Distiller(
+            teacher,
+            student,
+            build_loss(loss_name),
+            view_weights=(1.0, 1.0) if two_views else None,
+        )
+        distiller.compile(
+            keras_cskd.optimizers.TorchSGD(0.1, momentum=0.9, weight_decay=5e-3)
+            if two_views
+            else keras.optimizers.SGD(0.1, momentum=0.9)
+        )
+    inputs = (x, x[:, :, ::-1]) if two_views else x
+    dataset = tf.data.Dataset.from_tensor_slices((inputs, y)).batch(global_batch)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.DATA

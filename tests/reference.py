@@ -94,16 +94,24 @@ def kd(zt, zs, temperature=4.0):
 
 def cosine_term(zt, zs, temperature, alpha=2.0, multi_level=False):
     """L_cs: alpha * T^2 * (1 - mean_c cos(Ps[:, c], Pt[:, c])); with
-    `multi_level`, plus 1 - mean row cosine of the class Grams P^T P and of
-    the batch Grams P P^T, inside the same alpha * T^2."""
+    `multi_level`, plus the unweighted class-Gram and batch-Gram distances."""
     zt, zs = np.float64(zt), np.float64(zs)
     t, factor = temperature_and_factor(zt, zs, temperature)
     ps, pt = softmax(zs, t), softmax(zt, t)
-    dissimilarity = 1.0 - cosine(ps, pt, axis=0).mean()
+    loss = alpha * factor * (1.0 - cosine(ps, pt, axis=0).mean())
     if multi_level:
-        dissimilarity += 1.0 - cosine(ps.T @ ps, pt.T @ pt, axis=1).mean()
-        dissimilarity += 1.0 - cosine(ps @ ps.T, pt @ pt.T, axis=1).mean()
-    return alpha * factor * dissimilarity
+        loss += class_gram_distance(pt, ps) + batch_gram_distance(pt, ps)
+    return loss
+
+
+def class_gram_distance(pt, ps):
+    """1 - mean row cosine of the class Grams P^T P."""
+    return 1.0 - cosine(pt.T @ pt, ps.T @ ps, axis=1).mean()
+
+
+def batch_gram_distance(pt, ps):
+    """1 - mean row cosine of the batch Grams P P^T."""
+    return 1.0 - cosine(pt @ pt.T, ps @ ps.T, axis=1).mean()
 
 
 def cskd(zt, zs, temperature=4.0, cswt_range=(2.0, 6.0), alpha=2.0, multi_level=False):
@@ -174,3 +182,31 @@ def dist(zt, zs, temperature=4.0, beta=1.0, gamma=1.0):
     inter = 1.0 - pearson(ps, pt, axis=1).mean()
     intra = 1.0 - pearson(ps, pt, axis=0).mean()
     return factor * (beta * inter + gamma * intra)
+
+
+def median_fraction(values):
+    """The fraction of `values` at or below their median (NumPy's percentile 50)."""
+    return float(np.mean(values <= np.percentile(values, 50)))
+
+
+def two_view_cskd(zt_weak, zs_weak, zt_strong, zs_strong, t=4.0, t_range=(2.0, 6.0)):
+    """The CSKD code's training objective without its CE (docs/methods.md):
+    returns (kd, class_gram, batch_gram) terms, weak-view terms weighted by the
+    fraction of samples (or classes) at or below the teacher's median confidence,
+    the strong view reusing the weak view's CSWT temperatures."""
+    zt_weak, zs_weak = np.float64(zt_weak), np.float64(zs_weak)
+    zt_strong, zs_strong = np.float64(zt_strong), np.float64(zs_strong)
+    teacher = softmax(zt_weak)
+    sample_fraction = median_fraction(teacher.max(axis=1))
+    class_fraction = median_fraction(teacher.sum(axis=0))
+    per_sample = cswt(zt_weak, zs_weak, *t_range)
+    temperatures = [(t, t**2), (per_sample, per_sample.mean() ** 2)]
+    kd = class_gram = batch_gram = 0.0
+    for temperature, factor in temperatures:
+        pt, ps = softmax(zt_weak, temperature), softmax(zs_weak, temperature)
+        kd += sample_fraction * 2.0 * factor * (1 - cosine(ps, pt, axis=0).mean())
+        class_gram += class_fraction * class_gram_distance(pt, ps)
+        batch_gram += sample_fraction * batch_gram_distance(pt, ps)
+        pt, ps = softmax(zt_strong, temperature), softmax(zs_strong, temperature)
+        kd += 2.0 * factor * (1 - cosine(ps, pt, axis=0).mean())
+    return kd, class_gram, batch_gram

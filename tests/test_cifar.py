@@ -27,9 +27,10 @@ def distill_module():
 
 SPECS = [
     f"{method},{teacher},{student}"
-    for method in ("kd", "cskd", "dkd")
+    for method in distill_module().METHODS
     for teacher, student in distill_module().PAIRS
 ]
+LOSS_OF_METHOD = {"cskd_reference": "two_view_cskd"}
 
 
 @functools.cache
@@ -42,14 +43,44 @@ def test_every_distillation_recipe_parses_validates_and_builds(spec):
     config = config_module.load_config(f"{DISTILL}:{spec}")
     config_module.validate(config)
     method, teacher, student = spec.split(",")
-    assert (config.loss.method, config.model) == (method, student)
+    assert config.loss.method == LOSS_OF_METHOD.get(method, method)
+    assert config.model == student
     assert config.teacher.config.endswith(f"cifar100_teacher.py:{teacher}")
-    assert config.optimizer.milestones == (150, 180, 210) and config.epochs == 240
+    assert config.optimizer.milestones == (150, 180, 210)
+    assert config.epochs == (480 if method == "cskd_reference" else 240)
+    assert (config.optimizer.name, config.optimizer.weight_decay) == ("torch_sgd", 5e-4)
     teacher_config = config_module.load_config(ROOT / config.teacher.config)
     config_module.validate(teacher_config)
     assert teacher_config.save_model_to == config.teacher.path
     for name in (teacher, student):
         assert built(name).output_shape == (None, 100)
+
+
+def test_the_reference_cskd_recipe_resolves_to_the_codes_training():
+    config = config_module.load_config(f"{DISTILL}:cskd_reference,resnet32x4,resnet8x4")
+    assert config.epochs == 480 and config.data.two_views and config.data.augment
+    assert config.view_weights == (1.0, 1.0)
+    assert (config.loss.temperature, config.loss.t_min, config.loss.t_max) == (4, 2, 6)
+    optimizer = training.build_optimizer(config, steps_per_epoch=782)
+    assert isinstance(optimizer, keras_cskd.optimizers.TorchSGD)
+    assert (optimizer.momentum, optimizer.coupled_weight_decay) == (0.9, 5e-4)
+    schedule = optimizer._learning_rate
+    assert isinstance(schedule, keras_cskd.optimizers.EpochStepDecay)
+    rates = [float(schedule(782 * (epoch - 1))) for epoch in (1, 150, 151, 181, 211)]
+    assert rates == pytest.approx([0.025, 0.025, 0.0025, 0.00025, 0.000025])
+    loss = training.build_loss(config.loss)
+    assert isinstance(loss, keras_cskd.losses.TwoViewCSKD)
+    small = config_module.load_config(
+        f"{DISTILL}:cskd_reference,resnet32x4,shufflenetv1"
+    )
+    assert small.optimizer.learning_rate == 0.01
+
+
+def test_two_view_cskd_without_two_views_is_refused_by_validation():
+    config = config_module.load_config(f"{DISTILL}:cskd_reference,resnet32x4,resnet8x4")
+    config.data.two_views = False
+    with pytest.raises(ValueError, match="two_view_cskd needs data.two_views"):
+        config_module.validate(config)
 
 
 def test_unknown_pair_is_refused():
@@ -68,8 +99,9 @@ def test_the_cifar_pipeline_runs_on_mock_data():
     assert cifar.num_classes == 100
 
 
-def test_a_cifar_recipe_runs_a_few_steps_end_to_end(tmp_path):
-    config = config_module.load_config(f"{DISTILL}:cskd,resnet32x4,resnet8x4")
+@pytest.mark.parametrize("method", ["cskd", "cskd_reference"])
+def test_a_cifar_recipe_runs_a_few_steps_end_to_end(method, tmp_path):
+    config = config_module.load_config(f"{DISTILL}:{method},resnet32x4,resnet8x4")
     config.model = "resnet8"  # the smallest student keeps this test quick
     teacher = keras_cskd.models.get("resnet8", 100, (32, 32, 3))
     teacher.save(tmp_path / "teacher.keras")

@@ -66,8 +66,8 @@ def test_student_gets_finite_nonzero_gradient_and_teacher_none(loss):
     x, y = random_data()
     with tf.GradientTape(persistent=True) as tape:
         distiller = keras_cskd.Distiller(teacher, student, loss)
-        terms = distiller._loss_terms(
-            tf.constant(y), teacher(x, training=False), student(x, training=True)
+        terms = distiller._combined_terms(
+            tf.constant(y), [teacher(x, training=False)], [student(x, training=True)]
         )
     student_grads = tape.gradient(terms["loss"], student.trainable_variables)
     teacher_grads = tape.gradient(terms["loss"], teacher.trainable_variables)

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from distributed_job import train
 
-LOSSES = ["kd", "cskd", "cskd_cswt", "kd_cswt", "dist", "dkd"]
+LOSSES = ["kd", "cskd", "cskd_cswt", "kd_cswt", "dist", "dkd", "two_view_cskd"]
 TOLERANCE = 1e-5
 
 

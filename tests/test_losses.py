@@ -607,3 +607,101 @@ def test_runs_inside_keras_distiller(loss_name):
     np.testing.assert_allclose(
         history.history["distillation_loss"][0], expected, rtol=1e-5, atol=1e-5
     )
+
+
+# ----------------------------------------------------------------------------
+# TwoViewCSKD: the CSKD code's objective on a weak and a strong view
+# ----------------------------------------------------------------------------
+
+
+def _two_views(inputs_name):
+    """The weak view is INPUTS[inputs_name]; the strong view its logits plus
+    noise of the same shape (same labels)."""
+    teacher, student, labels = INPUTS[inputs_name]()
+    rng = np.random.default_rng(30)
+    noise = rng.normal(size=(2, *teacher.shape)).astype("float32")
+    return teacher, student, teacher + noise[0], student + noise[1], labels
+
+
+@pytest.mark.parametrize("inputs_name", list(INPUTS))
+def test_two_view_cskd_matches_float64_reference(inputs_name):
+    t_weak, s_weak, t_strong, s_strong, _ = _two_views(inputs_name)
+    spread = reference.cswt_spread(t_weak, s_weak)
+    assert spread < 1e-7 or spread > 0.05, f"ill-conditioned CSWT: d={spread}"
+    terms = keras_cskd.losses.TwoViewCSKD().terms(
+        (t_weak, t_strong), (s_weak, s_strong)
+    )
+    expected = reference.two_view_cskd(t_weak, s_weak, t_strong, s_strong)
+    for name, value, reference_value in zip(
+        ("kd", "class_gram", "batch_gram"),
+        (terms["kd"], terms["class_gram"], terms["batch_gram"]),
+        expected,
+        strict=True,
+    ):
+        np.testing.assert_allclose(
+            float(value),
+            reference_value,
+            rtol=RTOL,
+            atol=ATOL_PER_UNIT_FACTOR * (32 + 72),
+            err_msg=name,
+        )
+
+
+def test_two_view_cskd_weights_weak_terms_by_the_median_fractions():
+    """With two equal views: an odd batch of 7 has 4 samples at or below the
+    median, and 10 classes have 5, so kd = (1 + 4/7) CSKD, the Gram terms 4/7
+    and 5/10 of the weak view's."""
+    teacher, student, _ = _random_inputs(7, 10, seed=4)
+    terms = keras_cskd.losses.TwoViewCSKD().terms(
+        (teacher, teacher), (student, student)
+    )
+    cskd = float(CSKD().compute_loss(teacher, student))
+    pt, ps = reference.softmax(teacher, 4.0), reference.softmax(student, 4.0)
+    per_sample = reference.cswt(teacher, student)
+    pt_i, ps_i = (
+        reference.softmax(teacher, per_sample),
+        reference.softmax(student, per_sample),
+    )
+    class_gram = reference.class_gram_distance(pt, ps) + reference.class_gram_distance(
+        pt_i, ps_i
+    )
+    batch_gram = reference.batch_gram_distance(pt, ps) + reference.batch_gram_distance(
+        pt_i, ps_i
+    )
+    assert float(terms["kd"]) == pytest.approx((1 + 4 / 7) * cskd, rel=1e-5)
+    assert float(terms["class_gram"]) == pytest.approx(0.5 * class_gram, rel=1e-5)
+    assert float(terms["batch_gram"]) == pytest.approx(4 / 7 * batch_gram, rel=1e-5)
+
+
+def test_two_view_cskd_total_is_the_sum_of_its_terms_and_round_trips():
+    t_weak, s_weak, t_strong, s_strong, labels = _two_views("B64_C10")
+    loss = keras_cskd.losses.TwoViewCSKD(
+        temperature=3.0, cswt=CSWT(1.0, 5.0), alpha=1.5
+    )
+    teacher, student = (t_weak, t_strong), (s_weak, s_strong)
+    total = float(loss.compute_loss(teacher, student, labels=labels))
+    assert total == pytest.approx(float(sum(loss.terms(teacher, student).values())))
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(loss)
+    )
+    assert restored.get_config() == loss.get_config()
+    assert float(restored.compute_loss(teacher, student)) == pytest.approx(total)
+    assert keras_cskd.losses.get("two_view_cskd").num_views == 2
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: keras_cskd.losses.TwoViewCSKD(cswt=None), "CSWT `cswt`"),
+        (lambda: keras_cskd.losses.TwoViewCSKD(temperature=CSWT()), "float"),
+    ],
+)
+def test_two_view_cskd_bad_arguments_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_two_view_cskd_refuses_a_single_view():
+    teacher, student, _ = _random_inputs(4, 10)
+    with pytest.raises(ValueError, match="two views"):
+        keras_cskd.losses.TwoViewCSKD().compute_loss(teacher, student)

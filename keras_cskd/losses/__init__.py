@@ -1,4 +1,4 @@
-"""Distillation losses and the CSWT temperature, as specified in METHODS.md."""
+"""Distillation losses and the CSWT temperature, as specified in docs/methods.md."""
 
 from keras_cskd.losses.base import LogitsDistillationLoss
 from keras_cskd.losses.cskd import CSKD
@@ -8,6 +8,7 @@ from keras_cskd.losses.dkd import DKD
 from keras_cskd.losses.kd import KD
 from keras_cskd.losses.lskd import LSKD
 from keras_cskd.losses.skd import SKD
+from keras_cskd.losses.two_view_cskd import TwoViewCSKD
 
 _LOSSES = {
     "kd": KD,
@@ -16,6 +17,7 @@ _LOSSES = {
     "lskd": LSKD,
     "dkd": DKD,
     "dist": DIST,
+    "two_view_cskd": TwoViewCSKD,
 }
 
 
@@ -54,6 +56,7 @@ __all__ = [
     "LSKD",
     "LogitsDistillationLoss",
     "SKD",
+    "TwoViewCSKD",
     "get",
     "get_class",
     "names",

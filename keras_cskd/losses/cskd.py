@@ -19,11 +19,11 @@ class CSKD(LogitsDistillationLoss):
     temperatures (and `mean_i(T_i)^2` for `T^2`) is added:
     `L = L_cs(temperature) + L_cs(cswt)`.
 
-    With `multi_level=True` (an optional extra of the paper's code) each term
-    also compares the class Gram matrices `P^T P` (`[C, C]`) and the batch Gram
-    matrices `P P^T` (`[B, B]`) of student and teacher, row by row, as
-    `1 - mean cosine`; the three parts share the term's `alpha * T^2`
-    (**inferred**: the weighting is not specified).
+    With `multi_level=True` (the extra terms of the paper's code) each
+    temperature also adds the cosine distances of the class Gram matrices
+    `P^T P` (`[C, C]`) and of the batch Gram matrices `P P^T` (`[B, B]`) of
+    student and teacher, row by row, as `1 - mean cosine`, unweighted: the
+    reference code's `cc_loss` and `bc_loss` have no `alpha` and no `T^2`.
 
     The loss is batch-wise: under `tf.distribute` the `Distiller` computes it on
     the global batch unless `global_batch=False`.
@@ -72,18 +72,17 @@ class CSKD(LogitsDistillationLoss):
         temperature, temperature_squared = self.temperatures(
             teacher_logits, student_logits, temperature
         )
-        student_probs = ops.softmax(student_logits / temperature, axis=-1)
         teacher_probs = ops.softmax(teacher_logits / temperature, axis=-1)
-        # axis=0: one cosine per class, over the samples of the batch.
-        per_class = cosine_similarity(student_probs, teacher_probs, axis=0)
-        dissimilarity = 1.0 - ops.mean(per_class)
+        student_probs = ops.softmax(student_logits / temperature, axis=-1)
+        loss = (
+            self.alpha
+            * temperature_squared
+            * batch_prediction_distance(teacher_probs, student_probs)
+        )
         if self.multi_level:
-            for gram in (_class_gram, _batch_gram):
-                rows = cosine_similarity(
-                    gram(student_probs), gram(teacher_probs), axis=-1
-                )
-                dissimilarity += 1.0 - ops.mean(rows)
-        return self.alpha * temperature_squared * dissimilarity
+            loss += class_gram_distance(teacher_probs, student_probs)
+            loss += batch_gram_distance(teacher_probs, student_probs)
+        return loss
 
     def get_config(self):
         config = super().get_config()
@@ -94,9 +93,28 @@ class CSKD(LogitsDistillationLoss):
         return config
 
 
+def batch_prediction_distance(teacher_probs, student_probs):
+    """`1 - mean_c cos(Pt[:, c], Ps[:, c])`: CSKD's distance, one cosine per class."""
+    return 1.0 - ops.mean(cosine_similarity(teacher_probs, student_probs, axis=0))
+
+
+def class_gram_distance(teacher_probs, student_probs):
+    """`1 - mean` row cosine of the class Gram matrices `P^T P` (`[C, C]`)."""
+    return _row_distance(_class_gram(teacher_probs), _class_gram(student_probs))
+
+
+def batch_gram_distance(teacher_probs, student_probs):
+    """`1 - mean` row cosine of the batch Gram matrices `P P^T` (`[B, B]`)."""
+    return _row_distance(_batch_gram(teacher_probs), _batch_gram(student_probs))
+
+
+def _row_distance(teacher_matrix, student_matrix):
+    return 1.0 - ops.mean(cosine_similarity(teacher_matrix, student_matrix, axis=-1))
+
+
 def _class_gram(probs):
-    return ops.matmul(ops.transpose(probs), probs)  # [C, C]
+    return ops.matmul(ops.transpose(probs), probs)
 
 
 def _batch_gram(probs):
-    return ops.matmul(probs, ops.transpose(probs))  # [B, B]
+    return ops.matmul(probs, ops.transpose(probs))
