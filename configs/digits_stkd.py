@@ -1,4 +1,4 @@
-"""STKD (Zhao et al., 2021; our inferred formulation, see METHODS.md): mixup
+"""STKD (Zhao et al., 2021; our inferred formulation, see docs/methods.md): mixup
 in the input pipeline (Beta(0.2, 0.2)), mixed-label CE 0.1 and KD 0.9 at T = 4
 on the mixed images, which teacher and student both see."""
 

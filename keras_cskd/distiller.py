@@ -5,6 +5,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_cskd import losses as losses_module
+from keras_cskd.checks import non_negative_number
 
 # Keys of an input batch that carries cached teacher logits.
 IMAGES = "images"
@@ -50,7 +51,7 @@ class Distiller(keras.Model):
             views at once (`num_views > 1`, such as `TwoViewCSKD`, the CSKD
             code's objective, with `(1.0, 1.0)`) gets them together, and the
             weights then weight the cross-entropy alone. Evaluation batches
-            have one view.
+            have one view (weight 1; a loss over all views gets it as each).
 
     Inputs (or each view) may also carry precomputed teacher logits,
     `x = {"images": ..., "teacher_logits": ...}` (see
@@ -89,24 +90,16 @@ class Distiller(keras.Model):
                 "`distillation_loss` must be a keras.distillation.DistillationLoss "
                 f"(for example keras_cskd.losses.CSKD()), got {distillation_loss!r}."
             )
-        for weight_name, weight in (
-            ("student_loss_weight", student_loss_weight),
-            ("distillation_loss_weight", distillation_loss_weight),
-        ):
-            if (
-                isinstance(weight, bool)
-                or not isinstance(weight, (int, float))
-                or (weight < 0)
-            ):
-                raise ValueError(
-                    f"`{weight_name}` must be a number >= 0, got {weight!r}."
-                )
+        self.student_loss_weight = non_negative_number(
+            "student_loss_weight", student_loss_weight
+        )
+        self.distillation_loss_weight = non_negative_number(
+            "distillation_loss_weight", distillation_loss_weight
+        )
         self.teacher = teacher
         self.teacher.trainable = False
         self.student = student
         self.distillation_loss = distillation_loss
-        self.student_loss_weight = float(student_loss_weight)
-        self.distillation_loss_weight = float(distillation_loss_weight)
         self.view_weights = tuple(float(w) for w in view_weights or ()) or None
         # The 1-based epoch number, for losses that change over training (DKD's
         # warm-up); `fit` keeps it current.
@@ -207,9 +200,10 @@ class Distiller(keras.Model):
 
         With several views the cross-entropy is the `view_weights`-weighted sum
         over views, and so is the distillation loss, unless the loss takes all
-        views at once (`num_views > 1`, e.g. `TwoViewCSKD`).
+        views at once (`num_views > 1`, e.g. `TwoViewCSKD`). A batch of one
+        view (evaluation) has weight 1, and such a loss gets it as every view.
         """
-        weights = self.view_weights or (1.0,)
+        weights = self.view_weights if len(student_logits) > 1 else (1.0,)
         gathered = [
             _global_batch(teacher, ops.cast(student, "float32"), y)
             for teacher, student in zip(teacher_logits, student_logits, strict=True)
@@ -221,7 +215,10 @@ class Distiller(keras.Model):
             weight * self._cross_entropy(labels[0], student)
             for weight, student in zip(weights, students, strict=True)
         )
-        if getattr(self.distillation_loss, "num_views", 1) > 1:
+        num_views = getattr(self.distillation_loss, "num_views", 1)
+        if num_views > 1:
+            if len(students) == 1:
+                teachers, students = teachers * num_views, students * num_views
             distillation_loss = self._distillation_loss(teachers, students, labels[0])
         else:
             distillation_loss = sum(

@@ -12,6 +12,8 @@ the step after a learning-rate drop still carries the old rate. `TorchSGD` and
 import keras
 from keras import ops
 
+from keras_cskd.checks import non_negative_number
+
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
 class TorchSGD(keras.optimizers.Optimizer):
@@ -55,11 +57,9 @@ class TorchSGD(keras.optimizers.Optimizer):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if not 0 <= momentum < 1:
             raise ValueError(f"`momentum` must be in [0, 1), got {momentum}.")
-        if weight_decay < 0:
-            raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}.")
         self.momentum = float(momentum)
         # Not `self.weight_decay`: the base class would also apply it, decoupled.
-        self.coupled_weight_decay = float(weight_decay)
+        self.coupled_weight_decay = non_negative_number("weight_decay", weight_decay)
 
     def build(self, variables):
         if self.built:

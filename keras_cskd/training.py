@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_cskd import checkpointing, distribute, files
+from keras_cskd import checkpointing, distribute, files, optimizers
 from keras_cskd import config as config_module
 from keras_cskd import data as data_module
 from keras_cskd import losses as losses_module
@@ -33,7 +33,7 @@ def build_loss(loss_config):
     method = options.pop("method")
     cswt_on = options.pop("cswt", False)
     cswt = losses_module.CSWT(options.pop("t_min", 2.0), options.pop("t_max", 6.0))
-    if method == "cskd":
+    if method in ("cskd", "two_view_cskd"):
         options["cswt"] = cswt if cswt_on else None
     elif cswt_on:
         options["temperature"] = cswt
@@ -41,38 +41,32 @@ def build_loss(loss_config):
 
 
 def build_optimizer(config, steps_per_epoch):
-    """SGD or Adam with the configured learning-rate schedule (per step)."""
+    """The configured optimizer and its learning-rate schedule (per step).
+
+    `torch_sgd` with the `multistep` schedule is the reference recipes'
+    `torch.optim.SGD` with the rate set at each epoch start (docs/reproducing.md).
+    """
     opt = config.optimizer
-    total_steps = max(1, config.epochs * steps_per_epoch)
     if opt.schedule == "constant":
         learning_rate = opt.learning_rate
     elif opt.schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
-            opt.learning_rate, decay_steps=total_steps
+            opt.learning_rate, decay_steps=max(1, config.epochs * steps_per_epoch)
         )
-    elif opt.schedule == "multistep":
-        boundaries = [m * steps_per_epoch for m in opt.milestones if m < config.epochs]
-        values = [
-            opt.learning_rate * opt.decay_rate**i for i in range(len(boundaries) + 1)
-        ]
-        learning_rate = (
-            keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-            if boundaries
-            else opt.learning_rate
+    else:  # multistep, validated
+        learning_rate = optimizers.EpochStepDecay(
+            opt.learning_rate, steps_per_epoch, opt.milestones, opt.decay_rate
         )
-    else:
-        raise ValueError(
-            f"Unknown learning-rate schedule '{opt.schedule}': use constant, "
-            "cosine or multistep."
+    if opt.name == "torch_sgd":
+        return optimizers.TorchSGD(
+            learning_rate, momentum=opt.momentum, weight_decay=opt.weight_decay
         )
-    weight_decay = opt.weight_decay or None
+    weight_decay = opt.weight_decay or None  # Keras's decoupled weight decay
     if opt.name == "sgd":
         return keras.optimizers.SGD(
             learning_rate, momentum=opt.momentum, weight_decay=weight_decay
         )
-    if opt.name == "adam":
-        return keras.optimizers.Adam(learning_rate, weight_decay=weight_decay)
-    raise ValueError(f"Unknown optimizer '{opt.name}': use sgd or adam.")
+    return keras.optimizers.Adam(learning_rate, weight_decay=weight_decay)
 
 
 def accuracy(model, images, labels, batch_size=256):
@@ -305,7 +299,9 @@ def run(config, workdir, overwrite=False):
             seed=config.seed,
             augmentation=_augmentation(dataset) if config.data.augment else None,
             strong_augmentation=(
-                _strong_augmentation(config.seed) if config.data.two_views else None
+                _strong_augmentation(dataset, config.seed)
+                if config.data.two_views
+                else None
             ),
             mixup_alpha=config.data.mixup_alpha,
             num_classes=dataset.num_classes,
@@ -448,24 +444,21 @@ def _check_teacher(teacher, dataset):
 
 
 def _augmentation(dataset):
+    """The standard view: the CSKD code's black-padded crop and flip (CIFAR)."""
     if tuple(dataset.input_shape[:2]) == (8, 8):
         return augment.digits_augmentation()
-    return augment.cifar_augmentation(image_size=dataset.input_shape[0])
+    return augment.cifar_augmentation(
+        dataset.input_shape[:2], normalization=dataset.normalization
+    )
 
 
-def _strong_augmentation(seed):
-    """The CSKD code's strong view: RandAugment with 2 ops at magnitude 10
-    (of 30; inferred from its RandAugment implementation) and a cutout of up
-    to half the side (a quarter of the area)."""
-    return keras.Sequential(
-        [
-            keras.layers.RandAugment(
-                value_range=(0, 1), num_ops=2, factor=10 / 30, seed=seed
-            ),
-            keras.layers.RandomErasing(
-                factor=1.0, scale=(0.02, 0.25), value_range=(0, 1), seed=seed
-            ),
-        ]
+def _strong_augmentation(dataset, seed):
+    """The CSKD code's strong view: its own crop and flip, `RandAugment(2, 10)`
+    and `Cutout` (`augment.cifar_strong_augmentation`); the 8x8 digits are
+    padded by 1 pixel, as their standard view shifts them."""
+    padding = 1 if tuple(dataset.input_shape[:2]) == (8, 8) else 4
+    return augment.cifar_strong_augmentation(
+        dataset.normalization, dataset.input_shape[:2], padding=padding, seed=seed
     )
 
 

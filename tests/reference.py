@@ -1,6 +1,6 @@
-"""An independent float64 NumPy implementation of the losses in METHODS.md.
+"""An independent float64 NumPy implementation of the losses in docs/methods.md.
 
-Written from METHODS.md alone (it does not import keras_cskd), as plain
+Written from docs/methods.md alone (it does not import keras_cskd), as plain
 functions on `[B, C]` arrays, to test the Keras implementation against.
 `zs`, `zt` are student and teacher logits; `temperature` is a scalar or a
 per-sample column `[B, 1]`.
@@ -67,7 +67,7 @@ def temperature_and_factor(zt, zs, temperature):
 
 
 def cswt(zt, zs, t_min=2.0, t_max=6.0):
-    """Per-sample temperatures `[B, 1]` of METHODS.md's CSWT."""
+    """Per-sample temperatures `[B, 1]` of docs/methods.md's CSWT."""
     similarity = cosine(softmax(zs, 1.0), softmax(zt, 1.0), axis=-1)
     spread = similarity.max() - similarity.min()
     if spread <= CSWT_SPREAD_THRESHOLD:
@@ -147,7 +147,7 @@ def lskd(zt, zs, temperature=2.0):
 
 
 def dkd(zt, zs, labels, temperature=4.0, alpha=1.0, beta=8.0, warmup=20, epoch=None):
-    """METHODS.md's DKD; `labels` integer `[B]` or one-hot/soft `[B, C]`."""
+    """docs/methods.md's DKD; `labels` integer `[B]` or one-hot/soft `[B, C]`."""
     zt, zs = np.float64(zt), np.float64(zs)
     labels = np.asarray(labels)
     if labels.ndim == 2:

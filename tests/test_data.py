@@ -146,6 +146,7 @@ def test_tfds_cifar_is_normalised_with_its_constants(name, num_classes, no_netwo
     assert cifar.validation is None
     assert images.dtype == np.float32 and labels.dtype == np.int32
     mean, std = (np.array(statistic) for statistic in CIFAR_STATISTICS[name])
+    np.testing.assert_array_equal(cifar.normalization, CIFAR_STATISTICS[name])
     expected = (np.stack(raw_images).astype("float64") / 255.0 - mean) / std
     np.testing.assert_allclose(images, expected, atol=1e-5)
     np.testing.assert_array_equal(labels, raw_labels)
@@ -280,6 +281,7 @@ def _ids(dataset):
 def test_tfds_prepared_files_load_without_normalisation(tiny_tfds_dir, no_network):
     tiny = data.load("tfds:tiny_images_for_tests", data_dir=tiny_tfds_dir)
     assert (tiny.num_classes, tiny.input_shape) == (3, (4, 4, 3))
+    assert tiny.normalization is None
     assert _ids(tiny.train) == list(range(20))
     assert _ids(tiny.test) == list(range(100, 110))
     images, labels = data.to_numpy(tiny.train)
@@ -316,6 +318,7 @@ def test_tfds_explicit_normalisation(tiny_tfds_dir):
         data_dir=tiny_tfds_dir,
         normalization=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
     )
+    assert tiny.normalization == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     images, _ = data.to_numpy(tiny.test)
     ids = np.array(sorted(range(100, 110)))
     np.testing.assert_allclose(

@@ -1,4 +1,5 @@
-"""Specification of `keras_cskd.export`: artefacts, parity, atomicity, loading, CLI."""
+"""Specification of `keras_cskd.export`: artefacts, parity, atomicity, loading, CLI,
+and the int8 calibration sample."""
 
 import json
 import os
@@ -13,11 +14,12 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from keras_cskd import data, models
+from keras_cskd import cli, data, models
 from keras_cskd import export as export_lib
 
 ALL_FORMATS = tuple(export_lib.FORMATS)
 TFLITE_FORMATS = tuple(name for name in ALL_FORMATS if name != "savedmodel")
+SMALL_IMAGES = tf.TensorSpec((None, 4, 4, 1), tf.float32)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +68,17 @@ def compact_int8_report(student, digits, test_split, tmp_path_factory):
         int8_per_channel=False,
     )
     return export_lib.evaluate_exports(student, directory, *test_split, latency_runs=5)
+
+
+@pytest.fixture(scope="module")
+def class_ordered():
+    """3 classes x 700 4x4 images sorted by label, as an image folder lists them;
+    pixel (0, 0) holds an image's label and pixel (1, 1) its index."""
+    labels = np.repeat(np.arange(3, dtype="int32"), 700)
+    images = np.zeros((len(labels), 4, 4, 1), "float32")
+    images[:, 0, 0, 0] = labels
+    images[:, 1, 1, 0] = np.arange(len(labels))
+    return images, labels
 
 
 @pytest.fixture()
@@ -271,7 +284,7 @@ def test_corrupt_keras_files_give_a_clear_error(student, tmp_path):
         (["--model=missing.keras"], "No such file"),
         (["--model={good}", "--formats=tflite,onnx"], "Unknown export format 'onnx'"),
         (["--model={corrupt}"], "is corrupt"),
-        (["--model={code}"], "error: Refusing to load"),
+        (["--model={code}"], "error: ValueError: Refusing to load"),
         (["--formats=tflite"], "the following arguments are required: --model"),
     ],
 )
@@ -290,7 +303,7 @@ def test_cli_user_errors_are_one_line(
         code = export_lib.main(argv)
     except SystemExit as exit_:  # argparse usage errors exit directly.
         code = exit_.code
-    assert code != 0
+    assert code == cli.EXIT_ERROR
     stderr = capsys.readouterr().err
     assert stderr.count("\n") == 1 and stderr.startswith("error: ")
     assert message in stderr
@@ -308,9 +321,63 @@ def test_cli_exports_and_prints_the_table(student, tmp_path):
         "--calibration_batches=5",
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "RuntimeWarning" not in result.stderr  # `-m` runs __main__ only once.
     for name in ("savedmodel", "tflite", "tflite_int8"):
         assert re.search(rf"^{name}\s", result.stdout, flags=re.MULTILINE), name
     written = json.loads((output / export_lib.REPORT_NAME).read_text())
     assert tuple(written["artefacts"]) == ("savedmodel", "tflite", "tflite_int8")
     manifest = json.loads((output / export_lib.MANIFEST_NAME).read_text())
     assert manifest["calibration_examples"] == 5 * 32
+
+
+@pytest.mark.parametrize("form", ["dataset", "batched", "arrays", "one_hot"])
+def test_calibration_sample_is_class_balanced_whatever_the_order(class_ordered, form):
+    images, labels = class_ordered
+    data = {
+        "dataset": lambda: tf.data.Dataset.from_tensor_slices((images, labels)),
+        "batched": lambda: tf.data.Dataset.from_tensor_slices((images, labels)).batch(
+            50
+        ),
+        "arrays": lambda: (images, labels),
+        "one_hot": lambda: tf.data.Dataset.from_tensor_slices(
+            (images, np.eye(3, dtype="float32")[labels])
+        ),
+    }[form]()
+    batches = export_lib.calibration_batches(data, SMALL_IMAGES)
+    assert [len(batch) for batch in batches] == [32] * 20
+    sample = np.concatenate(batches)
+    classes = sample[:, 0, 0, 0].astype(int)
+    indices = sample[:, 1, 1, 0].astype(int)
+    counts = np.bincount(classes, minlength=3)
+    assert counts.min() > 0 and counts.max() - counts.min() <= 1, counts
+    assert set(classes[:32]) == {0, 1, 2}  # Interleaved, not class after class.
+    assert len(set(indices)) == len(indices)
+    np.testing.assert_array_equal(classes, labels[indices])
+    assert indices[classes == 0].max() > 600  # Shuffled, not the class's first.
+    again = np.concatenate(export_lib.calibration_batches(data, SMALL_IMAGES))
+    np.testing.assert_array_equal(again, sample)
+
+
+def test_calibration_samples_unlabelled_images_across_the_data(class_ordered):
+    images, _ = class_ordered
+    sample = np.concatenate(export_lib.calibration_batches(images, SMALL_IMAGES))
+    assert len(sample) == 640
+    assert np.all(np.bincount(sample[:, 0, 0, 0].astype(int), minlength=3) > 150)
+
+
+def test_calibration_reads_at_most_the_scan_limit(class_ordered):
+    endless = tf.data.Dataset.from_tensor_slices(class_ordered).repeat()
+    sample = np.concatenate(
+        export_lib.calibration_batches(endless, SMALL_IMAGES, scan_limit=1000)
+    )
+    # The first 1000 examples: 700 of class 0, 300 of class 1, all 300 taken.
+    counts = np.bincount(sample[:, 0, 0, 0].astype(int), minlength=3)
+    assert counts.tolist() == [340, 300, 0]
+
+
+def test_calibration_refuses_empty_or_misshapen_data(class_ordered):
+    images, labels = class_ordered
+    with pytest.raises(ValueError, match="is empty"):
+        export_lib.calibration_batches((images[:0], labels[:0]), SMALL_IMAGES)
+    with pytest.raises(ValueError, match="holds images of shape"):
+        export_lib.calibration_batches(images[..., 0, 0], SMALL_IMAGES)

@@ -1,4 +1,4 @@
-"""The distillation losses against the float64 NumPy reference of METHODS.md."""
+"""The distillation losses against the float64 NumPy reference of docs/methods.md."""
 
 import keras
 import numpy as np

@@ -187,8 +187,6 @@ def test_three_sgd_steps_equal_the_reference_training(method):
     )
     for step, ours in enumerate(snapshots.steps, start=1):
         for torch_name, variable in variables.items():
-            if torch_name.endswith("running_var"):
-                continue  # PyTorch tracks the unbiased variance (docs/reproducing.md)
             expected = STEPS[f"{method}/step{step}/{torch_name}"]
             actual = _torch_layout(ours[torch_name], variable)
             initial = STEPS[f"initial/{torch_name}"]

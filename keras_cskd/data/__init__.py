@@ -8,11 +8,13 @@ from keras_cskd.data import digits, folder, tfds
 from keras_cskd.data.augment import (
     RandomPaddedCrop,
     cifar_augmentation,
+    cifar_strong_augmentation,
     digits_augmentation,
 )
 from keras_cskd.data.dataset import Dataset
 from keras_cskd.data.digits import digits_arrays
 from keras_cskd.data.pipeline import pipeline, to_numpy, with_teacher_logits
+from keras_cskd.data.randaugment import ReferenceRandAugment
 
 TFDS_PREFIX = "tfds:"
 FOLDER_PREFIX = "folder:"
@@ -91,7 +93,9 @@ def load(
 __all__ = [
     "Dataset",
     "RandomPaddedCrop",
+    "ReferenceRandAugment",
     "cifar_augmentation",
+    "cifar_strong_augmentation",
     "digits_arrays",
     "digits_augmentation",
     "load",

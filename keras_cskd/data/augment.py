@@ -1,21 +1,113 @@
-"""Batch augmentations as Keras layers, for `pipeline(..., augmentation=...)`."""
+"""Batch augmentations as Keras layers, for `pipeline(..., augmentation=...)`.
+
+The CIFAR views are those of the CSKD code (llieeai/lud @ 2704bb2, an
+mdistiller fork): `RandomCrop(32, padding=4)` with black padding and
+`RandomHorizontalFlip()` for the standard (weak) view, and the same followed
+by its `RandAugment(2, 10)` and `Cutout` for the strong view
+(`keras_cskd.data.randaugment`). The fork transforms PIL images and normalises
+last; here the images arrive normalised (`Dataset.normalization`), so the
+padding is black in pixel space, `(0 - mean) / std`. Cropping and flipping
+commute with the per-channel normalisation, so the weak view equals the fork's
+pad, crop, flip, then normalise, up to float rounding (tested against
+torchvision in `tests/test_augment.py`).
+"""
 
 import keras
+import numpy as np
+import tensorflow as tf
 from keras import ops
+
+from keras_cskd.data.randaugment import ReferenceRandAugment
+
+
+def black(normalization):
+    """The value of a black pixel (0 of 255) once normalised.
+
+    Args:
+        normalization: `(mean, std)` for images in [0, 1]
+            (`Dataset.normalization`), or `None`.
+
+    Returns:
+        `0.0` without a normalisation, else the per-channel tuple
+        `(0 - mean) / std`, computed in float32 as `normalize` does.
+
+    Example:
+
+    >>> black(((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    (-2.0, -2.0, -2.0)
+    """
+    if normalization is None:
+        return 0.0
+    mean, std = (np.ravel(np.asarray(s, np.float32)) for s in normalization)
+    return tuple(float(v) for v in (np.float32(0.0) - mean) / std)
+
+
+def padded_crop(images, offsets, padding, fill=0.0):
+    """Pads each image by `padding` pixels of `fill` and crops it back at an offset.
+
+    The deterministic core of `RandomPaddedCrop` (and of torchvision's
+    `RandomCrop(size, padding)` followed by `F.crop(img, i, j, h, w)`).
+
+    Args:
+        images: a `[B, H, W, C]` batch.
+        offsets: `[B, 2]` ints `(i, j)`: the top-left corner of each crop in
+            the padded image, in `[0, 2 * padding]`; `(padding, padding)` is
+            the identity.
+        padding: pixels of padding on each side.
+        fill: the padding value: a scalar or one value per channel.
+
+    Returns:
+        The `[B, H, W, C]` crops.
+
+    Example:
+
+    >>> shifted = padded_crop(np.ones((1, 4, 4, 1), "float32"), [[0, 0]], 1)
+    >>> shifted[0, :, :, 0].numpy()  # moved down and right by one pixel
+    array([[0., 0., 0., 0.],
+           [0., 1., 1., 1.],
+           [0., 1., 1., 1.],
+           [0., 1., 1., 1.]], dtype=float32)
+    """
+    images = tf.convert_to_tensor(images)
+    shape = tf.shape(images)
+    height, width = shape[1], shape[2]
+    offsets = tf.cast(offsets, tf.int32)
+    rows = offsets[:, :1] - padding + tf.range(height)[None, :]  # [B, H]
+    columns = offsets[:, 1:] - padding + tf.range(width)[None, :]  # [B, W]
+    inside = ((rows >= 0) & (rows < height))[:, :, None] & (
+        (columns >= 0) & (columns < width)
+    )[:, None, :]
+    rows = tf.clip_by_value(rows, 0, height - 1)
+    columns = tf.clip_by_value(columns, 0, width - 1)
+    cropped = tf.gather(images, rows, axis=1, batch_dims=1)
+    cropped = tf.gather(cropped, columns, axis=2, batch_dims=1)
+    fill = tf.cast(fill, images.dtype)
+    return tf.where(inside[..., None], cropped, fill)
+
+
+def flip_left_right(images, flips):
+    """Mirrors image `i` of a `[B, H, W, C]` batch left-right where `flips[i]`."""
+    images = tf.convert_to_tensor(images)
+    flips = tf.cast(flips, tf.bool)
+    return tf.where(flips[:, None, None, None], tf.reverse(images, axis=[2]), images)
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
 class RandomPaddedCrop(keras.layers.Layer):
-    """Zero-pads each image and crops it back at its own random offset.
+    """Pads each image and crops it back at its own random offset.
 
     The per-image version of padding then `keras.layers.RandomCrop`, which
-    crops a whole batch at one offset. Every image of a `[B, H, W, C]` batch is
+    crops a whole batch at one offset, and the batch version of torchvision's
+    `RandomCrop(size, padding)`. Every image of a `[B, H, W, C]` batch is
     shifted by an independent whole number of pixels in `[-padding, padding]`
-    along each axis, the uncovered border filled with zeros. The identity when
-    called with `training=False`.
+    along each axis (offsets uniform in `[0, 2 * padding]`, `padded_crop`),
+    the uncovered border filled with `fill`. The identity when called with
+    `training=False`.
 
     Args:
         padding: the largest shift, in pixels.
+        fill: the padding value, a scalar or one value per channel; for
+            normalised images, black is `black(normalization)`.
         seed: the seed of the offsets, or `None`.
         **kwargs: base `keras.layers.Layer` arguments.
 
@@ -26,51 +118,49 @@ class RandomPaddedCrop(keras.layers.Layer):
     TensorShape([2, 32, 32, 3])
     """
 
-    def __init__(self, padding=4, seed=None, **kwargs):
+    def __init__(self, padding=4, fill=0.0, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.padding = padding
+        self.fill = tuple(fill) if isinstance(fill, list | tuple) else fill
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, images, training=True):
         if not training or self.padding == 0:
             return images
-        padding = self.padding
-        shape = ops.shape(images)
-        batch_size, height, width = shape[0], shape[1], shape[2]
-        padded = ops.pad(
-            images, [[0, 0], [padding, padding], [padding, padding], [0, 0]]
-        )
+        batch_size = ops.shape(images)[0]
         offsets = keras.random.randint(
-            (batch_size, 2), 0, 2 * padding + 1, seed=self.seed_generator
+            (batch_size, 2), 0, 2 * self.padding + 1, seed=self.seed_generator
         )
-        rows = offsets[:, :1] + ops.arange(height)[None, :]  # [B, H]
-        columns = offsets[:, 1:] + ops.arange(width)[None, :]  # [B, W]
-        padded = ops.take_along_axis(padded, rows[:, :, None, None], axis=1)
-        return ops.take_along_axis(padded, columns[:, None, :, None], axis=2)
+        return padded_crop(images, offsets, self.padding, self.fill)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
         config = super().get_config()
-        config.update({"padding": self.padding, "seed": self.seed})
+        fill = list(self.fill) if isinstance(self.fill, tuple) else self.fill
+        config.update({"padding": self.padding, "fill": fill, "seed": self.seed})
         return config
 
 
-def cifar_augmentation(image_size=32, padding=4, seed=None):
+def cifar_augmentation(image_size=32, padding=4, seed=None, normalization=None):
     """The standard CIFAR augmentation: padded random crop and horizontal flip.
 
-    Each image of a batch is zero-padded by `padding` pixels on every side,
-    cropped back to its size at its own random offset (`RandomPaddedCrop`)
-    and flipped left-right with probability 1/2. Applied after normalisation,
-    the padding is the mean colour (zero), not black.
+    The CSKD code's `RandomCrop(32, padding=4)` and `RandomHorizontalFlip()`:
+    each image of a batch is padded with black by `padding` pixels on every
+    side, cropped back to its size at its own random offset
+    (`RandomPaddedCrop`) and flipped left-right with probability 1/2. For
+    normalised images pass the dataset's `normalization`, so that the padding
+    is black in pixel space, `(0 - mean) / std`, not the mean colour.
 
     Args:
         image_size: `(height, width)` or an int: the size of the images, the
             size of the crops.
-        padding: pixels of zero padding on each side before the crop.
+        padding: pixels of black padding on each side before the crop.
         seed: the seed of the random layers, or `None`.
+        normalization: the images' `(mean, std)` (`Dataset.normalization`),
+            or `None` for images in [0, 1].
 
     Returns:
         A `keras.Sequential` that maps `[B, H, W, C]` batches to batches of the
@@ -78,20 +168,61 @@ def cifar_augmentation(image_size=32, padding=4, seed=None):
 
     Example:
 
-    >>> augmentation = cifar_augmentation()
+    >>> augmentation = cifar_augmentation(normalization=cifar.normalization)
     >>> augmentation(np.zeros((8, 32, 32, 3)), training=True).shape
     TensorShape([8, 32, 32, 3])
     """
-    height, width = (
-        (image_size, image_size) if isinstance(image_size, int) else image_size
-    )
+    height, width = _pair(image_size)
     return keras.Sequential(
         [
             keras.Input((height, width, None)),
-            RandomPaddedCrop(padding, seed=seed),
-            keras.layers.RandomFlip("horizontal", seed=seed),
+            RandomPaddedCrop(padding, fill=black(normalization), seed=seed),
+            keras.layers.RandomFlip("horizontal", seed=_offset(seed, 1)),
         ],
         name="cifar_augmentation",
+    )
+
+
+def cifar_strong_augmentation(
+    normalization=None, image_size=32, padding=4, num_ops=2, seed=None
+):
+    """The CSKD code's strong CIFAR view.
+
+    Its `RandomCrop(32, padding=4)`, `RandomHorizontalFlip()` (drawn
+    independently of the weak view's) and `RandAugment(2, 10)` with `Cutout`
+    (`ReferenceRandAugment`: two of its 14 PIL operations per image, drawn
+    with replacement, at magnitudes uniform in each op's range, then a
+    `(125, 123, 114)` square), all in pixel space: the layers de-normalise with
+    `normalization` and normalise again.
+
+    Args:
+        normalization: the images' `(mean, std)` (`Dataset.normalization`),
+            or `None` for images in [0, 1].
+        image_size: `(height, width)` or an int: the size of the images.
+        padding: pixels of black padding on each side before the crop.
+        num_ops: RandAugment operations per image.
+        seed: the seed of the random layers, or `None`.
+
+    Returns:
+        A `keras.Sequential` that maps `[B, H, W, C]` batches (C = 3, or 1
+        for grayscale) to batches of the same shape; random with
+        `training=True`, the identity otherwise.
+
+    Example:
+
+    >>> strong = cifar_strong_augmentation(cifar.normalization, seed=0)
+    >>> strong(np.zeros((8, 32, 32, 3)), training=True).shape
+    TensorShape([8, 32, 32, 3])
+    """
+    height, width = _pair(image_size)
+    return keras.Sequential(
+        [
+            keras.Input((height, width, None)),
+            RandomPaddedCrop(padding, fill=black(normalization), seed=seed),
+            keras.layers.RandomFlip("horizontal", seed=_offset(seed, 1)),
+            ReferenceRandAugment(normalization, num_ops, seed=_offset(seed, 2)),
+        ],
+        name="cifar_strong_augmentation",
     )
 
 
@@ -112,3 +243,12 @@ def digits_augmentation(seed=None):
     TensorShape([4, 8, 8, 1])
     """
     return keras.layers.RandomTranslation(0.125, 0.125, fill_mode="constant", seed=seed)
+
+
+def _pair(image_size):
+    return (image_size, image_size) if isinstance(image_size, int) else image_size
+
+
+def _offset(seed, layer):
+    """A distinct seed per layer: layers seeded alike draw the same numbers."""
+    return None if seed is None else seed + layer

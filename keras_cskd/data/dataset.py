@@ -1,4 +1,4 @@
-"""The `Dataset` record every data source returns."""
+"""The `Dataset` record every data source returns, and its normalisation."""
 
 import dataclasses
 
@@ -15,6 +15,12 @@ class Dataset:
             and int32 labels; `validation` may be `None`.
         num_classes: number of classes.
         input_shape: shape of one image, without the batch axis.
+        normalization: the per-channel `(mean, std)` the images were
+            normalised with, for images in [0, 1]: an image is
+            `normalize(pixels, normalization)`, `(pixels / 255 - mean) / std`.
+            `None` when the images are not normalised (in [0, 1]). Augmentations
+            that work in pixel space (black padding, PIL-like operations) read
+            it.
     """
 
     name: str
@@ -23,3 +29,53 @@ class Dataset:
     test: tf.data.Dataset
     num_classes: int
     input_shape: tuple
+    normalization: tuple | None = None
+
+
+def normalize(pixels, normalization, max_value=255.0):
+    """Images as a dataset holds them, from pixel values.
+
+    `(pixels / max_value - mean) / std` in float32, in that order (as
+    torchvision's `ToTensor` and `Normalize` compute it), or `pixels /
+    max_value` without a normalisation.
+
+    Args:
+        pixels: pixel values in [0, max_value], any shape ending in channels.
+        normalization: `(mean, std)` per-channel sequences (or scalars) for
+            images in [0, 1], or `None`.
+        max_value: the pixel value of white.
+
+    Returns:
+        float32 images.
+
+    Example:
+
+    >>> white = np.full((1, 1, 3), 255)
+    >>> normalize(white, ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))).numpy()
+    array([[[2., 2., 2.]]], dtype=float32)
+    """
+    images = tf.cast(pixels, tf.float32) / max_value
+    if normalization is None:
+        return images
+    mean, std = normalization
+    return (images - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def denormalize(images, normalization, max_value=255.0):
+    """The pixel values of normalised images, the inverse of `normalize`.
+
+    Not rounded: a round trip of whole pixel values is off by about 1e-5.
+
+    Args:
+        images: images as `normalize` returns them.
+        normalization: the `(mean, std)` they were normalised with, or `None`.
+        max_value: the pixel value of white.
+
+    Returns:
+        float32 pixel values.
+    """
+    images = tf.cast(images, tf.float32)
+    if normalization is not None:
+        mean, std = normalization
+        images = images * tf.constant(std, tf.float32) + tf.constant(mean, tf.float32)
+    return images * max_value

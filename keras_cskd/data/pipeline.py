@@ -28,7 +28,8 @@ def pipeline(
     `None`) and optionally mixed by `keras.layers.MixUp`, which turns the labels
     into mixed one-hot vectors (pass `num_classes`). With `strong_augmentation`
     every batch becomes two views, `((weak, strong), labels)`, for a
-    `Distiller` with `view_weights`.
+    `Distiller` with `view_weights`. The random layers run on one batch at a
+    time, in order, so seeded layers make the same batches on every run.
 
     Args:
         dataset: unbatched `tf.data.Dataset` of `(image, label)`, or of
@@ -97,7 +98,10 @@ def pipeline(
                 return weak(x, training=True), y
             return (weak(x, training=True), strong_augmentation(x, training=True)), y
 
-        dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        # One batch at a time (each op is still multi-threaded): parallel calls
+        # would race for the random layers' seed generators, and a seeded
+        # pipeline would not repeat.
+        dataset = dataset.map(augment)
     if training and mixup_alpha > 0:
         if not num_classes:
             raise ValueError("Mixup needs `num_classes` to one-hot the labels.")
@@ -107,7 +111,7 @@ def pipeline(
             mixed = mixup({"images": x, "labels": tf.one_hot(y, num_classes)})
             return mixed["images"], mixed["labels"]
 
-        dataset = dataset.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(mix)  # in order, as the augmentation
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

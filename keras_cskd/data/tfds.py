@@ -22,9 +22,10 @@ at once with the command that prepares it on a machine with network access.
 
 import re
 
+import numpy as np
 import tensorflow as tf
 
-from keras_cskd.data.dataset import Dataset
+from keras_cskd.data.dataset import Dataset, normalize
 
 # Per-channel mean and standard deviation of the training images in [0, 1].
 NORMALIZATION = {
@@ -101,7 +102,9 @@ def load(
 
     Images become float32 in [0, 1] and are then normalised per channel:
     CIFAR-10 and CIFAR-100 with their usual constants (`NORMALIZATION`), other
-    datasets not at all unless `normalization` is given. Labels are int32.
+    datasets not at all unless `normalization` is given; the `Dataset` records
+    the `(mean, std)` it applied (`keras_cskd.data.dataset.normalize`). Labels
+    are int32.
 
     Args:
         spec: `<name>[/<config>][:<version>][:<splits>]` (the `tfds:` prefix
@@ -195,6 +198,7 @@ def load(
         split_dataset(test),
         num_classes=num_classes,
         input_shape=shape,
+        normalization=mean_std,
     )
 
 
@@ -265,16 +269,13 @@ def _normalization(normalization, name, channels):
         normalization = NORMALIZATION.get(name.split("/")[0])
     if normalization is None:
         return None
-    mean, std = normalization
-    mean = tf.constant(mean, tf.float32)
-    std = tf.constant(std, tf.float32)
+    mean, std = (tuple(float(v) for v in np.ravel(s)) for s in normalization)
     if channels is not None and (
-        mean.shape.num_elements() not in (1, channels)
-        or std.shape.num_elements() not in (1, channels)
+        len(mean) not in (1, channels) or len(std) not in (1, channels)
     ):
         raise ValueError(
             f"`normalization` for '{name}' needs 1 or {channels} values per "
-            f"statistic, got mean {mean.numpy()} and std {std.numpy()}."
+            f"statistic, got mean {list(mean)} and std {list(std)}."
         )
     return mean, std
 
@@ -283,12 +284,12 @@ def _preprocess_fn(mean_std, image_size):
     size = _size_pair(image_size)
 
     def preprocess(example):
-        image = tf.image.convert_image_dtype(example["image"], tf.float32)
+        image = example["image"]
+        white = image.dtype.max if image.dtype.is_integer else 1.0
+        image = tf.cast(image, tf.float32)
         if size is not None:
             image = tf.image.resize(image, size)
-        if mean_std is not None:
-            image = (image - mean_std[0]) / mean_std[1]
-        return image, tf.cast(example["label"], tf.int32)
+        return normalize(image, mean_std, white), tf.cast(example["label"], tf.int32)
 
     return preprocess
 

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_cskd.checks import non_negative_number
 from keras_cskd.losses.base import LogitsDistillationLoss
 from keras_cskd.losses.functional import cosine_similarity
 
@@ -46,13 +47,8 @@ class DIST(LogitsDistillationLoss):
 
     def __init__(self, temperature=4.0, beta=1.0, gamma=1.0, global_batch=True):
         super().__init__(temperature=temperature, global_batch=global_batch)
-        for name, value in (("beta", beta), ("gamma", gamma)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
-            if value < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {value}.")
-        self.beta = float(beta)
-        self.gamma = float(gamma)
+        self.beta = non_negative_number("beta", beta)
+        self.gamma = non_negative_number("gamma", gamma)
 
     def call(self, teacher_logits, student_logits, labels=None, **kwargs):
         temperature, temperature_squared = self.temperatures(

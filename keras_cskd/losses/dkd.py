@@ -3,10 +3,11 @@
 import keras
 from keras import ops
 
+from keras_cskd.checks import non_negative_number
 from keras_cskd.losses.base import LogitsDistillationLoss
 from keras_cskd.losses.functional import kl_divergence_from_logits
 
-# What METHODS.md (and the official code) subtracts from the target logit to
+# What docs/methods.md (and the official code) subtracts from the target logit to
 # mask it out of the non-target distribution.
 TARGET_MASK_OFFSET = 1000.0
 # Masks the target out of the log-sum-exp of the non-target probability; far
@@ -76,18 +77,9 @@ class DKD(LogitsDistillationLoss):
         global_batch=True,
     ):
         super().__init__(temperature=temperature, global_batch=global_batch)
-        for name, value in (
-            ("alpha", alpha),
-            ("beta", beta),
-            ("warmup_epochs", warmup_epochs),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
-            if value < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {value}.")
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.warmup_epochs = float(warmup_epochs)
+        self.alpha = non_negative_number("alpha", alpha)
+        self.beta = non_negative_number("beta", beta)
+        self.warmup_epochs = non_negative_number("warmup_epochs", warmup_epochs)
 
     def call(self, teacher_logits, student_logits, labels=None, epoch=None, **kwargs):
         temperature, temperature_squared = self.temperatures(

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import keras
 
+from keras_cskd import cli
+
 
 def load(path, safe_mode=True):
     """Loads a model saved as a `.keras` file (a teacher, a student), uncompiled.
@@ -62,12 +64,8 @@ def load(path, safe_mode=True):
                 "this file, pass safe_mode=False (command line: "
                 "--unsafe_deserialization)."
             ) from None
-        raise ValueError(f"Could not load {path}: {_one_line(error)}") from None
-    except Exception as error:  # Keras raises many types for a bad archive.
         raise ValueError(
-            f"Could not load {path}: {type(error).__name__}: {_one_line(error)}"
+            f"Could not load {path}: {' '.join(str(error).split())}"
         ) from None
-
-
-def _one_line(error):
-    return " ".join(str(error).split())
+    except Exception as error:  # Keras raises many types for a bad archive.
+        raise ValueError(f"Could not load {path}: {cli.one_line(error)}") from None

@@ -1,0 +1,162 @@
+"""Measures every exported artefact against the Keras student it came from.
+
+`evaluate_exports` runs each artefact itself (`keras_cskd.export.runners`) on the
+test images and reports its size, accuracy, top-1 agreement with the student,
+largest logit difference and batch-1 latency, and for TFLite files the operators
+they use (`tflite_operators`). `keras_cskd.export.report.format_table` prints the
+report.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from keras_cskd import files, models
+from keras_cskd.export.layout import MANIFEST_NAME, REPORT_NAME, read_manifest
+from keras_cskd.export.runners import runner
+
+
+def evaluate_exports(
+    student,
+    exports,
+    images,
+    labels,
+    latency_runs=100,
+    batch_size=128,
+    report_path=None,
+    safe_mode=True,
+):
+    """Runs every exported artefact and compares it with the Keras student.
+
+    Each artefact runs itself (`runners`); latency is one image's, at batch 1.
+
+    Args:
+        student: the `keras.Model` that was exported, or a `.keras` path.
+        exports: an export directory (its manifest lists the artefacts) or a
+            dict `{format: path}` as `export` returns.
+        images: NumPy array of test images.
+        labels: NumPy array of integer labels.
+        latency_runs: timed batch-1 calls per artefact (after a warm-up).
+        batch_size: batch size for the accuracy pass.
+        report_path: where to write the JSON report; defaults to
+            `export_report.json` inside `exports` when it is a directory.
+        safe_mode: passed to `keras_cskd.models.load` when `student` is a path.
+
+    Returns:
+        The report: a dict with `num_examples`, `keras` (the student's accuracy
+        and parameter count) and `artefacts` (`{format: measurements}`).
+
+    Raises:
+        ValueError: if `exports` holds no export.
+
+    Example:
+
+    >>> images, labels = keras_cskd.data.to_numpy(digits.test)
+    >>> report = evaluate_exports(student, "workdir/export", images, labels)
+    >>> print(format_table(report))
+    """
+    if isinstance(student, (str, os.PathLike)):
+        student = models.load(student, safe_mode=safe_mode)
+    paths, default_report_path = _artefact_paths(exports)
+    report_path = default_report_path if report_path is None else report_path
+    images = np.asarray(images)
+    labels = np.asarray(labels).reshape(-1)
+    reference = np.asarray(
+        student.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64
+    )
+    artefacts = {
+        name: _measure(name, path, images, labels, reference, batch_size, latency_runs)
+        for name, path in paths.items()
+    }
+    report = {
+        "num_examples": int(len(labels)),
+        "keras": {
+            "accuracy": float(np.mean(reference.argmax(axis=-1) == labels)),
+            "parameters": int(student.count_params()),
+        },
+        "artefacts": artefacts,
+    }
+    if report_path is not None:
+        files.write_text(Path(report_path), json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def tflite_operators(model):
+    """Lists the operators a TFLite flatbuffer uses, read from its operator codes.
+
+    Args:
+        model: path of a `.tflite` file, or its bytes.
+
+    Returns:
+        Sorted operator names; a custom op is `"CUSTOM:<code>"` (Flex ops, i.e.
+        TensorFlow ops, are custom ops whose code starts with `Flex`).
+
+    Example:
+
+    >>> tflite_operators("export/model_float32.tflite")
+    ['FULLY_CONNECTED', 'PACK', 'RESHAPE', 'SHAPE', 'STRIDED_SLICE']
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    if not isinstance(model, (bytes, bytearray)):
+        model = Path(model).read_bytes()
+    names = {
+        code: name
+        for name, code in vars(schema.BuiltinOperator).items()
+        if not name.startswith("_")
+    }
+    flatbuffer = schema.Model.GetRootAs(model, 0)
+    operators = set()
+    for i in range(flatbuffer.OperatorCodesLength()):
+        code = flatbuffer.OperatorCodes(i)
+        # Codes above 127 live in `BuiltinCode`, older ones in the deprecated field.
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            operators.add(f"CUSTOM:{(code.CustomCode() or b'').decode()}")
+        else:
+            operators.add(names.get(builtin, f"BUILTIN_{builtin}"))
+    return sorted(operators)
+
+
+def _artefact_paths(exports):
+    """`({format: path}, default report path or None)` of `exports`."""
+    if not isinstance(exports, (str, os.PathLike)):
+        return {name: Path(path) for name, path in dict(exports).items()}, None
+    directory = Path(exports)
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise ValueError(f"{directory} holds no export (no {MANIFEST_NAME}).")
+    paths = {name: directory / file for name, file in manifest["formats"].items()}
+    return paths, directory / REPORT_NAME
+
+
+def _measure(name, path, images, labels, reference, batch_size, latency_runs):
+    """One artefact's entry of the report."""
+    artefact = runner(name, path)
+    logits = artefact.predict(images, batch_size)
+    classes = logits.argmax(axis=-1)
+    entry = {
+        "path": str(path),
+        "size_bytes": _size_bytes(path),
+        "accuracy": float(np.mean(classes == labels)),
+        "agreement": float(np.mean(classes == reference.argmax(axis=-1))),
+        "max_abs_logit_diff": float(np.max(np.abs(logits - reference))),
+        "latency_ms": artefact.latency_ms(images, latency_runs),
+        "input_dtype": artefact.input_dtype,
+        "output_dtype": artefact.output_dtype,
+    }
+    if name != "savedmodel":
+        entry["operators"] = tflite_operators(path)
+        entry["builtin_ops_only"] = not any(
+            op.startswith("CUSTOM") for op in entry["operators"]
+        )
+    return entry
+
+
+def _size_bytes(path):
+    path = Path(path)
+    if path.is_dir():
+        return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+    return path.stat().st_size

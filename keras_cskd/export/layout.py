@@ -1,0 +1,111 @@
+"""What an export directory holds, and the one signature every artefact has.
+
+An export directory holds one artefact per format (`FORMATS` maps each format
+to its file or directory name), `export_manifest.json` (`MANIFEST_NAME`, written
+by `export`) and, once evaluated, `export_report.json` (`REPORT_NAME`). Every
+artefact has one signature, `serving_default`, taking `images` (batch axis free)
+and returning float32 `logits`. The formats:
+
+- `"savedmodel"`: a TensorFlow SavedModel directory.
+- `"tflite"`: float32.
+- `"tflite_float16"`: float16 weights, float32 compute and I/O.
+- `"tflite_dynamic_range"`: int8 weights, float activations.
+- `"tflite_int8"`: full-integer int8, calibrated on representative images;
+  float32 inputs and outputs unless exported with `int8_io`.
+"""
+
+import contextlib
+import difflib
+import json
+
+import tensorflow as tf
+
+# Format name -> file (or directory) name inside the export directory.
+FORMATS = {
+    "savedmodel": "savedmodel",
+    "tflite": "model_float32.tflite",
+    "tflite_float16": "model_float16.tflite",
+    "tflite_dynamic_range": "model_dynamic_range.tflite",
+    "tflite_int8": "model_int8.tflite",
+}
+DEFAULT_FORMATS = ("savedmodel", "tflite")
+SIGNATURE_KEY = "serving_default"
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+MANIFEST_NAME = "export_manifest.json"
+REPORT_NAME = "export_report.json"
+
+
+def parse_formats(formats):
+    """Validates format names: a sequence or a comma-separated string.
+
+    Args:
+        formats: names from `FORMATS`, e.g. `"savedmodel,tflite,tflite_int8"`.
+
+    Returns:
+        A tuple of the names, duplicates removed, in the order given.
+
+    Raises:
+        ValueError: for an unknown or missing name.
+
+    Example:
+
+    >>> parse_formats("savedmodel, tflite")
+    ('savedmodel', 'tflite')
+    """
+    if isinstance(formats, str):
+        formats = formats.split(",")
+    names = tuple(dict.fromkeys(name.strip() for name in formats if name.strip()))
+    if not names:
+        raise ValueError(
+            f"No export format given. Known formats: {', '.join(FORMATS)}."
+        )
+    for name in names:
+        if name not in FORMATS:
+            close = difflib.get_close_matches(name, FORMATS, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ValueError(
+                f"Unknown export format '{name}'.{hint} "
+                f"Known formats: {', '.join(FORMATS)}."
+            )
+    return names
+
+
+def input_spec(student):
+    """The input of the exported signature: the student's one image input.
+
+    Args:
+        student: a `keras.Model` built on one `keras.Input`.
+
+    Returns:
+        A `tf.TensorSpec` named `images`, its batch axis `None`.
+
+    Raises:
+        ValueError: for a student without a defined input, or with several.
+
+    Example:
+
+    >>> input_spec(student)
+    TensorSpec(shape=(None, 8, 8, 1), dtype=tf.float32, name='images')
+    """
+    inputs = getattr(student, "inputs", None)
+    if not inputs:
+        raise ValueError(
+            "The student has no defined input; build it on a `keras.Input` "
+            "(a functional or Sequential model) before exporting."
+        )
+    if len(inputs) != 1:
+        raise ValueError(
+            f"Export needs a student with one image input; this one has {len(inputs)}."
+        )
+    shape = tuple(inputs[0].shape)
+    return tf.TensorSpec(
+        (None, *shape[1:]), tf.as_dtype(inputs[0].dtype), name=INPUT_NAME
+    )
+
+
+def read_manifest(directory):
+    """The manifest of the export in `directory` (a `Path`), or `None` if none."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        return json.loads((directory / MANIFEST_NAME).read_text())
+    return None
