@@ -3,7 +3,10 @@
 Keras transcription of `models/cifar/mobilenetv2.py` of RepDistiller /
 mdistiller. Unlike `keras.applications.MobileNetV2` it keeps the stride-2 stem,
 uses plain ReLU (not ReLU6), a 1x1 expansion conv even in the first block
-(expansion 1), and 1280 final channels at any width <= 1.
+(expansion 1), and 1280 final channels at any width <= 1. Initialization as
+there: every convolution (the depthwise ones too) `normal_(0, sqrt(2 / (k * k *
+out_channels)))`, BatchNorm weight 1 and bias 0, the linear layer `normal_(0, 0.01)`
+with zero bias.
 """
 
 import keras
@@ -85,7 +88,13 @@ def cifar_mobilenetv2(
             )
     last = int(1280 * width) if width > 1.0 else 1280
     x = conv_bn(x, last, 1, synchronized=synchronized, name="top")
-    return keras.Model(inputs, logits_head(x, num_classes), name=name)
+    logits = logits_head(
+        x,
+        num_classes,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+        bias_initializer="zeros",
+    )
+    return keras.Model(inputs, logits, name=name)
 
 
 @register("mobilenetv2")

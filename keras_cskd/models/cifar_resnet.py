@@ -4,16 +4,18 @@ Keras transcriptions of the CIFAR zoo of RepDistiller / mdistiller
 (`models/cifar/resnet.py` and `resnetv2.py`). This module also holds the
 PyTorch-equivalent building blocks (`conv`, `batch_norm`, `conv_bn`,
 `logits_head`) shared by the other CIFAR families.
+
+Initialization as in both references: convolutions `kaiming_normal_(mode="fan_out",
+nonlinearity="relu")`, BatchNorm weight 1 and bias 0, the linear layer PyTorch's
+default (uniform within `1 / sqrt(in_features)`, weight and bias). `resnetv2.py`'s
+`zero_init_residual` defaults to `False`, and the zoo builds that default.
 """
 
 import keras
 
+from keras_cskd.models import initializers
+from keras_cskd.models.batch_norm import TorchBatchNormalization
 from keras_cskd.models.registry import register
-
-# PyTorch's `kaiming_normal_(mode="fan_out", nonlinearity="relu")`.
-CONV_INITIALIZER = keras.initializers.VarianceScaling(
-    scale=2.0, mode="fan_out", distribution="untruncated_normal"
-)
 
 
 def conv(
@@ -24,6 +26,7 @@ def conv(
     groups=1,
     use_bias=False,
     depthwise=False,
+    kernel_init=initializers.kaiming_normal_fan_out,
     name=None,
 ):
     """A PyTorch-style convolution with symmetric zero padding `kernel_size // 2`.
@@ -40,6 +43,10 @@ def conv(
         groups: groups of a grouped convolution.
         use_bias: whether the convolution has a bias.
         depthwise: use a `DepthwiseConv2D` (PyTorch `groups=in_channels`).
+        kernel_init: a function of `depthwise` returning the kernel initializer
+            (see `keras_cskd.models.initializers`); the default is the
+            `kaiming_normal_(mode="fan_out")` of ResNet, WRN, VGG, MobileNetV2.
+            A bias starts at zero (VGG's, the only zoo convolution with one).
         name: layer name; the padding layer is named `{name}_pad`.
 
     Returns:
@@ -62,7 +69,7 @@ def conv(
             strides,
             padding,
             use_bias=use_bias,
-            depthwise_initializer=CONV_INITIALIZER,
+            depthwise_initializer=kernel_init(depthwise=True),
             name=name,
         )(x)
     return keras.layers.Conv2D(
@@ -72,13 +79,16 @@ def conv(
         padding,
         groups=groups,
         use_bias=use_bias,
-        kernel_initializer=CONV_INITIALIZER,
+        kernel_initializer=kernel_init(depthwise=False),
         name=name,
     )(x)
 
 
 def batch_norm(x, synchronized=False, name=None):
-    """BatchNorm with PyTorch's defaults (`momentum=0.1` there, `eps=1e-5`).
+    """PyTorch's `BatchNorm2d`: `momentum=0.1` there, `eps=1e-5`, weight 1, bias 0.
+
+    Its moving variance tracks the unbiased batch variance, as PyTorch's does
+    (see `TorchBatchNormalization`).
 
     Args:
         x: input tensor.
@@ -89,7 +99,7 @@ def batch_norm(x, synchronized=False, name=None):
     Returns:
         The normalized tensor.
     """
-    return keras.layers.BatchNormalization(
+    return TorchBatchNormalization(
         momentum=0.9, epsilon=1e-5, synchronized=synchronized, name=name
     )(x)
 
@@ -104,13 +114,15 @@ def conv_bn(
     synchronized=False,
     depthwise=False,
     use_bias=False,
+    kernel_init=initializers.kaiming_normal_fan_out,
     name=None,
 ):
     """`conv` -> `batch_norm` -> optional ReLU, named `{name}_conv/_bn/_relu`.
 
     Args:
         x: input tensor.
-        filters, kernel_size, strides, groups, depthwise, use_bias: see `conv`.
+        filters, kernel_size, strides, groups, depthwise, use_bias, kernel_init:
+            see `conv`.
         relu: whether to end with a ReLU.
         synchronized: see `batch_norm`.
         name: prefix of the layer names.
@@ -126,13 +138,14 @@ def conv_bn(
         groups,
         use_bias,
         depthwise,
+        kernel_init,
         name=f"{name}_conv",
     )
     x = batch_norm(x, synchronized, name=f"{name}_bn")
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
-def logits_head(x, num_classes):
+def logits_head(x, num_classes, kernel_initializer=None, bias_initializer=None):
     """Global average pooling and the linear classifier (logits, no softmax).
 
     Equals PyTorch's `AvgPool2d(k)` on the `k x k` final maps of 32x32 inputs.
@@ -140,12 +153,22 @@ def logits_head(x, num_classes):
     Args:
         x: final feature maps.
         num_classes: number of classes.
+        kernel_initializer: the `Dense` kernel's; `None`: PyTorch's default
+            `Linear` weight (`initializers.torch_default_kernel`).
+        bias_initializer: the `Dense` bias'; `None`: PyTorch's default `Linear`
+            bias (`initializers.torch_default_bias`).
 
     Returns:
         The logits `[batch, num_classes]`.
     """
+    features = x.shape[-1]
     x = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
-    return keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.layers.Dense(
+        num_classes,
+        kernel_initializer=kernel_initializer or initializers.torch_default_kernel(),
+        bias_initializer=bias_initializer or initializers.torch_default_bias(features),
+        name="logits",
+    )(x)
 
 
 def _residual(x, y, filters, strides, synchronized, name):

@@ -5,12 +5,23 @@ RepDistiller / mdistiller: a 1x1 stem without down-sampling, three stages that
 each start with a stride-2 block (32x32 -> 4x4), global average pooling, linear.
 The channel shuffle is built from `Reshape` and `Permute` layers only, so it
 converts to TFLite builtin RESHAPE/TRANSPOSE ops.
+
+Both references initialize nothing themselves, so every layer has PyTorch's
+default: convolution and linear weights uniform within `1 / sqrt(fan_in)` (`fan_in
+= in / groups * k * k`: 9 for the depthwise convolutions), the linear bias
+likewise, BatchNorm weight 1 and bias 0.
 """
 
 import keras
 
+from keras_cskd.models import initializers
 from keras_cskd.models.cifar_resnet import conv_bn, logits_head, zoo_doc
 from keras_cskd.models.registry import register
+
+
+def _conv_bn(*args, **kwargs):
+    """`conv_bn` with PyTorch's default convolution weight (ShuffleNet sets none)."""
+    return conv_bn(*args, kernel_init=initializers.torch_default_kernel, **kwargs)
 
 
 def channel_shuffle(x, groups, name):
@@ -45,14 +56,14 @@ def _v1_bottleneck(x, filters, strides, groups, synchronized, name):
     out_channels = filters - in_channels if strides == 2 else filters
     mid = out_channels // 4
     first_groups = 1 if in_channels == 24 else groups  # the stem output is not split
-    y = conv_bn(
+    y = _conv_bn(
         x, mid, 1, groups=first_groups, synchronized=synchronized, name=f"{name}_1"
     )
     y = channel_shuffle(y, first_groups, name=f"{name}_shuffle")
-    y = conv_bn(
+    y = _conv_bn(
         y, None, 3, strides, depthwise=True, synchronized=synchronized, name=f"{name}_2"
     )
-    y = conv_bn(
+    y = _conv_bn(
         y,
         out_channels,
         1,
@@ -75,8 +86,8 @@ def _v2_basic(x, synchronized, name):
     """ShuffleNetV2 unit: transform the second channel half, concat, shuffle."""
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    y = conv_bn(x2, half, 1, synchronized=synchronized, name=f"{name}_1")
-    y = conv_bn(
+    y = _conv_bn(x2, half, 1, synchronized=synchronized, name=f"{name}_1")
+    y = _conv_bn(
         y,
         None,
         3,
@@ -85,7 +96,7 @@ def _v2_basic(x, synchronized, name):
         synchronized=synchronized,
         name=f"{name}_2",
     )
-    y = conv_bn(y, half, 1, synchronized=synchronized, name=f"{name}_3")
+    y = _conv_bn(y, half, 1, synchronized=synchronized, name=f"{name}_3")
     y = keras.layers.Concatenate(name=f"{name}_concat")([x1, y])
     return channel_shuffle(y, 2, name=f"{name}_shuffle")
 
@@ -93,7 +104,7 @@ def _v2_basic(x, synchronized, name):
 def _v2_down(x, filters, synchronized, name):
     """ShuffleNetV2 stride-2 unit: two branches, concat, shuffle."""
     mid = filters // 2
-    left = conv_bn(
+    left = _conv_bn(
         x,
         None,
         3,
@@ -103,9 +114,9 @@ def _v2_down(x, filters, synchronized, name):
         synchronized=synchronized,
         name=f"{name}_left_1",
     )
-    left = conv_bn(left, mid, 1, synchronized=synchronized, name=f"{name}_left_2")
-    right = conv_bn(x, mid, 1, synchronized=synchronized, name=f"{name}_right_1")
-    right = conv_bn(
+    left = _conv_bn(left, mid, 1, synchronized=synchronized, name=f"{name}_left_2")
+    right = _conv_bn(x, mid, 1, synchronized=synchronized, name=f"{name}_right_1")
+    right = _conv_bn(
         right,
         None,
         3,
@@ -115,7 +126,7 @@ def _v2_down(x, filters, synchronized, name):
         synchronized=synchronized,
         name=f"{name}_right_2",
     )
-    right = conv_bn(right, mid, 1, synchronized=synchronized, name=f"{name}_right_3")
+    right = _conv_bn(right, mid, 1, synchronized=synchronized, name=f"{name}_right_3")
     y = keras.layers.Concatenate(name=f"{name}_concat")([left, right])
     return channel_shuffle(y, 2, name=f"{name}_shuffle")
 
@@ -154,7 +165,7 @@ def cifar_shufflenet(
     1371708
     """
     inputs = keras.Input(input_shape, name="images")
-    x = conv_bn(inputs, 24, 1, synchronized=synchronized, name="stem")
+    x = _conv_bn(inputs, 24, 1, synchronized=synchronized, name="stem")
     for s, (filters, blocks) in enumerate(
         zip(stage_filters, stage_blocks, strict=True), start=1
     ):
@@ -169,7 +180,7 @@ def cifar_shufflenet(
             else:
                 x = _v2_basic(x, synchronized, block_name)
     if version == 2:
-        x = conv_bn(x, top_filters, 1, synchronized=synchronized, name="top")
+        x = _conv_bn(x, top_filters, 1, synchronized=synchronized, name="top")
     return keras.Model(inputs, logits_head(x, num_classes), name=name)
 
 

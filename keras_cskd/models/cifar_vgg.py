@@ -4,6 +4,9 @@ Keras transcription of `models/cifar/vgg.py` of RepDistiller / mdistiller (the
 `*_bn` variants, which the zoo registers under the plain names): five blocks of
 3x3 conv (with bias) - BN - ReLU, 2x2 max-pooling after the first three (also
 after the fourth for 64x64 inputs), global average pooling, one linear layer.
+Initialization as there: convolutions `normal_(0, sqrt(2 / (k * k * out_channels)))`
+with zero bias, BatchNorm weight 1 and bias 0, the linear layer `normal_(0, 0.01)`
+with zero bias.
 """
 
 import keras
@@ -55,7 +58,13 @@ def cifar_vgg(
             )
         if b in pooled_blocks:
             x = keras.layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
-    return keras.Model(inputs, logits_head(x, num_classes), name=name)
+    logits = logits_head(
+        x,
+        num_classes,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+        bias_initializer="zeros",
+    )
+    return keras.Model(inputs, logits, name=name)
 
 
 @register("vgg8")

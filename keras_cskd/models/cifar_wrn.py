@@ -1,7 +1,9 @@
 """CIFAR wide ResNets (wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2).
 
 Keras transcription of `models/cifar/wrn.py` of RepDistiller / mdistiller:
-pre-activation blocks (BN-ReLU-conv), no dropout.
+pre-activation blocks (BN-ReLU-conv), no dropout. Initialization as there:
+convolutions `normal_(0, sqrt(2 / (k * k * out_channels)))`, BatchNorm weight 1 and
+bias 0, the linear layer PyTorch's default weight and a zero bias.
 """
 
 import keras
@@ -67,7 +69,8 @@ def wide_resnet(
                 name=f"stage{s}_block{b}",
             )
     x = _bn_relu(x, synchronized, "final")
-    return keras.Model(inputs, logits_head(x, num_classes), name=name)
+    logits = logits_head(x, num_classes, bias_initializer="zeros")
+    return keras.Model(inputs, logits, name=name)
 
 
 @register("wrn_16_1")
