@@ -20,10 +20,10 @@ from ml_collections import config_flags  # noqa: E402
 
 
 def fail(error):
-    """Reports a command-line error as one line and exits with code 2."""
-    message = " ".join(str(error).split()) or type(error).__name__
-    print(f"error: {type(error).__name__}: {message}", file=sys.stderr)
-    sys.exit(2)
+    """Reports a command-line error as `keras_cskd.cli` does, and exits."""
+    from keras_cskd import cli
+
+    sys.exit(cli.report(error))
 
 
 try:  # config_flags applies the --config.key=value overrides right here
@@ -83,7 +83,7 @@ def main(argv):
 
 def parse_flags(argv):
     """absl's parser, with its errors (bad flags, unknown config keys, a
-    config file that fails to load) as one line and exit code 2."""
+    config file that fails to load) as one line and exit code 1."""
     try:
         return flags.FLAGS(argv)
     except Exception as error:  # noqa: BLE001  config_flags raises many types

@@ -2,11 +2,13 @@
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from keras_cskd import config as config_module
 from keras_cskd import files
 
 STATE_FILE = "state.npz"
@@ -28,10 +30,11 @@ def trained_variables(trainer, frozen=()):
     return variables
 
 
-def save(directory, trainer, epoch, step, history, frozen=()):
+def save(directory, trainer, epoch, step, history, frozen=(), config=None):
     """Writes a checkpoint of `trainer` at `step` batches into `epoch` (0-based)
     as one atomic directory replacement: the previous checkpoint stays whole
-    until the new one is complete.
+    until the new one is complete. `config` (a JSON-able dict) is kept with it,
+    so that a resume with another config is refused.
 
     Example:
 
@@ -48,12 +51,15 @@ def save(directory, trainer, epoch, step, history, frozen=()):
             "history": history,
             "variables": [v.path for v in variables],
             "sha256": _sha256(staging / STATE_FILE),
+            "config": config,
         }
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
 
 
-def restore(directory, trainer, frozen=()):
+def restore(directory, trainer, frozen=(), config=None):
     """Loads the checkpoint in `directory` into `trainer`, if there is one.
+
+    Call it in the strategy's scope: the optimizer's variables are built here.
 
     Returns:
         `(epoch, step, history)` to resume from, or `None` without a checkpoint.
@@ -61,6 +67,8 @@ def restore(directory, trainer, frozen=()):
     Raises:
         CorruptCheckpointError: if the files are missing, truncated, altered or
             belong to another model; the message says how to start over.
+        ValueError: if `config` differs from the checkpoint's in a key that
+            changes training (see `config.changed_keys`); the keys are named.
     """
     directory = Path(directory)
     if not directory.exists():
@@ -82,13 +90,14 @@ def restore(directory, trainer, frozen=()):
             f"The checkpoint {directory} is unreadable ({type(error).__name__}: "
             f"{error}). {hint}"
         ) from None
+    _check_same_config(directory, metadata.get("config"), config)
     if trainer.optimizer is not None and not trainer.optimizer.built:
         trainer.optimizer.build(trainer.trainable_variables)
     variables = trained_variables(trainer, frozen)
-    paths = [v.path for v in variables]
+    paths = [_unnumbered(v.path) for v in variables]
     shapes = [tuple(v.shape) for v in variables]
     shapes_match = shapes == [value.shape for value in values]
-    if paths != metadata["variables"] or not shapes_match:
+    if paths != [_unnumbered(p) for p in metadata["variables"]] or not shapes_match:
         raise CorruptCheckpointError(
             f"The checkpoint {directory} belongs to another model or optimizer "
             f"configuration. {hint}"
@@ -96,6 +105,22 @@ def restore(directory, trainer, frozen=()):
     for variable, value in zip(variables, values, strict=True):
         variable.assign(value)
     return metadata["epoch"], metadata["step"], metadata["history"]
+
+
+def _check_same_config(directory, saved, current):
+    if saved is None or current is None:
+        return
+    changes = config_module.changed_keys(saved, current)
+    if changes:
+        listed = "; ".join(
+            f"{key}: {old!r} in the checkpoint, {new!r} now"
+            for key, (old, new) in changes.items()
+        )
+        raise ValueError(
+            f"The checkpoint {directory} was made with another config ({listed}). "
+            "Resume with the same config, or start over with --overwrite or "
+            "another --workdir."
+        )
 
 
 class Checkpointer(keras.callbacks.Callback):
@@ -109,13 +134,27 @@ class Checkpointer(keras.callbacks.Callback):
         frozen: models whose variables are not saved (the teacher).
         history: the per-epoch logs of the epochs already done.
         first_step: the step within the first epoch this `fit` starts at.
+        config: the run's config as a JSON-able dict, saved with each checkpoint.
+
+    Example:
+
+    >>> model.fit(data, epochs=10, callbacks=[Checkpointer("run/checkpoint", 100)])
     """
 
-    def __init__(self, directory, every_steps=0, frozen=(), history=None, first_step=0):
+    def __init__(
+        self,
+        directory,
+        every_steps=0,
+        frozen=(),
+        history=None,
+        first_step=0,
+        config=None,
+    ):
         super().__init__()
         self.directory, self.every_steps, self.frozen = directory, every_steps, frozen
         self.history = history or {}
         self.first_step = first_step
+        self.config = config
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -124,15 +163,30 @@ class Checkpointer(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         step = self.first_step + batch + 1
         if self.every_steps and step % self.every_steps == 0:
-            save(
-                self.directory, self.model, self._epoch, step, self.history, self.frozen
-            )
+            self._save(self._epoch, step)
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
         self.first_step = 0
-        save(self.directory, self.model, epoch + 1, 0, self.history, self.frozen)
+        self._save(epoch + 1, 0)
+
+    def _save(self, epoch, step):
+        save(
+            self.directory,
+            self.model,
+            epoch,
+            step,
+            self.history,
+            self.frozen,
+            self.config,
+        )
+
+
+def _unnumbered(path):
+    """A variable path without Keras's `_<n>` suffixes, which depend on how many
+    layers of a kind the process built before (`dense_3/kernel` -> `dense/kernel`)."""
+    return re.sub(r"_\d+(?=/|$)", "", path)
 
 
 def _sha256(path):

@@ -225,6 +225,21 @@ def _combination_problems(config):
     except ValueError as error:
         problems.append(f"export.formats: {error}")
     data = config.data
+    if config.loss.method == "scratch":
+        for key in ("two_views", "cache_teacher_logits"):
+            if data[key]:
+                problems.append(
+                    f"data.{key} needs a teacher, and loss.method scratch trains "
+                    "without one: turn it off or choose a distillation method"
+                )
+    milestones = list(config.optimizer.milestones)
+    if milestones != sorted(set(milestones)) or not all(
+        isinstance(m, int) and m >= 0 for m in milestones
+    ):
+        problems.append(
+            "optimizer.milestones must be increasing whole epochs >= 0 (got "
+            f"{tuple(config.optimizer.milestones)!r})"
+        )
     randomised = data.augment or data.mixup_alpha > 0 or data.two_views
     if data.cache_teacher_logits and randomised:
         problems.append(
@@ -240,6 +255,50 @@ def _combination_problems(config):
             "and a strong view of every batch)"
         )
     return problems
+
+
+# Keys a resumed run may change: where data and results live, how long to
+# train, what to print and export. Any other change is refused on resume.
+RESUMABLE_CHANGES = (
+    "name",
+    "epochs",
+    "verbose",
+    "strategy",  # N replicas train exactly like one device
+    "checkpoint_every_steps",
+    "data.data_dir",
+    "data.download",
+    "data.eval_batch_size",
+    "teacher.config",
+    "export.formats",
+    "save_model_to",
+)
+
+
+def changed_keys(saved, current):
+    """The dotted keys whose values differ between two configs (as dicts),
+    except `RESUMABLE_CHANGES`: `{key: (saved value, current value)}`.
+
+    Example:
+
+    >>> changed_keys({"loss": {"method": "kd"}}, {"loss": {"method": "cskd"}})
+    {'loss.method': ('kd', 'cskd')}
+    """
+    saved, current = _flatten(saved), _flatten(current)
+    return {
+        key: (saved.get(key), current.get(key))
+        for key in sorted(saved.keys() | current.keys())
+        if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key)
+    }
+
+
+def _flatten(tree, prefix=""):
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = list(value) if isinstance(value, tuple) else value
+    return flat
 
 
 def _get(config, dotted):

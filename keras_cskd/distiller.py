@@ -4,8 +4,11 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_cskd import distribute
 from keras_cskd import losses as losses_module
+from keras_cskd.callbacks import EpochCounter
 from keras_cskd.checks import non_negative_number
+from keras_cskd.metrics import Means
 
 # Keys of an input batch that carries cached teacher logits.
 IMAGES = "images"
@@ -106,7 +109,7 @@ class Distiller(keras.Model):
         self.epoch = self.add_weight(
             shape=(), initializer="ones", trainable=False, name="epoch"
         )
-        self.term_means = _Means(LOGGED_TERMS)
+        self.term_means = Means(LOGGED_TERMS)
         # Built models make a built Distiller (BackupAndRestore needs that).
         self.built = bool(teacher.built and student.built)
 
@@ -128,7 +131,7 @@ class Distiller(keras.Model):
         return self.student(inputs, training=training)
 
     def fit(self, *args, callbacks=None, **kwargs):
-        callbacks = [*(callbacks or []), _EpochCounter()]
+        callbacks = [*(callbacks or []), EpochCounter()]
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
@@ -160,7 +163,7 @@ class Distiller(keras.Model):
             # student logits only; the optimizer sums the replicas' gradients.
             # Regularisation is the same on every replica, hence the 1/N.
             replica_loss = terms["objective"] + terms["regularization"] / (
-                _num_replicas()
+                distribute.num_replicas()
             )
             replica_loss = self.optimizer.scale_loss(replica_loss)
         variables = self.student.trainable_variables
@@ -205,7 +208,7 @@ class Distiller(keras.Model):
         """
         weights = self.view_weights if len(student_logits) > 1 else (1.0,)
         gathered = [
-            _global_batch(teacher, ops.cast(student, "float32"), y)
+            distribute.global_batch(teacher, ops.cast(student, "float32"), y)
             for teacher, student in zip(teacher_logits, student_logits, strict=True)
         ]
         teachers, students, labels, replica_ids = (
@@ -265,7 +268,7 @@ class Distiller(keras.Model):
     def _mean_over_shards(self, teacher_logits, student_logits, labels, replica_ids):
         """The distillation loss of each replica's shard, averaged by shard size."""
         total = ops.zeros(())
-        for replica in range(_num_replicas()):
+        for replica in range(distribute.num_replicas()):
             in_shard = ops.equal(replica_ids, replica)
             shard_size = ops.sum(ops.cast(in_shard, "float32"))
             loss = self._distillation_loss(
@@ -326,39 +329,6 @@ class Distiller(keras.Model):
         return cls(**config)
 
 
-class _Means(keras.metrics.Metric):
-    """Running sample-weighted means of several scalars, in one vector.
-
-    One update per step for all of the Distiller's logged terms: separate
-    `Mean` trackers cost a few ops each, a visible share of a small model's
-    step. It is named `loss`, its first value, so that `evaluate` lists the
-    loss first. Its variables sum over replicas like any Keras metric's.
-    """
-
-    def __init__(self, names, name="loss"):
-        super().__init__(name=name)
-        self.names = tuple(names)
-        self.totals = self.add_variable(
-            shape=(len(self.names),), initializer="zeros", name="totals"
-        )
-        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
-
-    def update_state(self, values, num_samples):
-        """Adds `{name: batch mean}` (other keys ignored) for `num_samples`."""
-        num_samples = ops.cast(num_samples, self.dtype)
-        batch_means = ops.stack([values[name] for name in self.names])
-        self.totals.assign_add(batch_means * num_samples)
-        self.count.assign_add(num_samples)
-
-    def result(self):
-        means = ops.divide_no_nan(self.totals, self.count)
-        return {name: means[i] for i, name in enumerate(self.names)}
-
-    def reset_state(self):
-        self.totals.assign(ops.zeros_like(self.totals))
-        self.count.assign(0.0)
-
-
 class _View:
     """One view of a batch: its images, and the teacher's logits if cached."""
 
@@ -400,57 +370,6 @@ def _unpack(data):
     if y is None:
         raise ValueError("The Distiller needs labels: give it (inputs, labels) pairs.")
     return x, y
-
-
-def _num_replicas():
-    return tf.distribute.get_replica_context().num_replicas_in_sync
-
-
-def _global_batch(teacher_logits, student_logits, labels):
-    """The global batch, gathered from all replicas in replica order.
-
-    Returns teacher logits, student logits, labels and the replica id of each
-    row (`None` on a single replica). One forward all_gather carries all of
-    them, with the student logits behind `stop_gradient`; this replica's own
-    rows are then put back live, so the gradient reaches the student through
-    its own shard only and no collective runs in the backward pass.
-    """
-    if _num_replicas() == 1:
-        return teacher_logits, student_logits, labels, None
-    context = tf.distribute.get_replica_context()
-    local_size = ops.shape(student_logits)[0]
-    num_classes = student_logits.shape[-1]
-    label_columns = ops.cast(ops.reshape(labels, (local_size, -1)), "float32")
-    replica_id = ops.cast(context.replica_id_in_sync_group, "float32")
-    local = ops.concatenate(
-        [
-            teacher_logits,
-            ops.stop_gradient(student_logits),
-            label_columns,
-            ops.full((local_size, 1), replica_id),
-        ],
-        axis=-1,
-    )
-    gathered = context.all_gather(local, axis=0)
-    all_teacher = gathered[:, :num_classes]
-    all_student = gathered[:, num_classes : 2 * num_classes]
-    all_labels = ops.cast(gathered[:, 2 * num_classes : -1], labels.dtype)
-    replica_ids = gathered[:, -1]
-    start = ops.sum(ops.cast(replica_ids < replica_id, "int32"))
-    all_student = ops.concatenate(
-        [all_student[:start], student_logits, all_student[start + local_size :]],
-        axis=0,
-    )
-    if len(labels.shape) < 2:
-        all_labels = ops.reshape(all_labels, (-1,))
-    return all_teacher, all_student, all_labels, replica_ids
-
-
-class _EpochCounter(keras.callbacks.Callback):
-    """Keeps `Distiller.epoch` at the 1-based number of the running epoch."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.model.epoch.assign(float(epoch + 1))
 
 
 def _check_models(teacher, student):

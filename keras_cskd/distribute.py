@@ -1,10 +1,11 @@
-"""Choosing a `tf.distribute` strategy by name."""
+"""`tf.distribute` for the Distiller: strategies by name, and the global batch."""
 
 import functools
 import json
 import os
 
 import tensorflow as tf
+from keras import ops
 
 STRATEGIES = ("auto", "none", "mirrored", "multiworker", "tpu")
 
@@ -82,3 +83,50 @@ def is_chief():
     if kind in (None, "chief"):
         return True
     return kind == "worker" and index == 0 and not tf_config["cluster"].get("chief")
+
+
+def num_replicas():
+    """The number of replicas training in sync (1 outside a strategy)."""
+    return tf.distribute.get_replica_context().num_replicas_in_sync
+
+
+def global_batch(teacher_logits, student_logits, labels):
+    """The global batch, gathered from all replicas in replica order.
+
+    Called in a replica context (a `train_step` under `tf.distribute`).
+
+    Returns teacher logits, student logits, labels and the replica id of each
+    row (`None` on a single replica). One forward all_gather carries all of
+    them, with the student logits behind `stop_gradient`; this replica's own
+    rows are then put back live, so the gradient reaches the student through
+    its own shard only and no collective runs in the backward pass.
+    """
+    if num_replicas() == 1:
+        return teacher_logits, student_logits, labels, None
+    context = tf.distribute.get_replica_context()
+    local_size = ops.shape(student_logits)[0]
+    num_classes = student_logits.shape[-1]
+    label_columns = ops.cast(ops.reshape(labels, (local_size, -1)), "float32")
+    replica_id = ops.cast(context.replica_id_in_sync_group, "float32")
+    local = ops.concatenate(
+        [
+            teacher_logits,
+            ops.stop_gradient(student_logits),
+            label_columns,
+            ops.full((local_size, 1), replica_id),
+        ],
+        axis=-1,
+    )
+    gathered = context.all_gather(local, axis=0)
+    all_teacher = gathered[:, :num_classes]
+    all_student = gathered[:, num_classes : 2 * num_classes]
+    all_labels = ops.cast(gathered[:, 2 * num_classes : -1], labels.dtype)
+    replica_ids = gathered[:, -1]
+    start = ops.sum(ops.cast(replica_ids < replica_id, "int32"))
+    all_student = ops.concatenate(
+        [all_student[:start], student_logits, all_student[start + local_size :]],
+        axis=0,
+    )
+    if len(labels.shape) < 2:
+        all_labels = ops.reshape(all_labels, (-1,))
+    return all_teacher, all_student, all_labels, replica_ids

@@ -1,148 +1,87 @@
-"""One training run, as `train.py` drives it: config in, workdir and summary out."""
+"""One training run, as `train.py` drives it: config in, workdir and summary out.
+
+`run` is four steps, each with one job:
+
+1. `prepare`: validate the config, load and check the data and the teacher.
+   Nothing is written, so a run that cannot start leaves no workdir.
+2. `build`: the model, optimizer and trainer inside the strategy's scope,
+   restored from the workdir's checkpoint when there is one.
+3. `fit`: the epochs that are left, checkpointed as they go.
+4. `finalise`: save the model, export it, write the summary.
+
+Example:
+
+>>> summary = run(load_config("configs/digits_kd.py"), "runs/digits_kd")
+"""
 
 import copy
+import dataclasses
 import json
 import math
 import shutil
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from keras_cskd import checkpointing, distribute, files, optimizers
+from keras_cskd import builders, callbacks, checkpointing, cli, distribute, files
 from keras_cskd import config as config_module
 from keras_cskd import data as data_module
-from keras_cskd import losses as losses_module
 from keras_cskd import models as models_module
+from keras_cskd import summary as summary_module
 from keras_cskd.data import augment
-from keras_cskd.distiller import Distiller
+from keras_cskd.data.checks import check_dataset
 
 
-class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN or infinite during training."""
+@dataclasses.dataclass
+class Run:
+    """What the steps of one run hand to each other."""
 
+    config: object
+    workdir: Path
+    overwrite: bool
+    start: float
+    strategy: object = None
+    dataset: object = None
+    test: tuple = ()  # (images, labels) as NumPy arrays
+    teacher_path: Path | None = None
+    out: Path | None = None  # the workdir, or a scratch directory (non-chief)
+    model: object = None
+    teacher: object = None
+    trainer: object = None
+    resumed: tuple = (0, 0, {})  # (epoch, step, history)
 
-def build_loss(loss_config):
-    """The distillation loss a `config.loss` block describes."""
-    options = dict(loss_config)
-    method = options.pop("method")
-    cswt_on = options.pop("cswt", False)
-    cswt = losses_module.CSWT(options.pop("t_min", 2.0), options.pop("t_max", 6.0))
-    if method in ("cskd", "two_view_cskd"):
-        options["cswt"] = cswt if cswt_on else None
-    elif cswt_on:
-        options["temperature"] = cswt
-    return losses_module.get(method, **options)
-
-
-def build_optimizer(config, steps_per_epoch):
-    """The configured optimizer and its learning-rate schedule (per step).
-
-    `torch_sgd` with the `multistep` schedule is the reference recipes'
-    `torch.optim.SGD` with the rate set at each epoch start (docs/reproducing.md).
-    """
-    opt = config.optimizer
-    if opt.schedule == "constant":
-        learning_rate = opt.learning_rate
-    elif opt.schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            opt.learning_rate, decay_steps=max(1, config.epochs * steps_per_epoch)
-        )
-    else:  # multistep, validated
-        learning_rate = optimizers.EpochStepDecay(
-            opt.learning_rate, steps_per_epoch, opt.milestones, opt.decay_rate
-        )
-    if opt.name == "torch_sgd":
-        return optimizers.TorchSGD(
-            learning_rate, momentum=opt.momentum, weight_decay=opt.weight_decay
-        )
-    weight_decay = opt.weight_decay or None  # Keras's decoupled weight decay
-    if opt.name == "sgd":
-        return keras.optimizers.SGD(
-            learning_rate, momentum=opt.momentum, weight_decay=weight_decay
-        )
-    return keras.optimizers.Adam(learning_rate, weight_decay=weight_decay)
-
-
-def accuracy(model, images, labels, batch_size=256):
-    """Top-1 accuracy of `model` on NumPy arrays."""
-    logits = model.predict(images, batch_size=batch_size, verbose=0)
-    return float(np.mean(np.argmax(logits, axis=-1) == labels))
-
-
-class _TestAccuracy(keras.callbacks.Callback):
-    """Adds the student's `test_accuracy` to each epoch's logs (so the CSV and
-    TensorBoard logs hold it and the summary can report last and best epoch)."""
-
-    def __init__(self, student, images, labels, batch_size):
-        super().__init__()
-        self.student, self.images, self.labels = student, images, labels
-        self.batch_size = batch_size
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["test_accuracy"] = accuracy(
-                self.student, self.images, self.labels, self.batch_size
-            )
-
-
-class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stops training at the first step whose loss terms are not finite,
-    naming the term (cross-entropy, distillation loss, or the total with its
-    regularisation) and the step."""
-
-    TERMS = ("ce_loss", "distillation_loss", "loss")
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        for term in self.TERMS:
-            if term in (logs or {}) and not math.isfinite(float(logs[term])):
-                raise NonFiniteLossError(
-                    f"The {term} became {float(logs[term])} at epoch "
-                    f"{self._epoch + 1}, step {batch + 1}: lower the learning "
-                    "rate, check the data for NaN or infinite values, or (mixed "
-                    "precision) check the loss scale."
-                )
+    @property
+    def steps_per_epoch(self):
+        examples = int(self.dataset.train.cardinality())
+        return math.ceil(examples / self.config.data.batch_size)
 
 
 def main(config, workdir, overwrite=False, verbose=False, seeds=()):
-    """Runs `config` for the command line: returns the exit code, and prints a
-    user error as one line on stderr (the traceback too with `verbose`).
-    With `seeds`, runs once per seed and prints their aggregate."""
+    """Runs `config` for the command line and returns the exit code; a user
+    error is one line on stderr (`keras_cskd.cli`), the traceback with
+    `verbose`. With `seeds`, runs once per seed and prints their aggregate."""
     try:
         if seeds:
-            aggregate = run_seeds(config, workdir, seeds, overwrite=overwrite)
+            result = run_seeds(config, workdir, seeds, overwrite=overwrite)
         else:
-            summary = run(config, workdir, overwrite=overwrite)
+            result = run(config, workdir, overwrite=overwrite)
     except Exception as error:
         if verbose:
             raise
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"error: {type(error).__name__}: {message}", file=sys.stderr)
-        return 1
+        return cli.report(error)
     if seeds:
-        for key, stats in aggregate["metrics"].items():
+        for key, stats in result["metrics"].items():
             print(
                 f"{key}: {stats['mean']:.4f} +- {stats['std']:.4f} ({len(seeds)} seeds)"
             )
     else:
-        print(format_summary(summary))
+        print(summary_module.format_summary(result))
     print(f"Results in {workdir}")
     return 0
-
-
-SEED_METRICS = (
-    "student_test_accuracy",
-    "student_test_accuracy_at_best_epoch",
-    "best_test_accuracy_over_epochs",
-)
 
 
 def run_seeds(config, workdir, seeds, overwrite=False):
@@ -159,19 +98,7 @@ def run_seeds(config, workdir, seeds, overwrite=False):
         seeded = copy.deepcopy(config)
         seeded.seed = int(seed)
         summaries.append(run(seeded, Path(workdir) / f"seed_{seed}", overwrite))
-    aggregate = {
-        "seeds": [int(seed) for seed in seeds],
-        "metrics": {
-            key: {
-                "mean": float(np.mean([s[key] for s in summaries])),
-                "std": float(np.std([s[key] for s in summaries], ddof=1))
-                if len(summaries) > 1
-                else 0.0,
-                "values": [s[key] for s in summaries],
-            }
-            for key in SEED_METRICS
-        },
-    }
+    aggregate = summary_module.aggregate(seeds, summaries)
     files.write_text(
         Path(workdir) / "seeds.json", json.dumps(aggregate, indent=2) + "\n"
     )
@@ -183,15 +110,27 @@ def run(config, workdir, overwrite=False):
 
     Everything that can be checked is checked before the workdir is created,
     so a bad config, dataset or teacher leaves nothing behind. A run that
-    finds a checkpoint in `workdir` resumes from it; a finished run (one with
-    a `summary.json`) is only replaced with `overwrite=True`.
+    finds a checkpoint in `workdir` resumes from it, on any strategy, if its
+    config is the checkpoint's (up to `config.RESUMABLE_CHANGES`); a finished
+    run (one with a `summary.json`) is only replaced with `overwrite=True`.
 
     Returns the summary dict (also written as `workdir/summary.json`).
     """
-    start = time.time()
+    state = prepare(config, workdir, overwrite)
+    try:
+        build(state)
+        history = fit(state)
+        return finalise(state, history)
+    finally:
+        if state.out is not None and state.out != state.workdir:
+            shutil.rmtree(state.out, ignore_errors=True)  # a non-chief's scratch
+
+
+def prepare(config, workdir, overwrite=False):
+    """Step 1: checks everything that can be checked; writes nothing."""
+    state = Run(config, Path(workdir), overwrite, time.time())
     config_module.validate(config)
-    workdir = Path(workdir)
-    if (workdir / "summary.json").exists() and not overwrite:
+    if (state.workdir / "summary.json").exists() and not overwrite:
         raise ValueError(
             f"{workdir} holds a finished run; pass --overwrite to replace it, or "
             "choose another --workdir."
@@ -199,182 +138,171 @@ def run(config, workdir, overwrite=False):
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    strategy = distribute.get_strategy(config.strategy)
-    distilling = config.loss.method != "scratch"
-    loss = build_loss(config.loss) if distilling else None
-    dataset = data_module.load(
+    state.strategy = distribute.get_strategy(config.strategy)
+    state.dataset = data_module.load(
         config.data.name,
         data_dir=config.data.data_dir or None,
         download=config.data.download,
         validation_fraction=config.data.validation_fraction,
         seed=config.seed,
     )
-    _check_data(dataset)
-    test_images, test_labels = data_module.to_numpy(dataset.test)
-    if distilling:
-        teacher_path = _prepare_teacher(config, workdir)
+    check_dataset(state.dataset)
+    state.test = data_module.to_numpy(state.dataset.test)
+    if config.loss.method != "scratch":
+        state.teacher_path = _teacher_path(config, state.workdir)
+    return state
 
-    batch_size = config.data.batch_size
-    steps_per_epoch = math.ceil(int(dataset.train.cardinality()) / batch_size)
-    # Every variable (the teacher's too) is created in the strategy's scope.
-    with strategy.scope():
-        model = models_module.get(
+
+def build(state):
+    """Step 2: every variable (the teacher's too) is created and restored in
+    the strategy's scope; non-chief workers resume from the chief's checkpoint
+    and write to a scratch directory."""
+    config, dataset = state.config, state.dataset
+    with state.strategy.scope():
+        state.model = models_module.get(
             config.model, dataset.num_classes, dataset.input_shape
         )
-        optimizer = build_optimizer(config, steps_per_epoch)
-        teacher = None
-        if distilling:
-            teacher = models_module.load(teacher_path)
-            _check_teacher(teacher, dataset)
-            trainer = Distiller(
-                teacher,
-                model,
-                loss,
-                student_loss_weight=config.student_loss_weight,
-                distillation_loss_weight=config.distillation_loss_weight,
-                view_weights=config.view_weights if config.data.two_views else None,
-            )
-            trainer.compile(optimizer=optimizer)
-        else:
-            trainer = model
-            trainer.compile(
-                optimizer=optimizer,
-                loss=keras.losses.CategoricalCrossentropy(from_logits=True)
-                if config.data.mixup_alpha > 0
-                else keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                metrics=["accuracy"],
-            )
-    teacher_accuracy = teacher and _evaluate_teacher(
-        teacher, dataset, test_images, test_labels
-    )
-
-    chief = distribute.is_chief()
-    if chief and overwrite and workdir.exists():
-        shutil.rmtree(workdir)
-    # Non-chief workers of a multi-worker run write to a scratch directory and
-    # resume from the chief's checkpoint (the workdir must be shared).
-    out = workdir if chief else Path(tempfile.mkdtemp(prefix="keras_cskd_worker_"))
-    out.mkdir(parents=True, exist_ok=True)
-    files.write_text(out / "config.json", config.to_json_best_effort(indent=2))
-    checkpoint = workdir / "checkpoint"
-    frozen = [teacher] if teacher is not None else []
-    resumed = checkpointing.restore(checkpoint, trainer, frozen)
-    first_epoch, first_step, history = resumed or (0, 0, {})
-    if resumed:
-        print(
-            f"Resuming from {checkpoint}: epoch {first_epoch + 1}, step {first_step}."
+        if state.teacher_path is not None:
+            state.teacher = builders.load_teacher(state.teacher_path, dataset)
+        optimizer = builders.build_optimizer(config, state.steps_per_epoch)
+        state.trainer = builders.build_trainer(
+            config, state.model, state.teacher, optimizer
         )
+        resumed = not state.overwrite and checkpointing.restore(
+            state.workdir / "checkpoint",
+            state.trainer,
+            _frozen(state),
+            config=_config_dict(config),
+        )
+    if resumed:
+        state.resumed = resumed
+        print(
+            f"Resuming from {state.workdir / 'checkpoint'}: epoch {resumed[0] + 1}, "
+            f"step {resumed[1]}."
+        )
+    chief = distribute.is_chief()
+    if chief and state.overwrite and state.workdir.exists():
+        shutil.rmtree(state.workdir)
+    state.out = (
+        state.workdir if chief else Path(tempfile.mkdtemp(prefix="keras_cskd_worker_"))
+    )
+    state.out.mkdir(parents=True, exist_ok=True)
+    files.write_text(state.out / "config.json", config.to_json_best_effort(indent=2))
 
-    train_examples = dataset.train
-    if distilling and config.data.cache_teacher_logits:
-        train_examples = data_module.with_teacher_logits(train_examples, teacher)
-    validation = dataset.validation and data_module.pipeline(
-        dataset.validation, config.data.eval_batch_size
-    )
+
+def fit(state):
+    """Step 3: trains the epochs left. A resumed run first finishes its
+    interrupted epoch; each epoch's batches and augmentations depend on
+    (seed, epoch, step) alone, resumed or not. Returns the per-epoch history."""
+    config = state.config
+    first_epoch, first_step, history = state.resumed
     checkpointer = checkpointing.Checkpointer(
-        checkpoint if chief else out / "checkpoint",
+        state.out / "checkpoint",
         every_steps=config.checkpoint_every_steps,
-        frozen=frozen,
+        frozen=_frozen(state),
         history=history,
+        config=_config_dict(config),
     )
-    callbacks = [
-        _TestAccuracy(model, test_images, test_labels, config.data.eval_batch_size),
-        StopOnNonFiniteLoss(),
+    fit_callbacks = [
+        callbacks.TestAccuracy(state.model, *state.test, config.data.eval_batch_size),
+        callbacks.StopOnNonFiniteLoss(),
         checkpointer,
-        keras.callbacks.CSVLogger(str(out / "log.csv"), append=True),
-        keras.callbacks.TensorBoard(str(out / "tensorboard")),
+        keras.callbacks.CSVLogger(str(state.out / "log.csv"), append=True),
+        keras.callbacks.TensorBoard(str(state.out / "tensorboard")),
     ]
-    # A resumed run first finishes its interrupted epoch, then runs the rest;
-    # each epoch's batches depend on (seed, epoch) alone, resumed or not.
+    validation = state.dataset.validation and data_module.pipeline(
+        state.dataset.validation, config.data.eval_batch_size
+    )
     segments = [(first_epoch, first_epoch + 1, first_step)] if first_step else []
     segments.append((first_epoch + (1 if first_step else 0), config.epochs, 0))
     for begin, end, skip in segments:
         if begin >= end:
             continue
         checkpointer.first_step = skip
-        train = data_module.pipeline(
-            train_examples,
-            batch_size,
-            training=True,
-            seed=config.seed,
-            augmentation=_augmentation(dataset) if config.data.augment else None,
-            strong_augmentation=(
-                _strong_augmentation(dataset, config.seed)
-                if config.data.two_views
-                else None
-            ),
-            mixup_alpha=config.data.mixup_alpha,
-            num_classes=dataset.num_classes,
-            epochs=end,
-            first_epoch=begin,
-            skip_steps=skip,
-        )
-        trainer.fit(
-            train,
+        state.trainer.fit(
+            _train_pipeline(state, begin, end, skip),
             epochs=end,
             initial_epoch=begin,
-            steps_per_epoch=steps_per_epoch - skip,
+            steps_per_epoch=state.steps_per_epoch - skip,
             validation_data=validation,
-            callbacks=callbacks,
+            callbacks=fit_callbacks,
             verbose=config.verbose if config.verbose == "auto" else int(config.verbose),
         )
-    history = checkpointer.history
+    return checkpointer.history
 
+
+def finalise(state, history):
+    """Step 4: saves the model, exports it (chief), writes the summary and
+    removes the finished run's checkpoint."""
+    config, model, out = state.config, state.model, state.out
     with files.atomic_path(out / "student.keras") as tmp:
         model.save(tmp)
+    chief = out == state.workdir
     if config.save_model_to and chief:
         with files.atomic_path(config.save_model_to) as tmp:
             model.save(tmp)
-
     summary = {
         "config": config.name,
         "method": config.loss.method,
         "model": config.model,
         "seed": config.seed,
-        "replicas": strategy.num_replicas_in_sync,
+        "replicas": state.strategy.num_replicas_in_sync,
         "epochs": config.epochs,
         "model_params": model.count_params(),
-        **_epoch_summary(history),
+        **summary_module.epoch_summary(history),
     }
-    if teacher is not None:
-        summary["teacher_test_accuracy"] = teacher_accuracy
-        summary["teacher_params"] = teacher.count_params()
+    if state.teacher is not None:
+        summary["teacher_test_accuracy"] = _teacher_accuracy(state)
+        summary["teacher_params"] = state.teacher.count_params()
     if chief and config.export.formats:
-        summary["exports"] = _export(
-            config, model, dataset, out, test_images, test_labels
-        )
-    summary["wall_time_s"] = round(time.time() - start, 1)
+        summary["exports"] = _export(state)
+    summary["wall_time_s"] = round(time.time() - state.start, 1)
     files.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     shutil.rmtree(out / "checkpoint", ignore_errors=True)  # the run is finished
     return summary
 
 
-def _epoch_summary(history):
-    """Last-epoch test accuracy (the headline), and the epoch the validation
-    split selects; the best test accuracy over epochs is what the reference
-    frameworks report, given for comparison only."""
-    test = history["test_accuracy"]
-    selector = history.get("val_accuracy") or test
-    best = int(np.argmax(selector))
-    return {
-        "last_epoch": len(test),
-        "student_test_accuracy": test[-1],
-        "best_epoch": best + 1,
-        "best_epoch_selected_by": "val_accuracy"
-        if "val_accuracy" in history
-        else "test_accuracy",
-        "student_test_accuracy_at_best_epoch": test[best],
-        "best_validation_accuracy": max(history["val_accuracy"])
-        if "val_accuracy" in history
-        else None,
-        "best_test_accuracy_over_epochs": max(test),
-    }
+def _train_pipeline(state, begin, end, skip):
+    config, dataset = state.config, state.dataset
+    examples = dataset.train
+    if state.teacher is not None and config.data.cache_teacher_logits:
+        examples = data_module.with_teacher_logits(examples, state.teacher)
+    return data_module.pipeline(
+        examples,
+        config.data.batch_size,
+        training=True,
+        seed=config.seed,
+        augmentation=_augmentation(dataset) if config.data.augment else None,
+        strong_augmentation=(
+            _strong_augmentation(dataset, config.seed)
+            if config.data.two_views
+            else None
+        ),
+        mixup_alpha=config.data.mixup_alpha,
+        num_classes=dataset.num_classes,
+        epochs=end,
+        first_epoch=begin,
+        skip_steps=skip,
+    )
 
 
-def _prepare_teacher(config, workdir):
+def _frozen(state):
+    return [state.teacher] if state.teacher is not None else []
+
+
+def _config_dict(config):
+    return json.loads(config.to_json_best_effort())
+
+
+def _teacher_path(config, workdir):
     """The teacher's path; trains it from its own config first if it is missing."""
     path = Path(config.teacher.path)
-    if not path.exists() and config.teacher.config:
+    if not path.exists() and not config.teacher.config:
+        raise FileNotFoundError(
+            f"The teacher {path} does not exist: set teacher.path to a trained "
+            "teacher, or teacher.config to the config that trains it."
+        )
+    if not path.exists():
         teacher_config = config_module.load_config(config.teacher.config)
         teacher_config.save_model_to = str(path)
         teacher_config.strategy = config.strategy
@@ -383,42 +311,11 @@ def _prepare_teacher(config, workdir):
     return path
 
 
-def _check_data(dataset):
-    """Non-empty train and test splits, and labels within the class range."""
-    for split in ("train", "validation", "test"):
-        examples = getattr(dataset, split)
-        if examples is None:
-            continue
-        labels = examples.map(lambda x, y: tf.cast(y, tf.int64)).batch(8192)
-        low, high, count = labels.reduce(
-            (
-                tf.constant(2**62, tf.int64),
-                tf.constant(-(2**62), tf.int64),
-                tf.constant(0, tf.int64),
-            ),
-            lambda state, y: (
-                tf.minimum(state[0], tf.reduce_min(y)),
-                tf.maximum(state[1], tf.reduce_max(y)),
-                state[2] + tf.size(y, tf.int64),
-            ),
-        )
-        if int(count) == 0:
-            raise ValueError(
-                f"The '{split}' split of dataset '{dataset.name}' is empty."
-            )
-        if int(low) < 0 or int(high) >= dataset.num_classes:
-            raise ValueError(
-                f"The '{split}' split of dataset '{dataset.name}' has labels in "
-                f"[{int(low)}, {int(high)}], outside the {dataset.num_classes} "
-                f"classes [0, {dataset.num_classes - 1}]."
-            )
-
-
-def _evaluate_teacher(teacher, dataset, test_images, test_labels):
+def _teacher_accuracy(state):
     """The teacher's test accuracy; warns when it is near chance (a wrong or
     untrained teacher would waste the whole run)."""
-    result = accuracy(teacher, test_images, test_labels)
-    chance = 1.0 / dataset.num_classes
+    result = callbacks.accuracy(state.teacher, *state.test)
+    chance = 1.0 / state.dataset.num_classes
     if result < 1.5 * chance:
         warnings.warn(
             f"The teacher's test accuracy is {result:.3f}, near chance "
@@ -426,21 +323,6 @@ def _evaluate_teacher(teacher, dataset, test_images, test_labels):
             stacklevel=2,
         )
     return result
-
-
-def _check_teacher(teacher, dataset):
-    classes = teacher.output_shape[-1]
-    if classes != dataset.num_classes:
-        raise ValueError(
-            f"The teacher predicts {classes} classes but the dataset "
-            f"'{dataset.name}' has {dataset.num_classes}."
-        )
-    if tuple(teacher.input_shape[1:]) != tuple(dataset.input_shape):
-        raise ValueError(
-            f"The teacher takes inputs of shape {tuple(teacher.input_shape[1:])} "
-            f"but the dataset '{dataset.name}' has images of shape "
-            f"{tuple(dataset.input_shape)}."
-        )
 
 
 def _augmentation(dataset):
@@ -462,50 +344,17 @@ def _strong_augmentation(dataset, seed):
     )
 
 
-def _export(config, model, dataset, out, test_images, test_labels):
+def _export(state):
     """Exports the student and measures every artefact against it."""
     from keras_cskd import export
 
+    directory = state.out / "export"
     export.export(
-        model,
-        out / "export",
-        formats=config.export.formats,
-        representative_data=dataset.train,
+        state.model,
+        directory,
+        formats=state.config.export.formats,
+        representative_data=state.dataset.train,
     )
-    report = export.evaluate_exports(model, out / "export", test_images, test_labels)
+    report = export.evaluate_exports(state.model, directory, *state.test)
     print(export.format_table(report))
     return report["artefacts"]
-
-
-def format_summary(summary):
-    """A short, aligned table of a run's summary for the terminal."""
-    rows = [
-        ("method", summary["method"]),
-        ("model (params)", f"{summary['model']} ({summary['model_params']:,})"),
-    ]
-    if "teacher_test_accuracy" in summary:
-        rows.append(
-            ("teacher test accuracy", f"{summary['teacher_test_accuracy']:.4f}")
-        )
-    rows += [
-        (
-            f"test accuracy, last epoch ({summary['last_epoch']})",
-            f"{summary['student_test_accuracy']:.4f}",
-        ),
-        (
-            f"test accuracy, best epoch ({summary['best_epoch']}, by "
-            f"{summary['best_epoch_selected_by']})",
-            f"{summary['student_test_accuracy_at_best_epoch']:.4f}",
-        ),
-    ]
-    for name, report in summary.get("exports", {}).items():
-        rows.append(
-            (
-                f"{name}: accuracy / agreement / max |dlogit|",
-                f"{report['accuracy']:.4f} / {report['agreement']:.4f} / "
-                f"{report['max_abs_logit_diff']:.1e}",
-            )
-        )
-    rows.append(("wall time", f"{summary['wall_time_s']:.1f} s"))
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -9,8 +9,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 import keras_cskd
+from keras_cskd import builders, data, training
 from keras_cskd import config as config_module
-from keras_cskd import data, training
 
 ROOT = Path(__file__).resolve().parents[1]
 DISTILL = ROOT / "configs" / "cifar100_distill.py"
@@ -61,14 +61,14 @@ def test_the_reference_cskd_recipe_resolves_to_the_codes_training():
     assert config.epochs == 480 and config.data.two_views and config.data.augment
     assert config.view_weights == (1.0, 1.0)
     assert (config.loss.temperature, config.loss.t_min, config.loss.t_max) == (4, 2, 6)
-    optimizer = training.build_optimizer(config, steps_per_epoch=782)
+    optimizer = builders.build_optimizer(config, steps_per_epoch=782)
     assert isinstance(optimizer, keras_cskd.optimizers.TorchSGD)
     assert (optimizer.momentum, optimizer.coupled_weight_decay) == (0.9, 5e-4)
     schedule = optimizer._learning_rate
     assert isinstance(schedule, keras_cskd.optimizers.EpochStepDecay)
     rates = [float(schedule(782 * (epoch - 1))) for epoch in (1, 150, 151, 181, 211)]
     assert rates == pytest.approx([0.025, 0.025, 0.0025, 0.00025, 0.000025])
-    loss = training.build_loss(config.loss)
+    loss = builders.build_loss(config.loss)
     assert isinstance(loss, keras_cskd.losses.TwoViewCSKD)
     small = config_module.load_config(
         f"{DISTILL}:cskd_reference,resnet32x4,shufflenetv1"

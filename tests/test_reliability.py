@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 import keras_cskd
-from keras_cskd import checkpointing, training
+from keras_cskd import callbacks, checkpointing, training
 from keras_cskd import config as config_module
 from keras_cskd.data import Dataset
 
@@ -30,9 +30,15 @@ RESUMABLE = [
 ]
 
 
-def train_cli(workdir):
+def train_cli(workdir, *args):
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), f"--workdir={workdir}", *RESUMABLE],
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"--workdir={workdir}",
+            *RESUMABLE,
+            *args,
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -54,18 +60,27 @@ def wait_for(path, process, timeout):
             raise AssertionError(f"the run ended before {path} appeared")
 
 
-def test_a_killed_run_resumes_and_ends_with_the_uninterrupted_student(tmp_path):
+RUN_KINDS = {
+    "one_device": [],
+    "mirrored": ["--logical_cpus=2", "--config.strategy=mirrored"],
+}
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("kind", sorted(RUN_KINDS))
+def test_a_killed_run_resumes_and_ends_with_the_uninterrupted_student(tmp_path, kind):
+    args = RUN_KINDS[kind]
     killed = tmp_path / "killed"
-    process = train_cli(killed)
+    process = train_cli(killed, *args)
     wait_for(killed / "checkpoint" / checkpointing.METADATA_FILE, process, timeout=120)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     resumed_from = json.loads((killed / "checkpoint" / "state.json").read_text())
     assert not (killed / "summary.json").exists()
 
-    restarted = train_cli(killed)
+    restarted = train_cli(killed, *args)
     assert restarted.wait(timeout=300) == 0, restarted.stderr.read()[-2000:]
-    uninterrupted = train_cli(tmp_path / "uninterrupted")
+    uninterrupted = train_cli(tmp_path / "uninterrupted", *args)
     assert uninterrupted.wait(timeout=300) == 0, uninterrupted.stderr.read()[-2000:]
 
     summary = json.loads((killed / "summary.json").read_text())
@@ -78,6 +93,42 @@ def test_a_killed_run_resumes_and_ends_with_the_uninterrupted_student(tmp_path):
     ).get_weights()
     for resumed_weight, reference_weight in zip(a, b, strict=True):
         np.testing.assert_array_equal(resumed_weight, reference_weight)
+
+
+class _Interrupt(RuntimeError):
+    pass
+
+
+def test_a_resume_with_a_changed_loss_is_refused_and_names_the_key(
+    tmp_path, monkeypatch
+):
+    """A run stopped after its step-2 checkpoint resumes only with its own config
+    (up to keys such as `epochs`); a changed loss is refused, naming the key."""
+    workdir = tmp_path / "run"
+
+    def stop_at_step_3(self, batch, logs=None):
+        if batch == 2:
+            raise _Interrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            callbacks.StopOnNonFiniteLoss, "on_train_batch_end", stop_at_step_3
+        )
+        with pytest.raises(_Interrupt):
+            training.run(digits_config(checkpoint_every_steps=2), workdir)
+    assert (workdir / "checkpoint" / checkpointing.METADATA_FILE).exists()
+
+    changed = digits_config(checkpoint_every_steps=2)
+    changed.loss = config_module.loss_config("kd", temperature=4.0)
+    with pytest.raises(
+        ValueError, match=r"loss\.method: 'cskd' in the checkpoint, 'kd' now"
+    ):
+        training.run(changed, workdir)
+    assert not (workdir / "summary.json").exists()
+
+    longer = digits_config(checkpoint_every_steps=2, epochs=2)
+    summary = training.run(longer, workdir)
+    assert summary["last_epoch"] == 2
 
 
 def digits_config(**overrides):
@@ -160,7 +211,7 @@ def test_a_nan_in_the_distillation_term_stops_training_and_names_it():
     x = np.zeros((32, 8, 8, 1), "float32")
     y = np.arange(32) % 10
     with pytest.raises(
-        training.NonFiniteLossError,
+        callbacks.NonFiniteLossError,
         match=r"distillation_loss became nan at epoch 2, step 1",
     ):
         distiller.fit(
@@ -169,7 +220,7 @@ def test_a_nan_in_the_distillation_term_stops_training_and_names_it():
             batch_size=8,
             epochs=3,
             verbose=0,
-            callbacks=[training.StopOnNonFiniteLoss()],
+            callbacks=[callbacks.StopOnNonFiniteLoss()],
         )
 
 
@@ -266,11 +317,31 @@ BAD_INPUTS = {
         setting(data__cache_teacher_logits=True, data__mixup_alpha=0.2),
         "cache_teacher_logits cannot be combined",
     ),
+    "scratch_with_two_views": (
+        setting(loss__method="scratch", data__two_views=True),
+        "data.two_views needs a teacher",
+    ),
+    "scratch_with_cached_logits": (
+        setting(loss__method="scratch", data__cache_teacher_logits=True),
+        "data.cache_teacher_logits needs a teacher",
+    ),
+    "two_views_with_mixup": (
+        setting(data__two_views=True, data__mixup_alpha=0.2),
+        "two_views and data.mixup_alpha cannot be combined",
+    ),
+    "two_view_loss_on_one_view": (
+        setting(loss__method="two_view_cskd"),
+        "two_view_cskd needs data.two_views=True",
+    ),
+    "milestones_out_of_order": (
+        setting(optimizer__milestones=(180, 150)),
+        "milestones must be increasing",
+    ),
     "multiworker_without_tf_config": (
         setting(strategy="multiworker"),
         "needs the TF_CONFIG",
     ),
-    "missing_teacher": (teacher(lambda path: str(path)), "No such file"),
+    "missing_teacher": (teacher(lambda path: str(path)), "does not exist"),
     "corrupt_teacher": (teacher(corrupt_file), "is corrupt"),
     "teacher_class_count": (
         teacher(lambda path: tiny_teacher(path, num_classes=5)),

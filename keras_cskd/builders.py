@@ -1,0 +1,112 @@
+"""What a run config builds: the loss, the optimizer, the teacher and the trainer."""
+
+import keras
+
+from keras_cskd import losses, models, optimizers
+from keras_cskd.distiller import Distiller
+
+
+def build_loss(loss_config):
+    """The distillation loss a `config.loss` block describes.
+
+    Example:
+
+    >>> build_loss(loss_config("dkd", temperature=4.0, beta=8.0))
+    DKD(temperature=4.0, ...)
+    """
+    options = dict(loss_config)
+    method = options.pop("method")
+    cswt_on = options.pop("cswt", False)
+    cswt = losses.CSWT(options.pop("t_min", 2.0), options.pop("t_max", 6.0))
+    if method in ("cskd", "two_view_cskd"):
+        options["cswt"] = cswt if cswt_on else None
+    elif cswt_on:
+        options["temperature"] = cswt
+    return losses.get(method, **options)
+
+
+def build_optimizer(config, steps_per_epoch):
+    """The configured optimizer and its learning-rate schedule (per step).
+
+    `torch_sgd` with the `multistep` schedule is the reference recipes'
+    `torch.optim.SGD` with the rate set at each epoch start (docs/reproducing.md).
+
+    Example:
+
+    >>> build_optimizer(config, steps_per_epoch=782)
+    <TorchSGD ...>
+    """
+    opt = config.optimizer
+    if opt.schedule == "constant":
+        learning_rate = opt.learning_rate
+    elif opt.schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            opt.learning_rate, decay_steps=max(1, config.epochs * steps_per_epoch)
+        )
+    else:  # multistep, validated
+        learning_rate = optimizers.EpochStepDecay(
+            opt.learning_rate, steps_per_epoch, opt.milestones, opt.decay_rate
+        )
+    if opt.name == "torch_sgd":
+        return optimizers.TorchSGD(
+            learning_rate, momentum=opt.momentum, weight_decay=opt.weight_decay
+        )
+    weight_decay = opt.weight_decay or None  # Keras's decoupled weight decay
+    if opt.name == "sgd":
+        return keras.optimizers.SGD(
+            learning_rate, momentum=opt.momentum, weight_decay=weight_decay
+        )
+    return keras.optimizers.Adam(learning_rate, weight_decay=weight_decay)
+
+
+def load_teacher(path, dataset):
+    """Loads the teacher at `path`; raises `ValueError` unless it fits `dataset`.
+
+    Example:
+
+    >>> teacher = load_teacher("saved_models/digits_teacher.keras", digits)
+    """
+    teacher = models.load(path)
+    classes = teacher.output_shape[-1]
+    if classes != dataset.num_classes:
+        raise ValueError(
+            f"The teacher predicts {classes} classes but the dataset "
+            f"'{dataset.name}' has {dataset.num_classes}."
+        )
+    if tuple(teacher.input_shape[1:]) != tuple(dataset.input_shape):
+        raise ValueError(
+            f"The teacher takes inputs of shape {tuple(teacher.input_shape[1:])} "
+            f"but the dataset '{dataset.name}' has images of shape "
+            f"{tuple(dataset.input_shape)}."
+        )
+    return teacher
+
+
+def build_trainer(config, model, teacher, optimizer):
+    """The compiled model `fit` trains: a `Distiller` of `teacher` into
+    `model`, or `model` itself with cross-entropy when `teacher` is `None`.
+
+    Example:
+
+    >>> trainer = build_trainer(config, student, teacher, optimizer)
+    """
+    if teacher is None:
+        labels_are_soft = config.data.mixup_alpha > 0
+        model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.CategoricalCrossentropy(from_logits=True)
+            if labels_are_soft
+            else keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        return model
+    trainer = Distiller(
+        teacher,
+        model,
+        build_loss(config.loss),
+        student_loss_weight=config.student_loss_weight,
+        distillation_loss_weight=config.distillation_loss_weight,
+        view_weights=config.view_weights if config.data.two_views else None,
+    )
+    trainer.compile(optimizer=optimizer)
+    return trainer

@@ -1,0 +1,86 @@
+"""The callbacks a training run uses: the epoch counter, test accuracy, NaN stop."""
+
+import math
+
+import keras
+import numpy as np
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite during training."""
+
+
+class EpochCounter(keras.callbacks.Callback):
+    """Keeps `model.epoch` at the 1-based number of the running epoch.
+
+    The `Distiller` adds it to every `fit`, for losses that change over
+    training (DKD's warm-up).
+
+    Example:
+
+    >>> distiller.fit(data, epochs=3, callbacks=[EpochCounter()])
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.epoch.assign(float(epoch + 1))
+
+
+def accuracy(model, images, labels, batch_size=256):
+    """Top-1 accuracy of `model` on NumPy arrays.
+
+    Example:
+
+    >>> accuracy(student, test_images, test_labels)
+    0.97...
+    """
+    logits = model.predict(images, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+class TestAccuracy(keras.callbacks.Callback):
+    """Adds the model's `test_accuracy` to each epoch's logs, so the CSV and
+    TensorBoard logs hold it and the summary reports the last and best epochs.
+
+    Example:
+
+    >>> trainer.fit(data, callbacks=[TestAccuracy(student, images, labels, 256)])
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, model, images, labels, batch_size):
+        super().__init__()
+        self.evaluated, self.images, self.labels = model, images, labels
+        self.batch_size = batch_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["test_accuracy"] = accuracy(
+                self.evaluated, self.images, self.labels, self.batch_size
+            )
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the first step whose loss terms are not finite,
+    naming the term (cross-entropy, distillation loss, or the total with its
+    regularisation) and the step.
+
+    Example:
+
+    >>> trainer.fit(data, callbacks=[StopOnNonFiniteLoss()])   # may raise
+    """
+
+    TERMS = ("ce_loss", "distillation_loss", "loss")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        for term in self.TERMS:
+            if term in (logs or {}) and not math.isfinite(float(logs[term])):
+                raise NonFiniteLossError(
+                    f"The {term} became {float(logs[term])} at epoch "
+                    f"{self._epoch + 1}, step {batch + 1}: lower the learning "
+                    "rate, check the data for NaN or infinite values, or (mixed "
+                    "precision) check the loss scale."
+                )

@@ -1,0 +1,48 @@
+"""`Means`: the running means of several logged scalars in one metric."""
+
+import keras
+from keras import ops
+
+
+class Means(keras.metrics.Metric):
+    """Running sample-weighted means of several scalars, in one vector.
+
+    One update per step for all of the `Distiller`'s logged terms: separate
+    `Mean` trackers cost a few ops each, a visible share of a small model's
+    step. It is named `loss`, its first value, so that `evaluate` lists the
+    loss first. Its variables sum over replicas like any Keras metric's.
+
+    Args:
+        names: the names of the scalars, in order.
+        name: the metric's name.
+
+    Example:
+
+    >>> means = Means(("loss", "accuracy"))
+    >>> means.update_state({"loss": 2.0, "accuracy": 0.5}, num_samples=4)
+    >>> {k: float(v) for k, v in means.result().items()}
+    {'loss': 2.0, 'accuracy': 0.5}
+    """
+
+    def __init__(self, names, name="loss"):
+        super().__init__(name=name)
+        self.names = tuple(names)
+        self.totals = self.add_variable(
+            shape=(len(self.names),), initializer="zeros", name="totals"
+        )
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, values, num_samples):
+        """Adds `{name: batch mean}` (other keys ignored) for `num_samples`."""
+        num_samples = ops.cast(num_samples, self.dtype)
+        batch_means = ops.stack([values[name] for name in self.names])
+        self.totals.assign_add(batch_means * num_samples)
+        self.count.assign_add(num_samples)
+
+    def result(self):
+        means = ops.divide_no_nan(self.totals, self.count)
+        return {name: means[i] for i, name in enumerate(self.names)}
+
+    def reset_state(self):
+        self.totals.assign(ops.zeros_like(self.totals))
+        self.count.assign(0.0)
