@@ -74,6 +74,12 @@ def _mirrored(devices):
     return tf.distribute.MirroredStrategy(list(devices))
 
 
+def task_name():
+    """This process's task in `TF_CONFIG`, e.g. `"worker_1"` (`"chief"` without one)."""
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    return f"{task.get('type', 'chief')}_{task.get('index', 0)}"
+
+
 def is_chief():
     """Whether this process writes the run's artefacts: true without `TF_CONFIG`,
     for the chief, and for worker 0 of a cluster that has no chief."""

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import math
 import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -48,7 +47,7 @@ class Run:
     dataset: object = None
     test: tuple = ()  # (images, labels) as NumPy arrays
     teacher_path: Path | None = None
-    out: Path | None = None  # the workdir, or a scratch directory (non-chief)
+    out: Path | None = None  # the workdir, or a non-chief's scratch directory
     model: object = None
     teacher: object = None
     trainer: object = None
@@ -156,7 +155,7 @@ def prepare(config, workdir, overwrite=False):
 def build(state):
     """Step 2: every variable (the teacher's too) is created and restored in
     the strategy's scope; non-chief workers resume from the chief's checkpoint
-    and write to a scratch directory."""
+    and write to a scratch directory, `workdir/.<task>`, removed at the end."""
     config, dataset = state.config, state.dataset
     with state.strategy.scope():
         state.model = models_module.get(
@@ -182,10 +181,11 @@ def build(state):
         )
     chief = distribute.is_chief()
     if chief and state.overwrite and state.workdir.exists():
-        shutil.rmtree(state.workdir)
-    state.out = (
-        state.workdir if chief else Path(tempfile.mkdtemp(prefix="keras_cskd_worker_"))
-    )
+        _clear(state.workdir)
+    state.out = state.workdir
+    if not chief:  # a killed worker's scratch is replaced
+        state.out = state.workdir / f".{distribute.task_name()}"
+        shutil.rmtree(state.out, ignore_errors=True)
     state.out.mkdir(parents=True, exist_ok=True)
     files.write_text(state.out / "config.json", config.to_json_best_effort(indent=2))
 
@@ -284,6 +284,15 @@ def _train_pipeline(state, begin, end, skip):
         first_epoch=begin,
         skip_steps=skip,
     )
+
+
+def _clear(workdir):
+    """Removes a finished run's files; other workers' `.<task>` scratch stays."""
+    for entry in workdir.iterdir():
+        if entry.is_dir() and not entry.name.startswith("."):
+            shutil.rmtree(entry)
+        elif not entry.is_dir():
+            entry.unlink()
 
 
 def _frozen(state):

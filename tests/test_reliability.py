@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,76 @@ def test_a_killed_run_resumes_and_ends_with_the_uninterrupted_student(tmp_path, 
     ).get_weights()
     for resumed_weight, reference_weight in zip(a, b, strict=True):
         np.testing.assert_array_equal(resumed_weight, reference_weight)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def multiworker_cli(workdir):
+    """Two train.py workers of one MultiWorkerMirroredStrategy on 127.0.0.1."""
+    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    processes = []
+    for index in range(2):
+        tf_config = {
+            "cluster": {"worker": workers},
+            "task": {"type": "worker", "index": index},
+        }
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(ROOT / "train.py"),
+                    f"--workdir={workdir}",
+                    *RESUMABLE,
+                    "--config.strategy=multiworker",
+                ],
+                cwd=ROOT,
+                env={**os.environ, "TF_CONFIG": json.dumps(tf_config)},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    return processes
+
+
+def finish(processes, timeout=300):
+    try:
+        errors = [p.communicate(timeout=timeout)[1] for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+    assert all(p.returncode == 0 for p in processes), "\n".join(errors)[-3000:]
+
+
+@pytest.mark.large
+def test_a_multiworker_run_with_a_killed_worker_resumes_from_the_chiefs_checkpoint(
+    tmp_path,
+):
+    killed = tmp_path / "killed"
+    chief, worker = multiworker_cli(killed)
+    wait_for(killed / "checkpoint" / checkpointing.METADATA_FILE, chief, timeout=180)
+    worker.send_signal(signal.SIGKILL)
+    chief.kill()  # its collectives would wait for the dead worker
+    for process in (chief, worker):
+        process.wait(timeout=30)
+    resumed_from = json.loads((killed / "checkpoint" / "state.json").read_text())
+    assert (resumed_from["epoch"], resumed_from["step"]) < (4, 0)
+
+    finish(multiworker_cli(killed))
+    finish(multiworker_cli(tmp_path / "uninterrupted"))
+    assert json.loads((killed / "summary.json").read_text())["replicas"] == 2
+    a = keras.saving.load_model(killed / "student.keras").get_weights()
+    b = keras.saving.load_model(
+        tmp_path / "uninterrupted" / "student.keras"
+    ).get_weights()
+    for resumed_weight, reference_weight in zip(a, b, strict=True):
+        np.testing.assert_array_equal(resumed_weight, reference_weight)
+    for workdir in (killed, tmp_path / "uninterrupted"):  # no worker scratch left
+        assert sorted(p.name for p in workdir.iterdir() if p.name.startswith(".")) == []
 
 
 class _Interrupt(RuntimeError):
