@@ -56,6 +56,40 @@ def load(path, validation_fraction=0.0, seed=0, image_size=None):
     (64, 64, 3)
     """
     root = Path(path).expanduser()
+    has_validation = _check_layout(root, validation_fraction)
+    files, class_names = _list_splits(root, has_validation)
+    paths = {
+        split: [file for name in class_names for file in by_class[name]]
+        for split, by_class in files.items()
+    }
+    labels = {
+        split: np.array(
+            [i for i, name in enumerate(class_names) for _ in by_class[name]],
+            dtype="int32",
+        )
+        for split, by_class in files.items()
+    }
+    images = _decode_all(paths, root, image_size)
+    if validation_fraction > 0:
+        _carve_validation(images, labels, validation_fraction, seed, root)
+
+    def split_dataset(split):
+        if split not in images:
+            return None
+        return tf.data.Dataset.from_tensor_slices((images[split], labels[split]))
+
+    return Dataset(
+        f"folder:{path}",
+        split_dataset("train"),
+        split_dataset("validation"),
+        split_dataset("test"),
+        num_classes=len(class_names),
+        input_shape=tuple(int(side) for side in images["train"].shape[1:]),
+    )
+
+
+def _check_layout(root, validation_fraction):
+    """Checks the split folders; returns whether there is a `validation` one."""
     if not root.is_dir():
         raise FileNotFoundError(
             f"Image folder '{root}' does not exist or is not a directory. "
@@ -77,7 +111,12 @@ def load(path, validation_fraction=0.0, seed=0, image_size=None):
             f"Image folder '{root}' has its own 'validation' split; "
             "leave `validation_fraction` at 0."
         )
+    return has_validation
 
+
+def _list_splits(root, has_validation):
+    """`({split: {class: [files]}}, sorted class names)`, the same classes in
+    every split and training images in every class."""
     files = {"train": _list_split(root, "train")}
     class_names = sorted(files["train"])
     for split in SPLITS[1:]:
@@ -95,45 +134,20 @@ def load(path, validation_fraction=0.0, seed=0, image_size=None):
         raise ValueError(
             f"These classes of image folder '{root}' have no training images: {empty}."
         )
+    return files, class_names
 
-    paths = {
-        split: [file for name in class_names for file in by_class[name]]
-        for split, by_class in files.items()
-    }
-    labels = {
-        split: np.array(
-            [i for i, name in enumerate(class_names) for _ in by_class[name]],
-            dtype="int32",
+
+def _carve_validation(images, labels, validation_fraction, seed, root):
+    """Moves a stratified, seeded fraction of the training split to validation."""
+    keep, carve = _carve(labels["train"], validation_fraction, seed)
+    if not len(carve):
+        raise ValueError(
+            f"`validation_fraction={validation_fraction}` carves no images "
+            f"from the {len(keep)} training images of image folder '{root}'."
         )
-        for split, by_class in files.items()
-    }
-    images = _decode_all(paths, root, image_size)
-
-    if validation_fraction > 0:
-        keep, carve = _carve(labels["train"], validation_fraction, seed)
-        if not len(carve):
-            raise ValueError(
-                f"`validation_fraction={validation_fraction}` carves no images "
-                f"from the {len(keep)} training images of image folder '{root}'."
-            )
-        images["validation"] = images["train"][carve]
-        labels["validation"] = labels["train"][carve]
-        images["train"] = images["train"][keep]
-        labels["train"] = labels["train"][keep]
-
-    def split_dataset(split):
-        if split not in images:
-            return None
-        return tf.data.Dataset.from_tensor_slices((images[split], labels[split]))
-
-    return Dataset(
-        f"folder:{path}",
-        split_dataset("train"),
-        split_dataset("validation"),
-        split_dataset("test"),
-        num_classes=len(class_names),
-        input_shape=tuple(int(side) for side in images["train"].shape[1:]),
-    )
+    for arrays in (images, labels):
+        arrays["validation"] = arrays["train"][carve]
+        arrays["train"] = arrays["train"][keep]
 
 
 def _visible(entries):
