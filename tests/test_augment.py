@@ -283,7 +283,9 @@ def test_black_is_zero_in_pixel_space():
 def test_the_layers_serialise():
     for layer in [
         augment.RandomPaddedCrop(4, fill=augment.black(CIFAR100), seed=3),
+        augment.RandomHorizontalFlip(seed=3),
         randaugment.ReferenceRandAugment(CIFAR100, seed=3),
+        augment.cifar_strong_augmentation(CIFAR100, seed=3),
     ]:
         config = keras.saving.serialize_keras_object(layer)
         again = keras.saving.deserialize_keras_object(config)
@@ -292,6 +294,52 @@ def test_the_layers_serialise():
         np.testing.assert_array_equal(
             layer(images, training=True), again(images, training=True)
         )
+
+
+STATELESS_LAYERS = {
+    "crop": lambda: augment.RandomPaddedCrop(4, fill=augment.black(CIFAR100)),
+    "flip": augment.RandomHorizontalFlip,
+    "randaugment": lambda: randaugment.ReferenceRandAugment(CIFAR100),
+    "weak view": lambda: augment.cifar_augmentation(normalization=CIFAR100),
+    "strong view": lambda: augment.cifar_strong_augmentation(CIFAR100),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STATELESS_LAYERS))
+def test_augment_is_a_pure_function_of_the_seed(name):
+    images = normalize(_images(32, seed=11), CIFAR100).numpy()
+    layer = STATELESS_LAYERS[name]()
+    first = layer.augment(images, [1, 2]).numpy()
+    assert not np.array_equal(first, images)
+    np.testing.assert_array_equal(layer.augment(images, [1, 2]), first)
+    np.testing.assert_array_equal(
+        STATELESS_LAYERS[name]().augment(images, [1, 2]), first
+    )
+    assert not np.array_equal(layer.augment(images, [1, 3]), first)
+    # In a parallel tf.data map, as in the pipeline: the same batches.
+    seeds = tf.constant([[1, 2], [1, 3], [5, 0], [1, 2]], tf.int64)
+    mapped = tf.data.Dataset.from_tensor_slices(seeds).map(
+        lambda seed: layer.augment(images, seed), num_parallel_calls=4
+    )
+    for seed, batch in zip(seeds, mapped, strict=True):
+        np.testing.assert_array_equal(batch, layer.augment(images, seed))
+
+
+@pytest.mark.parametrize("name", sorted(STATELESS_LAYERS))
+def test_calls_draw_their_seeds_from_the_generator(name):
+    images = normalize(_images(8, seed=12), CIFAR100).numpy()
+    layer = STATELESS_LAYERS[name]()
+    if isinstance(layer, augment.RandomSequence):
+        generators = [sublayer.seed_generator for sublayer in layer.layers]
+    else:
+        generators = [layer.seed_generator]
+    seeds = [generator.state.numpy().copy() for generator in generators]
+    called = layer(images, training=True).numpy()
+    expected = tf.convert_to_tensor(images)
+    sublayers = layer.layers if isinstance(layer, augment.RandomSequence) else [layer]
+    for sublayer, seed in zip(sublayers, seeds, strict=True):
+        expected = sublayer.augment(expected, seed)
+    np.testing.assert_array_equal(called, expected)
 
 
 # ------------------------------------------------- the golden torchvision view

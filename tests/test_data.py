@@ -7,14 +7,17 @@ attempt to reach a host fail at once (so a wrong code path cannot hang).
 
 import socket
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keras_cskd import data
+from keras_cskd.data import augment
 from keras_cskd.data import folder as folder_source
 from keras_cskd.data import tfds as tfds_source
+from keras_cskd.data.pipeline import MIXUP, STRONG_VIEW, WEAK_VIEW, batch_seed
 
 CIFAR_STATISTICS = {
     "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
@@ -111,6 +114,190 @@ def test_pipeline_batches():
     images, labels = next(iter(dropped))
     assert images.shape == (100, 8, 8, 1) and labels.shape == (100,)
     assert len(list(dropped)) == 2
+
+
+# The random pipelines: every draw is a function of (seed, epoch, step).
+
+RANDOM_PIPELINES = {
+    "two views": lambda: {
+        "augmentation": data.digits_augmentation(),
+        "strong_augmentation": data.cifar_strong_augmentation(
+            None, image_size=8, padding=1
+        ),
+    },
+    "mixup": lambda: {
+        "augmentation": data.digits_augmentation(),
+        "mixup_alpha": 0.4,
+        "num_classes": 10,
+    },
+}
+
+
+def _arrays(batches):
+    """Every batch as a flat list of NumPy arrays (views, images, labels)."""
+    return [
+        [np.asarray(t) for t in tf.nest.flatten(batch)]
+        for batch in batches.as_numpy_iterator()
+    ]
+
+
+def _assert_same_batches(first, second):
+    assert len(first) == len(second)
+    for one, other in zip(first, second, strict=True):
+        for a, b in zip(one, other, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", sorted(RANDOM_PIPELINES))
+def test_a_resumed_pipeline_makes_the_uninterrupted_batches(kind):
+    train = data.load("digits").train.take(200)  # 7 batches of 32 per epoch
+
+    def batches(**kwargs):
+        options = RANDOM_PIPELINES[kind]()  # fresh layers, fresh generators
+        return _arrays(
+            data.pipeline(
+                train, 32, training=True, seed=5, epochs=3, **options, **kwargs
+            )
+        )
+
+    uninterrupted = batches()
+    resumed = batches(first_epoch=1, skip_steps=2)
+    assert len(uninterrupted) == 21
+    _assert_same_batches(resumed, uninterrupted[7 + 2 :])
+
+
+def _one_image(count=64):
+    """`count` copies of one digit: the batches then differ by their draws alone."""
+    images, _ = data.to_numpy(data.load("digits").train.take(1))
+    images = np.repeat(images, count, axis=0)
+    return tf.data.Dataset.from_tensor_slices((images, np.zeros(count, "int32")))
+
+
+@pytest.mark.parametrize("kind", sorted(RANDOM_PIPELINES))
+def test_random_pipelines_repeat_with_a_seed_and_differ_otherwise(kind):
+    examples = _one_image()
+
+    def batches(seed):
+        options = RANDOM_PIPELINES[kind]()
+        return _arrays(
+            data.pipeline(examples, 32, training=True, seed=seed, epochs=2, **options)
+        )
+
+    first, again, other = batches(1), batches(1), batches(2)
+    _assert_same_batches(first, again)
+    for one, different in zip(first, other, strict=True):
+        assert not np.array_equal(one[0], different[0])
+    # Each epoch and each step draws anew: epoch 1 is not epoch 0 again.
+    steps = [batch[0] for batch in first]  # 2 epochs of 2 steps
+    for i in range(4):
+        for j in range(i):
+            assert not np.array_equal(steps[i], steps[j]), (i, j)
+
+
+def test_the_views_draw_from_their_own_streams():
+    # Two views made by alike layers must still differ: their crops and flips
+    # are drawn from the batch seed's own fold-in for each view.
+    images, _ = next(iter(_one_image().batch(32)))
+    seed = batch_seed(3, 0, 0)
+    (weak, strong), _ = next(
+        iter(
+            data.pipeline(
+                _one_image(),
+                32,
+                training=True,
+                seed=3,
+                epochs=1,
+                augmentation=data.cifar_augmentation(8, padding=1),
+                strong_augmentation=data.cifar_augmentation(8, padding=1),
+            )
+        )
+    )
+    assert not np.array_equal(weak, strong)
+    layer = data.cifar_augmentation(8, padding=1)
+    for view, stream in ((weak, WEAK_VIEW), (strong, STRONG_VIEW)):
+        expected = layer.augment(images, augment.fold_in(seed, stream))
+        np.testing.assert_array_equal(view, expected)
+
+
+def test_a_pipeline_without_epochs_draws_anew_on_every_pass():
+    examples = _one_image(32)
+
+    def passes():
+        train = data.pipeline(
+            examples, 32, training=True, seed=4, augmentation=data.digits_augmentation()
+        )
+        return [next(iter(train))[0].numpy() for _ in range(2)]
+
+    first, again = passes(), passes()
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    assert not np.array_equal(first[0], first[1])
+
+
+def test_layers_with_generators_still_work_in_order():
+    examples = _one_image(64)
+
+    def batches():
+        flip = keras.layers.RandomFlip("horizontal", seed=0)
+        train = data.pipeline(examples, 16, training=True, augmentation=flip)
+        return _arrays(train)
+
+    _assert_same_batches(batches(), batches())
+
+
+def test_pipeline_mixup_is_the_label_weighted_mix():
+    train = data.load("digits").train.take(100)
+    alpha, seed = 0.4, 2
+
+    def first_batch(**options):
+        return next(
+            iter(
+                data.pipeline(train, 50, training=True, seed=seed, epochs=1, **options)
+            )
+        )
+
+    images, labels = (t.numpy() for t in first_batch())  # the same shuffle
+    mixed, soft = (t.numpy() for t in first_batch(mixup_alpha=alpha, num_classes=10))
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0, atol=1e-6)
+    mixup_seed = augment.fold_in(batch_seed(seed, 0, 0), MIXUP)
+    weights, permutation = (
+        t.numpy() for t in augment.mixup_draws(50, alpha, mixup_seed)
+    )
+    assert sorted(permutation.tolist()) == list(range(50))
+    assert (permutation != np.arange(50)).any()
+    assert ((weights > 0.05) & (weights < 0.95)).any()
+    one_hot = np.eye(10, dtype="float32")[labels]
+    w = weights[:, None]
+    np.testing.assert_allclose(
+        soft, w * one_hot + (1 - w) * one_hot[permutation], atol=1e-6
+    )
+    w = weights[:, None, None, None]
+    np.testing.assert_allclose(
+        mixed, w * images + (1 - w) * images[permutation], atol=1e-6
+    )
+
+
+def test_mix_up_has_keras_mixup_semantics():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(16, 4, 4, 3)).astype("float32")
+    labels = np.eye(5, dtype="float32")[rng.integers(0, 5, 16)]
+    seed = [7, 11]
+    mixed, soft = augment.mix_up(images, labels, 0.2, seed)
+    weights, permutation = augment.mixup_draws(16, 0.2, seed)
+    layer = keras.layers.MixUp(alpha=0.2)
+    transformation = {"mix_weight": weights, "permutation_order": permutation}
+    np.testing.assert_allclose(
+        mixed, layer.transform_images(images, transformation), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        soft, layer.transform_labels(labels, transformation), atol=1e-6
+    )
+    # Beta(a, a) weights: symmetric about 1/2, mostly near 0 or 1 for small a.
+    many, _ = augment.mixup_draws(20_000, 0.2, seed)
+    many = many.numpy()
+    assert abs(many.mean() - 0.5) < 0.01
+    # Var of Beta(a, a) = 1 / (4 (2a + 1)).
+    assert abs(many.var() - 1 / (4 * 1.4)) < 0.01
 
 
 def test_pipeline_mixup_gives_soft_labels_summing_to_one():
@@ -480,6 +667,39 @@ def test_digits_augmentation_keeps_the_shape():
     images = np.random.default_rng(0).uniform(size=(4, 8, 8, 1)).astype("float32")
     augmented = data.digits_augmentation(seed=0)(images, training=True)
     assert tuple(augmented.shape) == (4, 8, 8, 1)
+
+
+def _digit_shifts(image, shifted):
+    """The offsets in {-1, 0, 1}^2 that move `image` to `shifted`, zero-filled."""
+    return [
+        (rows, columns)
+        for rows in (-1, 0, 1)
+        for columns in (-1, 0, 1)
+        if np.array_equal(_shifted(image, rows, columns), shifted)
+    ]
+
+
+def test_digits_augmentation_shifts_by_whole_pixels_with_zero_fill():
+    train = data.load("digits").train
+
+    def batch(**options):
+        return next(
+            iter(data.pipeline(train, 256, training=True, seed=0, epochs=1, **options))
+        )[0].numpy()
+
+    images = batch()  # the same shuffle, unaugmented
+    augmented = batch(augmentation=data.digits_augmentation())
+    shifts = set()
+    for image, shifted in zip(images, augmented, strict=True):
+        found = _digit_shifts(image, shifted)
+        assert found, "not a whole-pixel shift with zero fill"
+        if len(found) == 1:
+            shifts.add(found[0])
+    assert len(shifts) == 9  # every offset in {-1, 0, 1}^2 occurs
+    # Interactive use draws from the layer's generator, shifts alike.
+    layer = data.digits_augmentation(seed=1)
+    for image, shifted in zip(images, layer(images, training=True), strict=True):
+        assert _digit_shifts(image, np.asarray(shifted))
 
 
 # ------------------------------------------------------------- the names

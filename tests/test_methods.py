@@ -104,8 +104,11 @@ def test_cached_teacher_logits_train_exactly_like_the_teacher(digits, teacher):
             data.pipeline(train, 64, training=True, seed=1), epochs=2, verbose=0
         )
         weights.append(student.get_weights())
+    # Equal up to float32 rounding: the teacher's logits are computed in batches
+    # of 256 for the cache and of 64 in the step, and oneDNN's convolution
+    # kernels round the last bit differently for different batch sizes.
     for cached, computed in zip(*weights, strict=True):
-        np.testing.assert_array_equal(cached, computed)
+        np.testing.assert_allclose(cached, computed, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,7 @@ def wait_for(path, process, timeout):
 
 RUN_KINDS = {
     "one_device": [],
+    "augmented": ["--config.data.augment=True"],
     "mirrored": ["--logical_cpus=2", "--config.strategy=mirrored"],
 }
 

@@ -6,7 +6,9 @@ Datasets, never downloaded unless asked) and `"folder:<path>"` (image folders).
 
 from keras_cskd.data import digits, folder, tfds
 from keras_cskd.data.augment import (
+    RandomHorizontalFlip,
     RandomPaddedCrop,
+    RandomSequence,
     cifar_augmentation,
     cifar_strong_augmentation,
     digits_augmentation,
@@ -92,7 +94,9 @@ def load(
 
 __all__ = [
     "Dataset",
+    "RandomHorizontalFlip",
     "RandomPaddedCrop",
+    "RandomSequence",
     "ReferenceRandAugment",
     "cifar_augmentation",
     "cifar_strong_augmentation",

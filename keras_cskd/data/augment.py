@@ -10,12 +10,24 @@ padding is black in pixel space, `(0 - mean) / std`. Cropping and flipping
 commute with the per-channel normalisation, so the weak view equals the fork's
 pad, crop, flip, then normalise, up to float rounding (tested against
 torchvision in `tests/test_augment.py`).
+
+The stateless protocol, which `pipeline` relies on to make every batch's
+randomness a pure function of `(seed, epoch, step)`:
+
+- A random augmentation has `layer.augment(images, seed)`: a `[B, H, W, C]`
+  batch and an int32/int64 `[2]` seed in, the augmented batch out, drawing
+  only from `seed` (`tf.random.stateless_*`; TensorFlow only, as `tf.data`).
+- `layer(images, training=True)` draws a fresh seed from the layer's own
+  `keras.random.SeedGenerator` (its constructor `seed`) and calls `augment`:
+  for interactive use; `training=False` is the identity.
+- Layers in a row (`RandomSequence`) give layer `i` the seed
+  `fold_in(seed, i)`, so no two layers share draws, nor do two draws of a layer.
+- Mixup is the function `mix_up(images, labels, alpha, seed)`.
 """
 
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import ops
 
 from keras_cskd.data.randaugment import ReferenceRandAugment
 
@@ -92,8 +104,65 @@ def flip_left_right(images, flips):
     return tf.where(flips[:, None, None, None], tf.reverse(images, axis=[2]), images)
 
 
+def fold_in(seed, *data):
+    """A stateless seed derived from `seed` and `data`, folded in one by one.
+
+    Args:
+        seed: an int32 or int64 `[2]` seed.
+        *data: int scalars (Python or tensors), e.g. an epoch, a step, a view.
+
+    Returns:
+        An int64 `[2]` seed for `tf.random.stateless_*`: a pure function of
+        `seed` and `data` (`tf.random.experimental.stateless_fold_in` chains).
+
+    Example:
+
+    >>> fold_in([0, 7], 3, 1).shape
+    TensorShape([2])
+    """
+    seed = tf.cast(seed, tf.int64)
+    for value in data:
+        seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(value, tf.int64))
+    return seed
+
+
+class StatelessAugmentation(keras.layers.Layer):
+    """The base of the stateless random layers (see the module's protocol).
+
+    Subclasses implement `augment(images, seed)`; `call` feeds it seeds from
+    the layer's `keras.random.SeedGenerator`.
+
+    Args:
+        seed: the seed of the layer's generator (interactive use only:
+            `augment` draws from its own argument alone), or `None`.
+        **kwargs: base `keras.layers.Layer` arguments.
+    """
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def augment(self, images, seed):
+        """Augments a `[B, H, W, C]` batch, drawing only from the `[2]` seed."""
+        raise NotImplementedError
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        return self.augment(images, self.seed_generator.next())
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"seed": self.seed})
+        return config
+
+
 @keras.saving.register_keras_serializable(package="keras_cskd")
-class RandomPaddedCrop(keras.layers.Layer):
+class RandomPaddedCrop(StatelessAugmentation):
     """Pads each image and crops it back at its own random offset.
 
     The per-image version of padding then `keras.layers.RandomCrop`, which
@@ -102,13 +171,13 @@ class RandomPaddedCrop(keras.layers.Layer):
     shifted by an independent whole number of pixels in `[-padding, padding]`
     along each axis (offsets uniform in `[0, 2 * padding]`, `padded_crop`),
     the uncovered border filled with `fill`. The identity when called with
-    `training=False`.
+    `training=False`. Stateless: `augment(images, seed)`.
 
     Args:
         padding: the largest shift, in pixels.
         fill: the padding value, a scalar or one value per channel; for
             normalised images, black is `black(normalization)`.
-        seed: the seed of the offsets, or `None`.
+        seed: the seed of the layer's generator (for `call`), or `None`.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
@@ -116,32 +185,131 @@ class RandomPaddedCrop(keras.layers.Layer):
     >>> crop = RandomPaddedCrop(4, seed=0)
     >>> crop(np.ones((2, 32, 32, 3)), training=True).shape
     TensorShape([2, 32, 32, 3])
+    >>> crop.augment(np.ones((2, 32, 32, 3), "float32"), [0, 1]).shape
+    TensorShape([2, 32, 32, 3])
     """
 
     def __init__(self, padding=4, fill=0.0, seed=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         self.padding = padding
         self.fill = tuple(fill) if isinstance(fill, list | tuple) else fill
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def call(self, images, training=True):
-        if not training or self.padding == 0:
+    def augment(self, images, seed):
+        images = tf.convert_to_tensor(images)
+        if self.padding == 0:
             return images
-        batch_size = ops.shape(images)[0]
-        offsets = keras.random.randint(
-            (batch_size, 2), 0, 2 * self.padding + 1, seed=self.seed_generator
+        offsets = tf.random.stateless_uniform(
+            (tf.shape(images)[0], 2),
+            tf.cast(seed, tf.int64),
+            minval=0,
+            maxval=2 * self.padding + 1,
+            dtype=tf.int32,
         )
         return padded_crop(images, offsets, self.padding, self.fill)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
     def get_config(self):
         config = super().get_config()
         fill = list(self.fill) if isinstance(self.fill, tuple) else self.fill
-        config.update({"padding": self.padding, "fill": fill, "seed": self.seed})
+        config.update({"padding": self.padding, "fill": fill})
         return config
+
+
+@keras.saving.register_keras_serializable(package="keras_cskd")
+class RandomHorizontalFlip(StatelessAugmentation):
+    """Mirrors each image of a batch left-right with probability 1/2.
+
+    torchvision's `RandomHorizontalFlip()` per image (`flip_left_right`);
+    stateless: `augment(images, seed)`. The identity with `training=False`.
+
+    Args:
+        seed: the seed of the layer's generator (for `call`), or `None`.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> RandomHorizontalFlip().augment(np.ones((2, 4, 4, 1), "float32"), [0, 1]).shape
+    TensorShape([2, 4, 4, 1])
+    """
+
+    def augment(self, images, seed):
+        images = tf.convert_to_tensor(images)
+        uniforms = tf.random.stateless_uniform(
+            tf.shape(images)[:1], tf.cast(seed, tf.int64)
+        )
+        return flip_left_right(images, uniforms < 0.5)
+
+
+@keras.saving.register_keras_serializable(package="keras_cskd")
+class RandomSequence(keras.Sequential):
+    """A `keras.Sequential` of stateless random layers, itself stateless.
+
+    `call` runs the layers in turn, each from its own seed generator;
+    `augment(images, seed)` runs them with the seeds `fold_in(seed, i)`.
+    """
+
+    def augment(self, images, seed):
+        """Applies layer `i`'s `augment` with `fold_in(seed, i)`, in turn."""
+        images = tf.convert_to_tensor(images)
+        for index, layer in enumerate(self.layers):
+            images = layer.augment(images, fold_in(seed, index))
+        return images
+
+
+def mixup_draws(batch_size, alpha, seed):
+    """The random draws of `mix_up`, as `keras.layers.MixUp` makes them.
+
+    Args:
+        batch_size: the number of images.
+        alpha: the Beta(alpha, alpha) parameter.
+        seed: an int32/int64 `[2]` seed.
+
+    Returns:
+        `(weights, permutation)`: `[B]` float32 weights from Beta(alpha, alpha),
+        `G1 / (G1 + G2)` with two Gamma(alpha) draws, and a `[B]` int32
+        permutation of the batch.
+    """
+    shape = tf.reshape(tf.cast(batch_size, tf.int32), (1,))
+    alpha = tf.fill(shape, tf.cast(alpha, tf.float32))
+    first = tf.random.stateless_gamma(shape, fold_in(seed, 0), alpha)
+    second = tf.random.stateless_gamma(shape, fold_in(seed, 1), alpha)
+    permutation = tf.random.experimental.stateless_shuffle(
+        tf.range(shape[0]), fold_in(seed, 2)
+    )
+    return first / (first + second), permutation
+
+
+def mix_up(images, labels, alpha, seed):
+    """Stateless mixup, with the semantics of `keras.layers.MixUp`.
+
+    Image `i` becomes `w_i x_i + (1 - w_i) x_p(i)` and its label likewise, with
+    the per-sample weights `w` and the batch permutation `p` of
+    `mixup_draws(B, alpha, seed)`.
+
+    Args:
+        images: a `[B, H, W, C]` batch.
+        labels: `[B, K]` one-hot (or soft) labels.
+        alpha: the Beta(alpha, alpha) parameter.
+        seed: an int32/int64 `[2]` seed.
+
+    Returns:
+        The float32 mixed images and labels.
+
+    Example:
+
+    >>> x, y = mix_up(np.ones((4, 8, 8, 1)), np.eye(4), 0.2, [0, 1])
+    >>> y.numpy().sum(axis=1)
+    array([1., 1., 1., 1.], dtype=float32)
+    """
+    images = tf.cast(images, tf.float32)
+    labels = tf.cast(labels, tf.float32)
+    weights, permutation = mixup_draws(tf.shape(images)[0], alpha, seed)
+    mixed = weights[:, None, None, None] * images + (
+        1.0 - weights[:, None, None, None]
+    ) * tf.gather(images, permutation)
+    soft = weights[:, None] * labels + (1.0 - weights[:, None]) * tf.gather(
+        labels, permutation
+    )
+    return mixed, soft
 
 
 def cifar_augmentation(image_size=32, padding=4, seed=None, normalization=None):
@@ -163,8 +331,9 @@ def cifar_augmentation(image_size=32, padding=4, seed=None, normalization=None):
             or `None` for images in [0, 1].
 
     Returns:
-        A `keras.Sequential` that maps `[B, H, W, C]` batches to batches of the
-        same shape; random with `training=True`, the identity otherwise.
+        A `RandomSequence` (a `keras.Sequential`) that maps `[B, H, W, C]`
+        batches to batches of the same shape; random with `training=True`,
+        the identity otherwise, and stateless with `augment(images, seed)`.
 
     Example:
 
@@ -173,11 +342,11 @@ def cifar_augmentation(image_size=32, padding=4, seed=None, normalization=None):
     TensorShape([8, 32, 32, 3])
     """
     height, width = _pair(image_size)
-    return keras.Sequential(
+    return RandomSequence(
         [
             keras.Input((height, width, None)),
             RandomPaddedCrop(padding, fill=black(normalization), seed=seed),
-            keras.layers.RandomFlip("horizontal", seed=_offset(seed, 1)),
+            RandomHorizontalFlip(seed=_offset(seed, 1)),
         ],
         name="cifar_augmentation",
     )
@@ -204,9 +373,10 @@ def cifar_strong_augmentation(
         seed: the seed of the random layers, or `None`.
 
     Returns:
-        A `keras.Sequential` that maps `[B, H, W, C]` batches (C = 3, or 1
-        for grayscale) to batches of the same shape; random with
-        `training=True`, the identity otherwise.
+        A `RandomSequence` (a `keras.Sequential`) that maps `[B, H, W, C]`
+        batches (C = 3, or 1 for grayscale) to batches of the same shape;
+        random with `training=True`, the identity otherwise, and stateless
+        with `augment(images, seed)`.
 
     Example:
 
@@ -215,11 +385,11 @@ def cifar_strong_augmentation(
     TensorShape([8, 32, 32, 3])
     """
     height, width = _pair(image_size)
-    return keras.Sequential(
+    return RandomSequence(
         [
             keras.Input((height, width, None)),
             RandomPaddedCrop(padding, fill=black(normalization), seed=seed),
-            keras.layers.RandomFlip("horizontal", seed=_offset(seed, 1)),
+            RandomHorizontalFlip(seed=_offset(seed, 1)),
             ReferenceRandAugment(normalization, num_ops, seed=_offset(seed, 2)),
         ],
         name="cifar_strong_augmentation",
@@ -227,14 +397,17 @@ def cifar_strong_augmentation(
 
 
 def digits_augmentation(seed=None):
-    """Random shifts of up to one pixel for the 8x8 digits.
+    """Random whole-pixel shifts of up to one pixel for the 8x8 digits.
+
+    Each image moves by its own offset in `{-1, 0, 1}` along each axis, the
+    uncovered border filled with zeros (the background): no interpolation, so
+    every augmented image is one of the 9 shifts of the original.
 
     Args:
-        seed: the seed of the random translation, or `None`.
+        seed: the seed of the layer's generator (for `call`), or `None`.
 
     Returns:
-        A `keras.layers.RandomTranslation` of up to 1/8 of the height and
-        width, filling with zeros (the background).
+        A `RandomPaddedCrop(padding=1, fill=0)`.
 
     Example:
 
@@ -242,7 +415,7 @@ def digits_augmentation(seed=None):
     >>> augmentation(np.zeros((4, 8, 8, 1)), training=True).shape
     TensorShape([4, 8, 8, 1])
     """
-    return keras.layers.RandomTranslation(0.125, 0.125, fill_mode="constant", seed=seed)
+    return RandomPaddedCrop(1, fill=0.0, seed=seed)
 
 
 def _pair(image_size):

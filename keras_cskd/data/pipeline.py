@@ -2,9 +2,29 @@
 
 import functools
 
-import keras
 import numpy as np
 import tensorflow as tf
+
+from keras_cskd.data import augment
+
+# The fold-in of each random stream of a batch (`batch_seed`).
+WEAK_VIEW, STRONG_VIEW, MIXUP = 0, 1, 2
+
+
+def batch_seed(seed, epoch, step):
+    """The stateless seed of a resumable training batch.
+
+    Args:
+        seed: the pipeline's seed, an int.
+        epoch: the batch's epoch.
+        step: the batch's step within its epoch.
+
+    Returns:
+        The int64 `[2]` seed `fold_in([seed, 0], epoch, step)`; the batch's weak
+        view, strong view and mixup draw from `fold_in(it, WEAK_VIEW)`,
+        `fold_in(it, STRONG_VIEW)` and `fold_in(it, MIXUP)`.
+    """
+    return augment.fold_in(_base_seed(seed), epoch, step)
 
 
 def pipeline(
@@ -24,12 +44,21 @@ def pipeline(
     """Batches an unbatched `(image, label)` dataset for `fit`/`evaluate`.
 
     Training pipelines are shuffled with `seed` (reshuffled each epoch,
-    deterministically), augmented per batch by `augmentation` (a Keras layer or
-    `None`) and optionally mixed by `keras.layers.MixUp`, which turns the labels
-    into mixed one-hot vectors (pass `num_classes`). With `strong_augmentation`
-    every batch becomes two views, `((weak, strong), labels)`, for a
-    `Distiller` with `view_weights`. The random layers run on one batch at a
-    time, in order, so seeded layers make the same batches on every run.
+    deterministically), augmented per batch by `augmentation` (a layer or
+    `None`) and optionally mixed (`augment.mix_up`, the semantics of
+    `keras.layers.MixUp`), which turns the labels into mixed one-hot vectors
+    (pass `num_classes`). With `strong_augmentation` every batch becomes two
+    views, `((weak, strong), labels)`, for a `Distiller` with `view_weights`.
+
+    All the randomness of a batch is stateless: the batch gets a seed,
+    `batch_seed(seed, epoch, step)` with `epochs`, and each view and the mixup
+    their own fold-in of it, passed to the layers' `augment(images, seed)`
+    (the protocol of `keras_cskd.data.augment`). A batch is thus a function of
+    `(seed, epoch, step)` alone, resumed or not, and the batches are augmented
+    in parallel, in order. A layer without `augment` (e.g. a Keras
+    preprocessing layer) is called with `training=True` instead, drawing from
+    its own generator; the batches are then augmented one at a time, in order,
+    to stay reproducible, and do not survive a resume.
 
     Args:
         dataset: unbatched `tf.data.Dataset` of `(image, label)`, or of
@@ -38,16 +67,19 @@ def pipeline(
         batch_size: the global batch size.
         training: shuffle and augment.
         seed: the shuffling and augmentation seed.
-        augmentation: a `keras.layers.Layer` applied to image batches, or `None`.
+        augmentation: a random layer applied to image batches, or `None`.
         strong_augmentation: a layer making a second, strong view, or `None`.
         mixup_alpha: the Beta(a, a) parameter of mixup; 0 turns it off.
         num_classes: needed for mixup's one-hot labels.
         drop_remainder: drop the last partial batch.
         epochs: for resumable training, one dataset for epochs
-            `[first_epoch, epochs)` whose shuffle order is a function of
-            `(seed, epoch)` alone, so a resumed run sees the batches an
-            uninterrupted one sees (pass `steps_per_epoch` to `fit`); `None`
-            reshuffles on every pass instead.
+            `[first_epoch, epochs)` whose shuffle order and augmentations are a
+            function of `(seed, epoch)` alone, so a resumed run sees the
+            batches an uninterrupted one sees (pass `steps_per_epoch` to
+            `fit`); `None` reshuffles on every pass instead, and seeds each
+            batch with a draw of `tf.data.Dataset.random(seed)` that changes
+            with every pass too (a step counter would restart with each pass,
+            repeating the augmentations of every epoch).
         first_epoch: the first epoch of that dataset.
         skip_steps: batches of `first_epoch` already trained on.
 
@@ -63,7 +95,9 @@ def pipeline(
     >>> digits = keras_cskd.data.load("digits")
     >>> train = pipeline(digits.train, 64, training=True, seed=0)
     """
-    randomised = training and (augmentation or strong_augmentation or mixup_alpha > 0)
+    randomised = training and bool(
+        augmentation or strong_augmentation or mixup_alpha > 0
+    )
     if randomised and _has_teacher_logits(dataset):
         raise ValueError(
             "Cached teacher logits were computed on the un-augmented images, so "
@@ -72,46 +106,70 @@ def pipeline(
         )
     if training and strong_augmentation is not None and mixup_alpha > 0:
         raise ValueError("Two views and mixup cannot be combined; choose one.")
+    if training and mixup_alpha > 0 and not num_classes:
+        raise ValueError("Mixup needs `num_classes` to one-hot the labels.")
     if training:
         size = int(dataset.cardinality())
         buffer = size if size > 0 else 10_000
     if training and epochs is not None:
         # One shuffled pass per epoch, each seeded by (seed, epoch) alone
-        # (tf.data takes only Python seeds, hence the chain of passes).
-        passes = [
-            dataset.shuffle(
+        # (tf.data takes only Python seeds, hence the chain of passes); with
+        # randomness, each batch carries its seed from (seed, epoch, step).
+        def one_pass(epoch):
+            batches = dataset.shuffle(
                 buffer, seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False
             ).batch(batch_size, drop_remainder=drop_remainder)
-            for epoch in range(first_epoch, epochs)
-        ]
+            if not randomised:
+                return batches
+            return batches.enumerate().map(
+                lambda step, batch: (batch_seed(seed, epoch, step), batch)
+            )
+
+        passes = [one_pass(epoch) for epoch in range(first_epoch, epochs)]
         dataset = functools.reduce(tf.data.Dataset.concatenate, passes)
         dataset = dataset.skip(skip_steps)
     else:
         if training:
             dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    if training and (augmentation or strong_augmentation):
-        weak = augmentation or (lambda images, training: images)
+        if randomised:
+            keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+            base = _base_seed(seed)
+            dataset = tf.data.Dataset.zip(keys, dataset).map(
+                lambda key, batch: (augment.fold_in(base, key), batch)
+            )
+    if not randomised:
+        return dataset.prefetch(tf.data.AUTOTUNE)
 
-        def augment(x, y):
-            if strong_augmentation is None:
-                return weak(x, training=True), y
-            return (weak(x, training=True), strong_augmentation(x, training=True)), y
+    layers = [x for x in (augmentation, strong_augmentation) if x is not None]
+    stateless = all(hasattr(layer, "augment") for layer in layers)
 
-        # One batch at a time (each op is still multi-threaded): parallel calls
-        # would race for the random layers' seed generators, and a seeded
-        # pipeline would not repeat.
-        dataset = dataset.map(augment)
-    if training and mixup_alpha > 0:
-        if not num_classes:
-            raise ValueError("Mixup needs `num_classes` to one-hot the labels.")
-        mixup = keras.layers.MixUp(alpha=mixup_alpha, seed=seed)
+    def view(layer, images, key, stream):
+        if layer is None:
+            return images
+        if hasattr(layer, "augment"):
+            return layer.augment(images, augment.fold_in(key, stream))
+        return layer(images, training=True)
 
-        def mix(x, y):
-            mixed = mixup({"images": x, "labels": tf.one_hot(y, num_classes)})
-            return mixed["images"], mixed["labels"]
+    def randomise(key, batch):  # key: the batch's seed
+        images, labels = batch
+        weak = view(augmentation, images, key, WEAK_VIEW)
+        if strong_augmentation is not None:
+            strong = view(strong_augmentation, images, key, STRONG_VIEW)
+            return (weak, strong), labels
+        if mixup_alpha > 0:
+            return augment.mix_up(
+                weak,
+                tf.one_hot(labels, num_classes),
+                mixup_alpha,
+                augment.fold_in(key, MIXUP),
+            )
+        return weak, labels
 
-        dataset = dataset.map(mix)  # in order, as the augmentation
+    # Stateless layers run in parallel (tf.data keeps the order); layers with
+    # generators one batch at a time, or they would race for their generators.
+    parallel = tf.data.AUTOTUNE if stateless else None
+    dataset = dataset.map(randomise, num_parallel_calls=parallel)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -148,6 +206,10 @@ def with_teacher_logits(dataset, teacher, batch_size=256):
             example[1],
         )
     )
+
+
+def _base_seed(seed):
+    return tf.constant([0 if seed is None else seed, 0], tf.int64)
 
 
 def _has_teacher_logits(dataset):

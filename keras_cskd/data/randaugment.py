@@ -317,7 +317,9 @@ class ReferenceRandAugment(keras.layers.Layer):
     (`denormalize`), then gets its own `num_ops` operations drawn uniformly
     with replacement from `OPS`, each at a magnitude uniform in that op's
     range, then a cutout of side `U(0, 0.5)` times the width, and is
-    normalised again. As in the fork, the cutout centre is
+    normalised again. Stateless with `augment(images, seed)` (the protocol of
+    `keras_cskd.data.augment`); `call` draws its seeds from the layer's
+    generator. As in the fork, the cutout centre is
     `np.random.uniform(width)`, i.e. `U(low=width, high=1)`: uniform in
     `(1, width]`, not `[0, width)`. The identity with `training=False`.
 
@@ -328,7 +330,8 @@ class ReferenceRandAugment(keras.layers.Layer):
         normalization: the dataset's `(mean, std)` (`Dataset.normalization`),
             or `None` for images in [0, 1].
         num_ops: operations per image.
-        seed: the seed of the draws, or `None`.
+        seed: the seed of the layer's generator (for `call` and `draw`), or
+            `None`.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
@@ -345,23 +348,36 @@ class ReferenceRandAugment(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def draw(self, batch_size, height=32, width=32):
+    def draw(self, batch_size, height=32, width=32, seed=None):
         """Draws the random parameters of `batch_size` images.
+
+        Args:
+            batch_size: the number of images.
+            height: the height of the images.
+            width: the width of the images.
+            seed: an int32/int64 `[2]` seed to draw from (statelessly: the ops,
+                the magnitudes and the cutout each from their own
+                `fold_in(seed, k)`), or `None` for the layer's generator.
 
         Returns:
             A dict of `ops` (`[B, num_ops]` int32 indices into `OPS`),
             `magnitudes` (`[B, num_ops]` float64), `cutout_sizes` (`[B]`
             float64 pixels) and `cutout_centres` (`[B, 2]` float64 `(x, y)`).
         """
-        ops = keras.random.randint(
-            (batch_size, self.num_ops), 0, len(OPS), seed=self.seed_generator
+        if seed is None:
+            seed = self.seed_generator.next()
+        ops = tf.random.stateless_uniform(
+            (batch_size, self.num_ops),
+            _fold_in(seed, 0),
+            minval=0,
+            maxval=len(OPS),
+            dtype=tf.int32,
         )
-        ops = tf.cast(ops, tf.int32)
-        uniforms = keras.random.uniform(
-            (batch_size, self.num_ops), dtype="float64", seed=self.seed_generator
+        uniforms = tf.random.stateless_uniform(
+            (batch_size, self.num_ops), _fold_in(seed, 1), dtype=tf.float64
         )
-        cutout_uniforms = keras.random.uniform(
-            (batch_size, 3), dtype="float64", seed=self.seed_generator
+        cutout_uniforms = tf.random.stateless_uniform(
+            (batch_size, 3), _fold_in(seed, 2), dtype=tf.float64
         )
         sides = tf.cast(tf.stack([width, height]), tf.float64)
         return {
@@ -373,15 +389,19 @@ class ReferenceRandAugment(keras.layers.Layer):
             "cutout_centres": sides + (1.0 - sides) * cutout_uniforms[:, 1:],
         }
 
-    def call(self, images, training=True):
-        if not training:
-            return images
+    def augment(self, images, seed):
+        """Augments a `[B, H, W, C]` batch, drawing only from the `[2]` seed."""
         images = tf.convert_to_tensor(images)
         shape = tf.shape(images)
         pixels = _as_pixels(denormalize(images, self.normalization))
-        parameters = self.draw(shape[0], shape[1], shape[2])
+        parameters = self.draw(shape[0], shape[1], shape[2], seed=seed)
         augmented = rand_augment(pixels, **parameters)
         return tf.cast(normalize(augmented, self.normalization), images.dtype)
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        return self.augment(images, self.seed_generator.next())
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -404,6 +424,13 @@ def rand_augment(pixels, ops, magnitudes, cutout_sizes, cutout_centres):
     for k in range(ops.shape[1]):
         x = apply_op(x, ops[:, k], magnitudes[:, k])
     return cutout(x, cutout_sizes, cutout_centres)
+
+
+def _fold_in(seed, value):
+    # `augment.fold_in`, which imports this module.
+    return tf.random.experimental.stateless_fold_in(
+        tf.cast(seed, tf.int64), tf.constant(value, tf.int64)
+    )
 
 
 def _as_pixels(pixels):
