@@ -98,51 +98,75 @@ def pipeline(
     randomised = training and bool(
         augmentation or strong_augmentation or mixup_alpha > 0
     )
+    _check_options(dataset, randomised, strong_augmentation, mixup_alpha, num_classes)
+    if not training:
+        batches = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    elif epochs is not None:
+        batches = _epoch_batches(
+            dataset, batch_size, seed, drop_remainder, range(first_epoch, epochs)
+        )
+        batches = batches.skip(skip_steps)
+    else:
+        batches = _reshuffled_batches(dataset, batch_size, seed, drop_remainder)
+    if randomised:
+        layers = [x for x in (augmentation, strong_augmentation) if x is not None]
+        # Stateless layers run in parallel (tf.data keeps the order); layers with
+        # generators one batch at a time, or they would race for their generators.
+        stateless = all(hasattr(layer, "augment") for layer in layers)
+        batches = batches.map(
+            _randomiser(augmentation, strong_augmentation, mixup_alpha, num_classes),
+            num_parallel_calls=tf.data.AUTOTUNE if stateless else None,
+        )
+    else:
+        batches = batches.map(lambda key, batch: batch) if training else batches
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def _check_options(dataset, randomised, strong_augmentation, mixup_alpha, classes):
     if randomised and _has_teacher_logits(dataset):
         raise ValueError(
             "Cached teacher logits were computed on the un-augmented images, so "
             "they cannot be reused with random augmentation or mixup: turn "
             "caching off, or augmentation and mixup off."
         )
-    if training and strong_augmentation is not None and mixup_alpha > 0:
+    if randomised and strong_augmentation is not None and mixup_alpha > 0:
         raise ValueError("Two views and mixup cannot be combined; choose one.")
-    if training and mixup_alpha > 0 and not num_classes:
+    if randomised and mixup_alpha > 0 and not classes:
         raise ValueError("Mixup needs `num_classes` to one-hot the labels.")
-    if training:
-        size = int(dataset.cardinality())
-        buffer = size if size > 0 else 10_000
-    if training and epochs is not None:
-        # One shuffled pass per epoch, each seeded by (seed, epoch) alone
-        # (tf.data takes only Python seeds, hence the chain of passes); with
-        # randomness, each batch carries its seed from (seed, epoch, step).
-        def one_pass(epoch):
-            batches = dataset.shuffle(
-                buffer, seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False
-            ).batch(batch_size, drop_remainder=drop_remainder)
-            if not randomised:
-                return batches
-            return batches.enumerate().map(
-                lambda step, batch: (batch_seed(seed, epoch, step), batch)
-            )
 
-        passes = [one_pass(epoch) for epoch in range(first_epoch, epochs)]
-        dataset = functools.reduce(tf.data.Dataset.concatenate, passes)
-        dataset = dataset.skip(skip_steps)
-    else:
-        if training:
-            dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-        if randomised:
-            keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-            base = _base_seed(seed)
-            dataset = tf.data.Dataset.zip(keys, dataset).map(
-                lambda key, batch: (augment.fold_in(base, key), batch)
-            )
-    if not randomised:
-        return dataset.prefetch(tf.data.AUTOTUNE)
 
-    layers = [x for x in (augmentation, strong_augmentation) if x is not None]
-    stateless = all(hasattr(layer, "augment") for layer in layers)
+def _epoch_batches(dataset, batch_size, seed, drop_remainder, epochs):
+    """`(batch seed, batch)` pairs of one shuffled pass per epoch, each pass
+    seeded by (seed, epoch) alone (tf.data takes only Python seeds, hence the
+    chain of passes) and each batch by (seed, epoch, step)."""
+
+    def one_pass(epoch):
+        batches = dataset.shuffle(
+            _buffer(dataset),
+            seed=seed * 1_000_003 + epoch,
+            reshuffle_each_iteration=False,
+        ).batch(batch_size, drop_remainder=drop_remainder)
+        return batches.enumerate().map(
+            lambda step, batch: (batch_seed(seed, epoch, step), batch)
+        )
+
+    return functools.reduce(tf.data.Dataset.concatenate, map(one_pass, epochs))
+
+
+def _reshuffled_batches(dataset, batch_size, seed, drop_remainder):
+    """`(batch seed, batch)` pairs, reshuffled and reseeded on every pass."""
+    batches = dataset.shuffle(
+        _buffer(dataset), seed=seed, reshuffle_each_iteration=True
+    ).batch(batch_size, drop_remainder=drop_remainder)
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    base = _base_seed(seed)
+    return tf.data.Dataset.zip(keys, batches).map(
+        lambda key, batch: (augment.fold_in(base, key), batch)
+    )
+
+
+def _randomiser(augmentation, strong_augmentation, mixup_alpha, num_classes):
+    """The map from `(batch seed, (images, labels))` to the training batch."""
 
     def view(layer, images, key, stream):
         if layer is None:
@@ -151,26 +175,25 @@ def pipeline(
             return layer.augment(images, augment.fold_in(key, stream))
         return layer(images, training=True)
 
-    def randomise(key, batch):  # key: the batch's seed
+    def randomise(key, batch):
         images, labels = batch
         weak = view(augmentation, images, key, WEAK_VIEW)
         if strong_augmentation is not None:
             strong = view(strong_augmentation, images, key, STRONG_VIEW)
             return (weak, strong), labels
         if mixup_alpha > 0:
+            one_hot = tf.one_hot(labels, num_classes)
             return augment.mix_up(
-                weak,
-                tf.one_hot(labels, num_classes),
-                mixup_alpha,
-                augment.fold_in(key, MIXUP),
+                weak, one_hot, mixup_alpha, augment.fold_in(key, MIXUP)
             )
         return weak, labels
 
-    # Stateless layers run in parallel (tf.data keeps the order); layers with
-    # generators one batch at a time, or they would race for their generators.
-    parallel = tf.data.AUTOTUNE if stateless else None
-    dataset = dataset.map(randomise, num_parallel_calls=parallel)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return randomise
+
+
+def _buffer(dataset):
+    size = int(dataset.cardinality())
+    return size if size > 0 else 10_000
 
 
 def with_teacher_logits(dataset, teacher, batch_size=256):
