@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_cskd.data.dataset import denormalize, normalize
+from keras_cskd.data.stateless import StatelessAugmentation, fold_in
 
 # The fork's `augment_list()`, in its order: (name, low, high) of the magnitude.
 OPS = (
@@ -310,7 +311,7 @@ def cutout(pixels, sizes, centres):
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
-class ReferenceRandAugment(keras.layers.Layer):
+class ReferenceRandAugment(StatelessAugmentation):
     """The CSKD code's `RandAugment(2, 10)` and `Cutout`, on normalised images.
 
     Each image of a `[B, H, W, C]` batch is mapped back to whole pixel values
@@ -342,11 +343,9 @@ class ReferenceRandAugment(keras.layers.Layer):
     """
 
     def __init__(self, normalization=None, num_ops=2, seed=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         self.normalization = normalization
         self.num_ops = num_ops
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
 
     def draw(self, batch_size, height=32, width=32, seed=None):
         """Draws the random parameters of `batch_size` images.
@@ -368,16 +367,16 @@ class ReferenceRandAugment(keras.layers.Layer):
             seed = self.seed_generator.next()
         ops = tf.random.stateless_uniform(
             (batch_size, self.num_ops),
-            _fold_in(seed, 0),
+            fold_in(seed, 0),
             minval=0,
             maxval=len(OPS),
             dtype=tf.int32,
         )
         uniforms = tf.random.stateless_uniform(
-            (batch_size, self.num_ops), _fold_in(seed, 1), dtype=tf.float64
+            (batch_size, self.num_ops), fold_in(seed, 1), dtype=tf.float64
         )
         cutout_uniforms = tf.random.stateless_uniform(
-            (batch_size, 3), _fold_in(seed, 2), dtype=tf.float64
+            (batch_size, 3), fold_in(seed, 2), dtype=tf.float64
         )
         sides = tf.cast(tf.stack([width, height]), tf.float64)
         return {
@@ -398,14 +397,6 @@ class ReferenceRandAugment(keras.layers.Layer):
         augmented = rand_augment(pixels, **parameters)
         return tf.cast(normalize(augmented, self.normalization), images.dtype)
 
-    def call(self, images, training=True):
-        if not training:
-            return images
-        return self.augment(images, self.seed_generator.next())
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self):
         config = super().get_config()
         normalization = self.normalization
@@ -424,13 +415,6 @@ def rand_augment(pixels, ops, magnitudes, cutout_sizes, cutout_centres):
     for k in range(ops.shape[1]):
         x = apply_op(x, ops[:, k], magnitudes[:, k])
     return cutout(x, cutout_sizes, cutout_centres)
-
-
-def _fold_in(seed, value):
-    # `augment.fold_in`, which imports this module.
-    return tf.random.experimental.stateless_fold_in(
-        tf.cast(seed, tf.int64), tf.constant(value, tf.int64)
-    )
 
 
 def _as_pixels(pixels):
