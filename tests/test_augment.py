@@ -207,6 +207,7 @@ def test_op_choices_and_magnitudes_follow_the_fork():
     assert abs(centres.mean() - 16.5) < 0.4
 
 
+@pytest.mark.large
 def test_seeded_layers_repeat_and_images_differ():
     images = normalize(_images(16, seed=6), CIFAR100)
 
@@ -223,6 +224,7 @@ def test_seeded_layers_repeat_and_images_differ():
     assert len({tuple(pair) for pair in ops}) > 8  # each image its own ops
 
 
+@pytest.mark.large
 def test_a_seeded_two_view_pipeline_repeats():
     images = normalize(_images(192, seed=10), CIFAR100)
     examples = tf.data.Dataset.from_tensor_slices((images, np.zeros(192, "int32")))
@@ -305,6 +307,7 @@ STATELESS_LAYERS = {
 }
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("name", sorted(STATELESS_LAYERS))
 def test_augment_is_a_pure_function_of_the_seed(name):
     images = normalize(_images(32, seed=11), CIFAR100).numpy()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.large  # multi-process, end-to-end or every zoo model
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
 

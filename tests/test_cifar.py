@@ -38,6 +38,7 @@ def built(name):
     return keras_cskd.models.get(name, 100, (32, 32, 3))
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("spec", SPECS)
 def test_every_distillation_recipe_parses_validates_and_builds(spec):
     config = config_module.load_config(f"{DISTILL}:{spec}")
@@ -88,6 +89,7 @@ def test_unknown_pair_is_refused():
         config_module.load_config(f"{DISTILL}:kd,resnet20,resnet56")
 
 
+@pytest.mark.large
 def test_the_cifar_pipeline_runs_on_mock_data():
     with tfds.testing.mock_data(num_examples=16):
         cifar = data.load("tfds:cifar100")
@@ -99,6 +101,7 @@ def test_the_cifar_pipeline_runs_on_mock_data():
     assert cifar.num_classes == 100
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("method", ["cskd", "cskd_reference"])
 def test_a_cifar_recipe_runs_a_few_steps_end_to_end(method, tmp_path):
     config = config_module.load_config(f"{DISTILL}:{method},resnet32x4,resnet8x4")

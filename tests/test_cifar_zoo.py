@@ -6,6 +6,8 @@ import pytest
 
 import keras_cskd.models
 
+pytestmark = pytest.mark.large  # multi-process, end-to-end or every zoo model
+
 # name: (trainable, BatchNorm moving mean + variance) of the reference PyTorch
 # models (RepDistiller / mdistiller) at 100 classes and 32x32x3 inputs.
 REFERENCE_COUNTS = {

@@ -148,6 +148,7 @@ def _assert_same_batches(first, second):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("kind", sorted(RANDOM_PIPELINES))
 def test_a_resumed_pipeline_makes_the_uninterrupted_batches(kind):
     train = data.load("digits").train.take(200)  # 7 batches of 32 per epoch
@@ -173,6 +174,7 @@ def _one_image(count=64):
     return tf.data.Dataset.from_tensor_slices((images, np.zeros(count, "int32")))
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("kind", sorted(RANDOM_PIPELINES))
 def test_random_pipelines_repeat_with_a_seed_and_differ_otherwise(kind):
     examples = _one_image()
@@ -194,6 +196,7 @@ def test_random_pipelines_repeat_with_a_seed_and_differ_otherwise(kind):
             assert not np.array_equal(steps[i], steps[j]), (i, j)
 
 
+@pytest.mark.large
 def test_the_views_draw_from_their_own_streams():
     # Two views made by alike layers must still differ: their crops and flips
     # are drawn from the batch seed's own fold-in for each view.
@@ -679,6 +682,7 @@ def _digit_shifts(image, shifted):
     ]
 
 
+@pytest.mark.large
 def test_digits_augmentation_shifts_by_whole_pixels_with_zero_fill():
     train = data.load("digits").train
 

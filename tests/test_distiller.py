@@ -44,6 +44,7 @@ def numpy_log_softmax(z):
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
+@pytest.mark.large
 def test_teacher_is_bitwise_unchanged_by_fit():
     teacher, student = tiny_models()
     before = [w.numpy().copy() for w in teacher.weights]  # incl. BN statistics
@@ -99,6 +100,7 @@ def test_logged_terms_equal_the_objective_recomputed_in_numpy():
     np.testing.assert_allclose(logs["accuracy"], np.mean(zs.argmax(-1) == y))
 
 
+@pytest.mark.large
 def test_epoch_logs_weight_batches_by_size_and_list_the_loss_first():
     teacher, student = tiny_models()
     x, y = random_data()
@@ -112,6 +114,7 @@ def test_epoch_logs_weight_batches_by_size_and_list_the_loss_first():
     np.testing.assert_allclose(listed, [whole[name] for name in names], rtol=1e-5)
 
 
+@pytest.mark.large
 def test_one_hot_labels_give_the_same_step_as_integer_labels():
     x, y = random_data()
     results = []
@@ -127,6 +130,7 @@ def test_one_hot_labels_give_the_same_step_as_integer_labels():
         np.testing.assert_allclose(results[0][1][key], results[1][1][key], rtol=1e-6)
 
 
+@pytest.mark.large
 def test_distillation_on_digits_learns_and_the_student_reloads(tmp_path):
     splits = digits_arrays()
     x_train, y_train = splits["train"]
@@ -148,6 +152,7 @@ def test_distillation_on_digits_learns_and_the_student_reloads(tmp_path):
     )
 
 
+@pytest.mark.large
 def test_mixed_precision_trains_in_float16_with_float32_losses():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -276,6 +281,7 @@ def test_labels_out_of_range_name_the_label_and_the_valid_range():
         distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
 
 
+@pytest.mark.large
 @pytest.mark.parametrize(
     "compile_options",
     [{"steps_per_execution": 3}, {"jit_compile": True}],

@@ -13,6 +13,8 @@ import pytest
 import tensorflow as tf
 from distributed_job import train
 
+pytestmark = pytest.mark.large  # multi-process, end-to-end or every zoo model
+
 LOSSES = ["kd", "cskd", "cskd_cswt", "kd_cswt", "dist", "dkd", "two_view_cskd"]
 TOLERANCE = 1e-5
 

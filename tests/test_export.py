@@ -111,6 +111,7 @@ def _run_cli(*args):
     )
 
 
+@pytest.mark.large
 def test_every_format_is_written_with_a_manifest_and_a_report(export_dir, report):
     manifest = json.loads((export_dir / export_lib.MANIFEST_NAME).read_text())
     assert tuple(manifest["formats"]) == ALL_FORMATS
@@ -122,6 +123,7 @@ def test_every_format_is_written_with_a_manifest_and_a_report(export_dir, report
     assert tuple(report["artefacts"]) == ALL_FORMATS
 
 
+@pytest.mark.large
 def test_float32_tflite_and_savedmodel_match_keras_logits(
     student, export_dir, test_split
 ):
@@ -150,6 +152,7 @@ def test_float32_tflite_and_savedmodel_match_keras_logits(
         assert agreement >= 0.999
 
 
+@pytest.mark.large
 def test_report_measures_float32_parity(report):
     for name in ("savedmodel", "tflite"):
         entry = report["artefacts"][name]
@@ -158,16 +161,19 @@ def test_report_measures_float32_parity(report):
         assert entry["accuracy"] == pytest.approx(report["keras"]["accuracy"], abs=1e-3)
 
 
+@pytest.mark.large
 def test_float16_agrees_with_keras(report):
     assert report["artefacts"]["tflite_float16"]["agreement"] >= 0.99
 
 
+@pytest.mark.large
 def test_int8_variants_lose_at_most_two_points(report):
     keras_accuracy = report["keras"]["accuracy"]
     for name in ("tflite_dynamic_range", "tflite_int8"):
         assert report["artefacts"][name]["accuracy"] >= keras_accuracy - 0.02, name
 
 
+@pytest.mark.large
 def test_int8_variants_are_small(report, compact_int8_report):
     float32_size = report["artefacts"]["tflite"]["size_bytes"]
     sizes = {name: entry["size_bytes"] for name, entry in report["artefacts"].items()}
@@ -179,6 +185,7 @@ def test_int8_variants_are_small(report, compact_int8_report):
     )
 
 
+@pytest.mark.large
 def test_int8_io_export_takes_int8_and_keeps_accuracy(compact_int8_report):
     entry = compact_int8_report["artefacts"]["tflite_int8"]
     assert (entry["input_dtype"], entry["output_dtype"]) == ("int8", "int8")
@@ -186,6 +193,7 @@ def test_int8_io_export_takes_int8_and_keeps_accuracy(compact_int8_report):
     assert entry["accuracy"] >= keras_accuracy - 0.02
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("name", TFLITE_FORMATS)
 def test_tflite_files_use_builtin_ops_only(export_dir, report, name):
     operators = export_lib.tflite_operators(export_dir / export_lib.FORMATS[name])
@@ -194,12 +202,14 @@ def test_tflite_files_use_builtin_ops_only(export_dir, report, name):
     assert report["artefacts"][name]["builtin_ops_only"] is True
 
 
+@pytest.mark.large
 def test_format_table_has_a_row_per_artefact(report):
     table = export_lib.format_table(report)
     for name in ALL_FORMATS:
         assert re.search(rf"^{name}\s", table, flags=re.MULTILINE), name
 
 
+@pytest.mark.large
 def test_failed_export_leaves_previous_export_intact(
     student, digits, export_dir, tmp_path, monkeypatch
 ):
@@ -227,6 +237,7 @@ def test_failed_export_leaves_previous_export_intact(
     assert list(tmp_path.iterdir()) == [target]
 
 
+@pytest.mark.large
 def test_export_replaces_previous_export_as_a_whole(student, export_dir, tmp_path):
     target = tmp_path / "export"
     shutil.copytree(export_dir, target)
@@ -278,6 +289,7 @@ def test_corrupt_keras_files_give_a_clear_error(student, tmp_path):
             models.load(path)
 
 
+@pytest.mark.large
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -310,6 +322,7 @@ def test_cli_user_errors_are_one_line(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.large
 def test_cli_exports_and_prints_the_table(student, tmp_path):
     student.save(tmp_path / "student.keras")
     output = tmp_path / "export"

@@ -112,6 +112,7 @@ def test_same_shaped_reference_parameters_share_their_init():
                 assert stds.max() / stds.min() < 1.03, (name, key)
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("name", ZOO)
 def test_initial_distributions_match_the_reference(name):
     keras.utils.set_random_seed(0)
@@ -162,6 +163,7 @@ def test_initial_distributions_match_the_reference(name):
             np.testing.assert_array_equal(layer.moving_variance.numpy(), 1.0)
 
 
+@pytest.mark.large
 def test_a_zoo_model_saves_and_loads(tmp_path):
     """The initializers and `TorchBatchNormalization` survive a `.keras` file."""
     model = keras_cskd.models.get(
@@ -289,6 +291,7 @@ def test_batch_norm_tracks_the_unbiased_variance_like_pytorch():
     assert (restored.momentum, restored.epsilon) == (0.9, 1e-5)
 
 
+@pytest.mark.large
 def test_synchronized_batch_norm_counts_the_global_batch():
     from test_distributed import two_cpus  # one MirroredStrategy per process
 

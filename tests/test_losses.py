@@ -445,6 +445,7 @@ def test_student_logits_for_ce():
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("loss_name", ["KD_cswt", "CSKD", "LSKD", "DKD", "DIST"])
 def test_loss_traces_under_xla(loss_name):
     teacher, student, labels = _random_inputs(6, 10, seed=21)

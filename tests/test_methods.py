@@ -36,6 +36,7 @@ def frozen_distiller(teacher, loss, **kwargs):
     return distiller
 
 
+@pytest.mark.large
 def test_dkd_warmup_scales_the_term_by_epoch_over_warmup(digits, teacher):
     distiller = frozen_distiller(teacher, losses.DKD(warmup_epochs=4))
     batches = data.pipeline(digits.train.take(128), 64)
@@ -78,6 +79,7 @@ def test_soft_label_cross_entropy_is_the_mixed_cross_entropy():
     )
 
 
+@pytest.mark.large
 def test_two_views_weight_every_term(digits, teacher):
     x, y = data.to_numpy(digits.train.take(64))
     one = frozen_distiller(teacher, losses.CSKD())
@@ -90,6 +92,7 @@ def test_two_views_weight_every_term(digits, teacher):
     np.testing.assert_allclose(double["accuracy"], single["accuracy"])
 
 
+@pytest.mark.large
 def test_cached_teacher_logits_train_exactly_like_the_teacher(digits, teacher):
     weights = []
     for train in (
@@ -127,6 +130,7 @@ VARIANTS = {
 }
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("name", CONFIGS + sorted(VARIANTS))
 def test_every_digits_config_runs_end_to_end(name, tmp_path):
     config_name, data_overrides, multi_level = VARIANTS.get(name, (name, {}, False))

@@ -167,6 +167,7 @@ class _Snapshots(keras.callbacks.Callback):
         self.steps.append({k: v.numpy().copy() for k, v in self.variables.items()})
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("method", ["kd", "cskd_cswt", "dkd", "two_view_cskd"])
 def test_three_sgd_steps_equal_the_reference_training(method):
     """One step per epoch, the rate x0.1 after epochs 1 and 2: the optimizer

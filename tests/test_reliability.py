@@ -171,6 +171,7 @@ class _Interrupt(RuntimeError):
     pass
 
 
+@pytest.mark.large
 def test_a_resume_with_a_changed_loss_is_refused_and_names_the_key(
     tmp_path, monkeypatch
 ):
@@ -220,6 +221,7 @@ def distiller_for_digits():
     return distiller, teacher
 
 
+@pytest.mark.large
 @pytest.mark.parametrize(
     "damage, message",
     [
@@ -250,6 +252,7 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
         checkpointing.restore(tmp_path / "checkpoint", other, frozen=[teacher])
 
 
+@pytest.mark.large
 def test_a_checkpoint_restores_every_trained_variable(tmp_path):
     distiller, teacher = distiller_for_digits()
     x = np.random.default_rng(0).random((64, 8, 8, 1)).astype("float32")
@@ -276,6 +279,7 @@ class NaNFromEpochTwo(keras_cskd.losses.KD):
         )
 
 
+@pytest.mark.large
 def test_a_nan_in_the_distillation_term_stops_training_and_names_it():
     distiller, teacher = distiller_for_digits()
     distiller = keras_cskd.Distiller(teacher, distiller.student, NaNFromEpochTwo())
@@ -429,6 +433,7 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_is_one_line_exit_1_and_leaves_nothing(
     case, tmp_path, monkeypatch, capsys
@@ -444,6 +449,7 @@ def test_bad_input_is_one_line_exit_1_and_leaves_nothing(
     assert not workdir.exists()
 
 
+@pytest.mark.large
 def test_a_finished_workdir_is_not_overwritten_unless_asked(tmp_path, capsys):
     workdir = tmp_path / "run"
     assert training.main(digits_config(), workdir) == 0
@@ -455,6 +461,7 @@ def test_a_finished_workdir_is_not_overwritten_unless_asked(tmp_path, capsys):
     assert json.loads((workdir / "summary.json").read_text())["seed"] == 1
 
 
+@pytest.mark.large
 def test_deterministic_runs_give_the_same_student(tmp_path):
     students = []
     for name in ("a", "b"):
@@ -464,6 +471,7 @@ def test_deterministic_runs_give_the_same_student(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.large
 def test_the_cli_turns_a_flag_error_into_a_nonzero_exit():
     result = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "--config.no_such_key=1"],

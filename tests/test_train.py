@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 
 import keras
+import pytest
 
 from keras_cskd import config as config_module
 from keras_cskd import training
+
+pytestmark = pytest.mark.large  # multi-process, end-to-end or every zoo model
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--config.epochs=2", "--config.verbose=0"]
