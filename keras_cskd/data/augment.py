@@ -130,17 +130,33 @@ class RandomPaddedCrop(StatelessAugmentation):
         self.padding = padding
         self.fill = tuple(fill) if isinstance(fill, list | tuple) else fill
 
-    def augment(self, images, seed):
-        images = tf.convert_to_tensor(images)
+    def draw(self, batch_size, seed):
+        """The per-image crop offsets `augment(images, seed)` uses.
+
+        Args:
+            batch_size: the number of images.
+            seed: an int32/int64 `[2]` seed.
+
+        Returns:
+            `[batch_size, 2]` int32 offsets `(i, j)` in `[0, 2 * padding]`
+            (all `padding`, the identity, when `padding` is 0).
+        """
+        shape = tf.stack([tf.cast(batch_size, tf.int32), 2])
         if self.padding == 0:
-            return images
-        offsets = tf.random.stateless_uniform(
-            (tf.shape(images)[0], 2),
+            return tf.zeros(shape, tf.int32)
+        return tf.random.stateless_uniform(
+            shape,
             tf.cast(seed, tf.int64),
             minval=0,
             maxval=2 * self.padding + 1,
             dtype=tf.int32,
         )
+
+    def augment(self, images, seed):
+        images = tf.convert_to_tensor(images)
+        if self.padding == 0:
+            return images
+        offsets = self.draw(tf.shape(images)[0], seed)
         return padded_crop(images, offsets, self.padding, self.fill)
 
     def get_config(self):
@@ -167,12 +183,15 @@ class RandomHorizontalFlip(StatelessAugmentation):
     TensorShape([2, 4, 4, 1])
     """
 
+    def draw(self, batch_size, seed):
+        """The per-image flips `augment(images, seed)` uses: a `[batch_size]`
+        bool tensor, true for the images it mirrors."""
+        shape = tf.reshape(tf.cast(batch_size, tf.int32), (1,))
+        return tf.random.stateless_uniform(shape, tf.cast(seed, tf.int64)) < 0.5
+
     def augment(self, images, seed):
         images = tf.convert_to_tensor(images)
-        uniforms = tf.random.stateless_uniform(
-            tf.shape(images)[:1], tf.cast(seed, tf.int64)
-        )
-        return flip_left_right(images, uniforms < 0.5)
+        return flip_left_right(images, self.draw(tf.shape(images)[0], seed))
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
@@ -277,13 +296,8 @@ def cifar_augmentation(image_size=32, padding=4, seed=None, normalization=None):
     >>> augmentation(np.zeros((8, 32, 32, 3)), training=True).shape
     TensorShape([8, 32, 32, 3])
     """
-    height, width = _pair(image_size)
     return RandomSequence(
-        [
-            keras.Input((height, width, None)),
-            RandomPaddedCrop(padding, fill=black(normalization), seed=seed),
-            RandomHorizontalFlip(seed=_offset(seed, 1)),
-        ],
+        _crop_and_flip(image_size, padding, normalization, seed),
         name="cifar_augmentation",
     )
 
@@ -320,12 +334,9 @@ def cifar_strong_augmentation(
     >>> strong(np.zeros((8, 32, 32, 3)), training=True).shape
     TensorShape([8, 32, 32, 3])
     """
-    height, width = _pair(image_size)
     return RandomSequence(
         [
-            keras.Input((height, width, None)),
-            RandomPaddedCrop(padding, fill=black(normalization), seed=seed),
-            RandomHorizontalFlip(seed=_offset(seed, 1)),
+            *_crop_and_flip(image_size, padding, normalization, seed),
             ReferenceRandAugment(normalization, num_ops, seed=_offset(seed, 2)),
         ],
         name="cifar_strong_augmentation",
@@ -356,6 +367,16 @@ def digits_augmentation(seed=None):
 
 def _pair(image_size):
     return (image_size, image_size) if isinstance(image_size, int) else image_size
+
+
+def _crop_and_flip(image_size, padding, normalization, seed):
+    """The input and the black-padded crop and flip both CIFAR views start with."""
+    height, width = _pair(image_size)
+    return [
+        keras.Input((height, width, None)),
+        RandomPaddedCrop(padding, fill=black(normalization), seed=seed),
+        RandomHorizontalFlip(seed=_offset(seed, 1)),
+    ]
 
 
 def _offset(seed, layer):

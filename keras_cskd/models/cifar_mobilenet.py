@@ -11,6 +11,7 @@ with zero bias.
 
 import keras
 
+from keras_cskd.models import initializers
 from keras_cskd.models.cifar_resnet import conv_bn, logits_head, zoo_doc
 from keras_cskd.models.registry import register
 
@@ -88,12 +89,7 @@ def cifar_mobilenetv2(
             )
     last = int(1280 * width) if width > 1.0 else 1280
     x = conv_bn(x, last, 1, synchronized=synchronized, name="top")
-    logits = logits_head(
-        x,
-        num_classes,
-        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-        bias_initializer="zeros",
-    )
+    logits = logits_head(x, num_classes, initializers.normal_std_0_01(), "zeros")
     return keras.Model(inputs, logits, name=name)
 
 

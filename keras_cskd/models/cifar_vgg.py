@@ -11,6 +11,7 @@ with zero bias.
 
 import keras
 
+from keras_cskd.models import initializers
 from keras_cskd.models.cifar_resnet import conv_bn, logits_head, zoo_doc
 from keras_cskd.models.registry import register
 
@@ -58,12 +59,7 @@ def cifar_vgg(
             )
         if b in pooled_blocks:
             x = keras.layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
-    logits = logits_head(
-        x,
-        num_classes,
-        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-        bias_initializer="zeros",
-    )
+    logits = logits_head(x, num_classes, initializers.normal_std_0_01(), "zeros")
     return keras.Model(inputs, logits, name=name)
 
 

@@ -95,3 +95,16 @@ def torch_default_bias(fan_in):
     """
     bound = 1.0 / math.sqrt(fan_in)
     return keras.initializers.RandomUniform(minval=-bound, maxval=bound)
+
+
+def normal_std_0_01():
+    """`normal_(0, 0.01)`: the `Linear` weight of mdistiller's VGG and MobileNetV2.
+
+    A fresh initializer per layer: an unseeded Keras initializer repeats its
+    values, so two layers must not share one.
+
+    Example:
+
+    >>> layer = keras.layers.Dense(100, kernel_initializer=normal_std_0_01())
+    """
+    return keras.initializers.RandomNormal(stddev=0.01)
