@@ -42,8 +42,12 @@ def default_config():
             # code's crop, flip, RandAugment and cutout); see `view_weights`.
             "two_views": False,
             # Compute the teacher's logits once and reuse them every epoch
-            # (only without random augmentation, mixup or two views).
+            # (not with mixup or two views). With augment, the logits of every
+            # crop/flip variant of every image, cached beside the teacher
+            # (keras_cskd.data.teacher_cache), built on first use.
             "cache_teacher_logits": False,
+            # float32 (exact) or float16 (half the disk) for that cache.
+            "cache_dtype": "float32",
         }
     )
     config.model = "digits_mlp"  # the model this run trains (the student)
@@ -127,6 +131,7 @@ _RANGES = [
     ("data.eval_batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("data.validation_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("data.mixup_alpha", lambda v: v >= 0, ">= 0"),
+    ("data.cache_dtype", lambda v: v in ("float32", "float16"), "float32 or float16"),
     ("student_loss_weight", lambda v: v >= 0, ">= 0"),
     ("distillation_loss_weight", lambda v: v >= 0, ">= 0"),
     ("view_weights", lambda v: len(v) == 2 and min(v) >= 0, "two weights >= 0"),
@@ -240,12 +245,12 @@ def _combination_problems(config):
             "optimizer.milestones must be increasing whole epochs >= 0 (got "
             f"{tuple(config.optimizer.milestones)!r})"
         )
-    randomised = data.augment or data.mixup_alpha > 0 or data.two_views
-    if data.cache_teacher_logits and randomised:
+    if data.cache_teacher_logits and (data.mixup_alpha > 0 or data.two_views):
         problems.append(
-            "data.cache_teacher_logits cannot be combined with data.augment, "
-            "data.mixup_alpha or data.two_views (the cached logits belong to the "
-            "un-augmented images)"
+            "data.cache_teacher_logits cannot be combined with data.mixup_alpha "
+            "or data.two_views (mixed images and the strong view are continuous: "
+            "no finite set of variants to cache; data.augment's crop and flip "
+            "can be)"
         )
     if data.two_views and data.mixup_alpha > 0:
         problems.append("data.two_views and data.mixup_alpha cannot be combined")

@@ -31,7 +31,7 @@ from keras_cskd import config as config_module
 from keras_cskd import data as data_module
 from keras_cskd import models as models_module
 from keras_cskd import summary as summary_module
-from keras_cskd.data import augment
+from keras_cskd.data import augment, teacher_cache
 from keras_cskd.data.checks import check_dataset
 
 
@@ -265,14 +265,34 @@ def finalise(state, history):
 def _train_pipeline(state, begin, end, skip):
     config, dataset = state.config, state.dataset
     examples = dataset.train
-    if state.teacher is not None and config.data.cache_teacher_logits:
+    cached = state.teacher is not None and config.data.cache_teacher_logits
+    augmentation = _augmentation(dataset) if config.data.augment else None
+    if cached and augmentation is not None:  # every crop/flip variant, cached
+        logits = teacher_cache.ensure(
+            state.teacher_path,
+            state.teacher,
+            dataset,
+            augmentation,
+            dtype=config.data.cache_dtype,
+        )
+        return teacher_cache.pipeline(
+            examples,
+            logits,
+            config.data.batch_size,
+            augmentation,
+            seed=config.seed,
+            epochs=end,
+            first_epoch=begin,
+            skip_steps=skip,
+        )
+    if cached:
         examples = data_module.with_teacher_logits(examples, state.teacher)
     return data_module.pipeline(
         examples,
         config.data.batch_size,
         training=True,
         seed=config.seed,
-        augmentation=_augmentation(dataset) if config.data.augment else None,
+        augmentation=augmentation,
         strong_augmentation=(
             _strong_augmentation(dataset, config.seed)
             if config.data.two_views

@@ -212,3 +212,19 @@ def test_accuracy_writes_the_table_the_json_and_the_chart(runs):
     assert results["KD"]["teacher"] == 1.0  # the shipped digits teacher
     assert all(len(r["selected"]) == len(r["last"]) == 1 for r in results.values())
     assert (output / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_teacher_cache_benchmark_quick():
+    """`benchmarks/teacher_cache.py --quick` prints its table (kept apart from
+    `runs`: it builds caches, which the other scripts do not)."""
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "teacher_cache.py"), "--quick"],
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    rows = [line for line in completed.stdout.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in rows[1:]] == ["digits", "cifar"]

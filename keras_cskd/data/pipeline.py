@@ -127,7 +127,8 @@ def _check_options(dataset, randomised, strong_augmentation, mixup_alpha, classe
         raise ValueError(
             "Cached teacher logits were computed on the un-augmented images, so "
             "they cannot be reused with random augmentation or mixup: turn "
-            "caching off, or augmentation and mixup off."
+            "caching off, or augmentation and mixup off (for the crop and flip "
+            "views, keras_cskd.data.teacher_cache caches every variant)."
         )
     if randomised and strong_augmentation is not None and mixup_alpha > 0:
         raise ValueError("Two views and mixup cannot be combined; choose one.")

@@ -1,0 +1,601 @@
+"""An exact cache of the teacher's logits on every augmented view of a split.
+
+The standard augmentations are discrete: CIFAR's weak view is a black-padded
+crop at an offset `(i, j)` in `[0, 2p]^2` and a flip (`(2p + 1)^2 * 2 = 162`
+variants per image for `p = 4`), the digits' a crop with `p = 1` (9 variants).
+`build` runs the teacher once on every variant of every example and writes a
+memory-mapped `[num_examples, num_variants, num_classes]` array; `pipeline`
+then augments each batch as the online pipeline does, from the same stateless
+draws (`RandomPaddedCrop.draw`, `RandomHorizontalFlip.draw`), and gathers the
+teacher's logits at `[example, variant]`: the student trains as it would with
+the teacher online, without running it.
+
+Files, next to the teacher (`default_path`): `<name>.npy` (the logits),
+`<name>.npy.json` (the key and the completion marker, written atomically last:
+a cache without it is never read) and, while a build runs,
+`<name>.npy.progress.json` (the chunks written so far, so a killed build
+resumes). The key records what the logits depend on: the teacher file's
+SHA-256, the dataset, split, examples (a SHA-256 of images and labels),
+normalisation, variant space and dtype; `load` refuses any other.
+
+    python -m keras_cskd.data.teacher_cache \\
+        --teacher=saved_models/digits_teacher.keras --dataset=digits
+
+Example:
+
+>>> logits = teacher_cache.ensure(teacher_path, teacher, digits, augmentation)
+>>> train = teacher_cache.pipeline(digits.train, logits, 64, augmentation)
+>>> distiller.fit(train, epochs=30)
+"""
+
+import argparse
+import dataclasses
+import hashlib
+import importlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from keras_cskd import files
+from keras_cskd.data import augment
+
+# The module, not the function `keras_cskd.data.pipeline` that shadows it.
+pipeline_module = importlib.import_module("keras_cskd.data.pipeline")
+
+DTYPES = ("float32", "float16")
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantSpace:
+    """Every image a padded crop (and optional flip) can make of one image.
+
+    Variant `v` of an image is the crop at offset `(i, j)`, flipped or not,
+    with `v = (i * (2 * padding + 1) + j) * flips + flip` (`flips` is 2 with
+    flipping, else 1).
+
+    Attributes:
+        padding: the crop's padding (offsets in `[0, 2 * padding]`).
+        flip: whether a horizontal flip follows the crop.
+        fill: the padding value, a float or one float per channel.
+
+    Example:
+
+    >>> space = VariantSpace(padding=4, flip=True)
+    >>> space.size
+    162
+    >>> int(space.index([[4, 4]], [True])[0])  # the centred crop, flipped
+    81
+    """
+
+    padding: int
+    flip: bool
+    fill: float | tuple = 0.0
+
+    @property
+    def size(self):
+        return (2 * self.padding + 1) ** 2 * (2 if self.flip else 1)
+
+    def index(self, offsets, flips=None):
+        """The `[B]` int32 variant indices of `[B, 2]` offsets and `[B]` flips."""
+        offsets = tf.cast(offsets, tf.int32)
+        crop = offsets[:, 0] * (2 * self.padding + 1) + offsets[:, 1]
+        if not self.flip:
+            return crop
+        return crop * 2 + tf.cast(flips, tf.int32)
+
+    def decode(self, variants):
+        """The `([B, 2] offsets, [B] flips)` of `[B]` variant indices."""
+        variants = tf.cast(variants, tf.int32)
+        flips = variants % 2 == 1 if self.flip else tf.zeros_like(variants, tf.bool)
+        crop = variants // 2 if self.flip else variants
+        side = 2 * self.padding + 1
+        return tf.stack([crop // side, crop % side], axis=1), flips
+
+    def apply(self, images, variants):
+        """Image `b` of a `[B, H, W, C]` batch made into its variant `variants[b]`."""
+        offsets, flips = self.decode(variants)
+        images = augment.padded_crop(images, offsets, self.padding, self.fill)
+        return augment.flip_left_right(images, flips) if self.flip else images
+
+    def to_json(self):
+        fill = list(self.fill) if isinstance(self.fill, tuple) else self.fill
+        return {"padding": self.padding, "flip": self.flip, "fill": fill}
+
+
+def variant_space(augmentation):
+    """The `VariantSpace` of an augmentation built by `keras_cskd.data.augment`.
+
+    Args:
+        augmentation: a `RandomPaddedCrop` (the digits' view), or a
+            `RandomSequence` of a `RandomPaddedCrop` and optionally a
+            `RandomHorizontalFlip` (`cifar_augmentation`).
+
+    Returns:
+        A `VariantSpace`.
+
+    Raises:
+        ValueError: for any other augmentation (continuous ones, such as the
+            strong view's RandAugment, have no finite set of variants).
+
+    Example:
+
+    >>> variant_space(cifar_augmentation()).size
+    162
+    """
+    crop, flip = _parts(augmentation)
+    return VariantSpace(crop.padding, flip is not None, crop.fill)
+
+
+def draw_variants(augmentation, batch_size, seed):
+    """The `[B]` variant indices `augmentation.augment(images, seed)` makes.
+
+    The very draws of its layers (`RandomPaddedCrop.draw`,
+    `RandomHorizontalFlip.draw`, layer `i` of a sequence seeded with
+    `fold_in(seed, i)`), so `variant_space(augmentation).apply(images,
+    draw_variants(augmentation, B, seed))` is `augmentation.augment(images,
+    seed)`, bit for bit.
+
+    Example:
+
+    >>> draw_variants(digits_augmentation(), 4, [0, 1]).shape
+    TensorShape([4])
+    """
+    crop, flip = _parts(augmentation)
+    sequence = isinstance(augmentation, augment.RandomSequence)
+    offsets = crop.draw(batch_size, augment.fold_in(seed, 0) if sequence else seed)
+    flips = flip.draw(batch_size, augment.fold_in(seed, 1)) if flip else None
+    return variant_space(augmentation).index(offsets, flips)
+
+
+def _parts(augmentation):
+    """`(crop, flip or None)` of a discrete augmentation; `ValueError` otherwise."""
+    layers = [augmentation]
+    if isinstance(augmentation, augment.RandomSequence):
+        layers = list(augmentation.layers)
+    kinds = [type(layer) for layer in layers]
+    if kinds == [augment.RandomPaddedCrop]:
+        return layers[0], None
+    if kinds == [augment.RandomPaddedCrop, augment.RandomHorizontalFlip]:
+        return layers[0], layers[1]
+    raise ValueError(
+        f"The teacher-logit cache needs a discrete augmentation (a "
+        "RandomPaddedCrop, optionally followed by a RandomHorizontalFlip), got "
+        f"{getattr(augmentation, 'name', augmentation)!r} "
+        f"({', '.join(k.__name__ for k in kinds)}): its images have no finite "
+        "set of variants to precompute. Turn caching off for it."
+    )
+
+
+def default_path(teacher_path, dataset_name, dtype="float32", split="train"):
+    """Where the cache of `teacher_path` on `dataset_name` lives: beside it.
+
+    Example:
+
+    >>> default_path("saved_models/digits_teacher.keras", "digits")
+    PosixPath('saved_models/digits_teacher.digits.train.float32.logits.npy')
+    """
+    teacher_path = Path(teacher_path)
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in dataset_name)
+    stem = f"{teacher_path.stem}.{name}.{split}.{dtype}.logits.npy"
+    return teacher_path.with_name(stem)
+
+
+def cache_key(teacher_path, dataset, augmentation, dtype="float32", split="train"):
+    """What the cached logits depend on, as a JSON-able dict.
+
+    Args:
+        teacher_path: the teacher's file (hashed with SHA-256).
+        dataset: the `keras_cskd.data.Dataset`.
+        augmentation: the training augmentation (`variant_space`).
+        dtype: `"float32"` (exact) or `"float16"` (half the disk).
+        split: the split's attribute on `dataset`.
+
+    Returns:
+        `{"teacher_sha256", "dataset", "split", "num_examples",
+        "examples_sha256", "num_classes", "normalization", "variants",
+        "dtype", "version"}`.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
+    examples = getattr(dataset, split)
+    normalization = dataset.normalization
+    return {
+        "teacher_sha256": _sha256_file(teacher_path),
+        "dataset": dataset.name,
+        "split": split,
+        "num_examples": int(examples.cardinality()),
+        "examples_sha256": _sha256_examples(examples),
+        "num_classes": int(dataset.num_classes),
+        "normalization": None
+        if normalization is None
+        else [np.ravel(s).astype(float).tolist() for s in normalization],
+        "variants": variant_space(augmentation).to_json(),
+        "dtype": dtype,
+        "version": FORMAT_VERSION,
+    }
+
+
+def build(
+    path,
+    key,
+    teacher,
+    dataset,
+    augmentation,
+    split="train",
+    batch_size=256,
+    chunk_size=256,
+    progress=print,
+):
+    """Runs `teacher` on every variant of every example and writes the cache.
+
+    The examples are processed in chunks of `chunk_size`; after each chunk
+    the file is flushed and the chunk recorded, so a build that is killed
+    continues where it stopped when called again with the same key. The
+    cache counts as complete only once its metadata (`<path>.json`) is
+    written, atomically, at the end. A complete cache with the same key is
+    left as it is; one with another key is rebuilt from scratch.
+
+    Args:
+        path: the `.npy` file to write (`default_path`).
+        key: `cache_key(...)` for these arguments.
+        teacher: the teacher `keras.Model`.
+        dataset: the `keras_cskd.data.Dataset`.
+        augmentation: the training augmentation (`variant_space`).
+        split: the split's attribute on `dataset`.
+        batch_size: the teacher's batch size.
+        chunk_size: examples per chunk (a progress line and a resume point).
+        progress: called with one line per chunk (`print`), or `None`.
+
+    Returns:
+        `path`, as a `Path`.
+
+    Example:
+
+    >>> key = cache_key(teacher_path, digits, augmentation)
+    >>> build(default_path(teacher_path, "digits"), key, teacher, digits, augmentation)
+    """
+    path, report = Path(path), progress or (lambda line: None)
+    space = variant_space(augmentation)
+    examples = getattr(dataset, split)
+    shape = (key["num_examples"], space.size, key["num_classes"])
+    if _metadata(path).get("key") == key and _intact(path, shape, key["dtype"]):
+        return path
+    done = _start(path, key, shape, report)
+    logits = np.load(path, mmap_mode="r+")
+    forward = tf.function(lambda x: teacher(x, training=False))
+    chunks = math.ceil(shape[0] / chunk_size)
+    batches = examples.map(lambda x, y: x).batch(chunk_size)
+    for number, images in enumerate(batches):
+        if number in done:
+            continue
+        start, began = number * chunk_size, time.perf_counter()
+        chunk = _chunk_logits(forward, images, space, batch_size)
+        logits[start : start + len(chunk)] = chunk.astype(key["dtype"])
+        logits.flush()
+        done.add(number)
+        _write_json(_progress_path(path), {"key": key, "chunks": sorted(done)})
+        report(
+            f"teacher cache {path.name}: chunk {number + 1}/{chunks} "
+            f"({len(chunk) * space.size} images, "
+            f"{time.perf_counter() - began:.1f} s)"
+        )
+    del logits
+    _write_json(_metadata_path(path), {"key": key, "shape": list(shape)})
+    _progress_path(path).unlink(missing_ok=True)
+    report(f"teacher cache {path} complete: {shape[0]} x {shape[1]} x {shape[2]}")
+    return path
+
+
+def _start(path, key, shape, report):
+    """The chunks already written for `key` (resuming), or a fresh file."""
+    progress = _read_json(_progress_path(path))
+    if progress.get("key") == key and _intact(path, shape, key["dtype"]):
+        report(f"teacher cache {path.name}: resuming ({len(progress['chunks'])} done)")
+        return set(progress["chunks"])
+    old = _metadata(path).get("key")
+    if old is not None:
+        report(f"teacher cache {path.name}: rebuilding, {_changes(old, key)}")
+    _metadata_path(path).unlink(missing_ok=True)  # never complete while rewritten
+    _progress_path(path).unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.lib.format.open_memmap(path, mode="w+", dtype=key["dtype"], shape=shape)
+    _write_json(_progress_path(path), {"key": key, "chunks": []})
+    return set()
+
+
+def _chunk_logits(forward, images, space, batch_size):
+    """`[n, variants, classes]` float32 logits of a chunk of `n` images."""
+    count = int(images.shape[0]) * space.size
+    outputs = []
+    for start in range(0, count, batch_size):
+        flat = tf.range(start, min(start + batch_size, count))
+        batch = tf.gather(images, flat // space.size)
+        outputs.append(forward(space.apply(batch, flat % space.size)).numpy())
+    return np.concatenate(outputs).reshape(int(images.shape[0]), space.size, -1)
+
+
+def load(path, key):
+    """The cached logits, memory-mapped read-only, after checking the cache.
+
+    Args:
+        path: the cache's `.npy` file.
+        key: `cache_key(...)` of the run that wants it.
+
+    Returns:
+        A read-only `[num_examples, num_variants, num_classes]` `np.memmap`.
+
+    Raises:
+        ValueError: for a missing, incomplete (an interrupted build),
+            truncated or stale cache (its key differs: the message names
+            what changed), each with the command that rebuilds it.
+
+    Example:
+
+    >>> logits = load(default_path(teacher_path, "digits"), key)
+    """
+    path = Path(path)
+    metadata = _metadata(path)
+    fix = f"Rebuild it with: {rebuild_command(path, key)}"
+    if not metadata:
+        progress = _read_json(_progress_path(path))
+        state = (
+            f"incomplete (an interrupted build wrote {len(progress['chunks'])} chunks)"
+            if progress or path.exists()
+            else "missing"
+        )
+        raise ValueError(f"The teacher-logit cache {path} is {state}. {fix}")
+    if metadata["key"] != key:
+        raise ValueError(
+            f"The teacher-logit cache {path} is stale: "
+            f"{_changes(metadata['key'], key)}. {fix}"
+        )
+    if not _intact(path, tuple(metadata["shape"]), key["dtype"]):
+        raise ValueError(f"The teacher-logit cache {path} is truncated. {fix}")
+    return np.load(path, mmap_mode="r")
+
+
+def ensure(teacher_path, teacher, dataset, augmentation, dtype="float32", **options):
+    """The cache of `teacher` for this training run: built (or resumed, or
+    rebuilt when stale) if needed, then `load`ed; what `train.py` calls.
+
+    Args:
+        teacher_path: the teacher's file.
+        teacher: the loaded teacher.
+        dataset: the `keras_cskd.data.Dataset`.
+        augmentation: the training augmentation.
+        dtype: `"float32"` or `"float16"`.
+        **options: `split`, `batch_size`, `chunk_size`, `progress` for `build`.
+
+    Returns:
+        The read-only memory-mapped logits.
+    """
+    split = options.get("split", "train")
+    key = cache_key(teacher_path, dataset, augmentation, dtype, split)
+    path = default_path(teacher_path, dataset.name, dtype, split)
+    build(path, key, teacher, dataset, augmentation, **options)
+    return load(path, key)
+
+
+def pipeline(
+    dataset,
+    logits,
+    batch_size,
+    augmentation,
+    seed=0,
+    epochs=None,
+    first_epoch=0,
+    skip_steps=0,
+    drop_remainder=False,
+    strong_augmentation=None,
+    mixup_alpha=0.0,
+):
+    """`data.pipeline(dataset, ..., training=True, augmentation=...)` with the
+    teacher's logits of every augmented image read from the cache.
+
+    The same shuffle, batches and augmentations as the online pipeline (the
+    examples carry their index through the shuffle; each batch's variants
+    are drawn from its weak-view seed with `draw_variants`), and batches of
+    `({"images", "teacher_logits"}, labels)`, which make the `Distiller`
+    skip its teacher.
+
+    Args:
+        dataset: the unbatched `(image, label)` split the cache was built on.
+        logits: the cache (`load` or `ensure`).
+        batch_size, seed, epochs, first_epoch, skip_steps, drop_remainder: as
+            for `data.pipeline`.
+        augmentation: the discrete augmentation the cache was built for.
+        strong_augmentation, mixup_alpha: refused (the strong view is
+            continuous; mixup mixes images into ones no cache holds).
+
+    Returns:
+        A batched, prefetched `tf.data.Dataset`.
+
+    Example:
+
+    >>> train = pipeline(digits.train, logits, 64, digits_augmentation(), epochs=30)
+    """
+    _refuse(strong_augmentation, mixup_alpha)
+    space = variant_space(augmentation)
+    expected = (int(dataset.cardinality()), space.size)
+    if tuple(logits.shape[:2]) != expected:
+        raise ValueError(
+            f"The teacher-logit cache holds {logits.shape[:2]} (examples, "
+            f"variants), but this pipeline needs {expected}."
+        )
+    indexed = dataset.enumerate().map(lambda i, example: ((example[0], i), example[1]))
+    if epochs is None:
+        batches = pipeline_module._reshuffled_batches(
+            indexed, batch_size, seed, drop_remainder
+        )
+    else:
+        batches = pipeline_module._epoch_batches(
+            indexed, batch_size, seed, drop_remainder, range(first_epoch, epochs)
+        ).skip(skip_steps)
+    batches = batches.map(
+        _cached_view(augmentation, logits), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def _cached_view(augmentation, logits):
+    """The map from `(batch seed, ((images, indices), labels))` to a batch."""
+
+    def gather(indices, variants):
+        return np.asarray(logits[indices, variants], np.float32)
+
+    def view(key, batch):
+        (images, indices), labels = batch
+        seed = augment.fold_in(key, pipeline_module.WEAK_VIEW)
+        variants = draw_variants(augmentation, tf.shape(images)[0], seed)
+        teacher_logits = tf.numpy_function(gather, [indices, variants], tf.float32)
+        teacher_logits.set_shape([None, logits.shape[-1]])
+        images = augmentation.augment(images, seed)
+        return {"images": images, "teacher_logits": teacher_logits}, labels
+
+    return view
+
+
+def _refuse(strong_augmentation, mixup_alpha):
+    if strong_augmentation is not None:
+        raise ValueError(
+            "The teacher-logit cache cannot serve two views: the strong view "
+            "(RandAugment, cutout) is continuous, with no finite set of variants "
+            "to precompute. Turn caching or two views off."
+        )
+    if mixup_alpha > 0:
+        raise ValueError(
+            "The teacher-logit cache cannot serve mixup: mixed images are not "
+            "among the cached variants. Turn caching or mixup off."
+        )
+
+
+def rebuild_command(path, key):
+    """The command line that (re)builds the cache at `path` for `key`."""
+    return (
+        f"python -m keras_cskd.data.teacher_cache --teacher=<teacher.keras> "
+        f"--dataset={key['dataset']} --split={key['split']} --dtype={key['dtype']} "
+        f"--output={path} (train.py also rebuilds it on its next run)"
+    )
+
+
+_FIELDS = {
+    "teacher_sha256": "the teacher changed",
+    "examples_sha256": "the examples changed",
+    "normalization": "the normalisation changed",
+    "variants": "the augmentation's variants changed",
+}
+
+
+def _changes(old, new):
+    """`"the teacher changed (sha256 ab12... -> cd34...); ..."`."""
+    changes = []
+    for field in sorted(old.keys() | new.keys()):
+        before, after = old.get(field), new.get(field)
+        if before != after:
+            if isinstance(before, str) and len(before) == 64:  # a SHA-256
+                before, after = f"sha256 {before[:12]}", f"{str(after)[:12]}"
+            what = _FIELDS.get(field, f"{field} changed")
+            changes.append(f"{what} ({before} -> {after})")
+    return "; ".join(changes)
+
+
+def _metadata_path(path):
+    return Path(f"{path}.json")
+
+
+def _progress_path(path):
+    return Path(f"{path}.progress.json")
+
+
+def _metadata(path):
+    return _read_json(_metadata_path(path))
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _write_json(path, payload):
+    files.write_text(path, json.dumps(payload, indent=1) + "\n")
+
+
+def _intact(path, shape, dtype):
+    """Whether `path` is a whole `.npy` array of `shape` and `dtype`."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError):
+        return False
+    whole = os.path.getsize(path) == array.offset + array.nbytes
+    return whole and array.shape == tuple(shape) and array.dtype == np.dtype(dtype)
+
+
+def _sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sha256_examples(examples):
+    digest = hashlib.sha256()
+    for images, labels in examples.batch(4096).as_numpy_iterator():
+        digest.update(np.ascontiguousarray(images, np.float32).tobytes())
+        digest.update(np.ascontiguousarray(labels, np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def main(argv=None):
+    """`python -m keras_cskd.data.teacher_cache --teacher=... --dataset=...`."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--teacher", required=True, help="the teacher .keras file")
+    parser.add_argument("--dataset", default="digits", help="a data.load name")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--chunk_size", type=int, default=256)
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--validation_fraction", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0, help="the run's seed")
+    parser.add_argument("--output", default=None, help="default: beside the teacher")
+    args = parser.parse_args(argv)
+    from keras_cskd import builders, data, training  # heavy; not at import
+
+    dataset = data.load(
+        args.dataset,
+        data_dir=args.data_dir,
+        validation_fraction=args.validation_fraction,
+        seed=args.seed,
+    )
+    teacher = builders.load_teacher(args.teacher, dataset)
+    augmentation = training._augmentation(dataset)
+    key = cache_key(args.teacher, dataset, augmentation, args.dtype, args.split)
+    path = args.output or default_path(
+        args.teacher, dataset.name, args.dtype, args.split
+    )
+    build(
+        path,
+        key,
+        teacher,
+        dataset,
+        augmentation,
+        args.split,
+        args.batch_size,
+        args.chunk_size,
+    )
+    print(f"Teacher-logit cache: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
