@@ -2,7 +2,7 @@
 
     pip install torch==2.13.0 torchvision==0.28.0   # CPU; only for this script
     python tests/golden/make_cifar_augmentation.py \
-        --reference /work/shared/reference/peer/lud_dataset_cifar100.py
+        --reference ../shared/reference/peer/lud_dataset_cifar100.py
 
 `--reference` is the verbatim dataset file of llieeai/lud @ 2704bb2
 (`mdistiller/dataset/cifar100.py`); its `get_cifar100_train_transform()`

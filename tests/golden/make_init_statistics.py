@@ -11,7 +11,7 @@ standard deviation (ddof 0) and excess kurtosis of the pooled values (kurtosis N
 for a constant), plus the peer commit, the torch version and the SHA-256 of each
 reference file.
 
-    python tests/golden/make_init_statistics.py --peer_dir /work/shared/reference/peer
+    python tests/golden/make_init_statistics.py --peer_dir ../shared/reference/peer
 
 Needs PyTorch (`pip install torch`); the tests that read the fixture do not.
 """
