@@ -127,11 +127,25 @@ class Distiller(keras.Model):
             )
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
 
+    def compile_from_config(self, config):
+        """Compiles a loaded Distiller as it was saved (`keras.saving.load_model`),
+        so that it trains on with its optimizer's state."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
 
     def fit(self, *args, callbacks=None, **kwargs):
         callbacks = [*(callbacks or []), EpochCounter()]
+        for callback in callbacks:
+            # Keras finds a metric's direction on compiled metrics only; the
+            # logged accuracy lives in `term_means`, so tell its monitors.
+            monitored = getattr(callback, "monitor", "")
+            if monitored in ("accuracy", "val_accuracy"):
+                if getattr(callback, "mode", None) == "auto":
+                    callback.mode = "max"
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):

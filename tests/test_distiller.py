@@ -8,6 +8,7 @@ import tensorflow as tf
 import keras_cskd
 from keras_cskd import losses
 from keras_cskd.data import digits_arrays
+from keras_cskd.optimizers import TorchSGD
 
 
 def tiny_models(num_classes=4, input_dim=6, seed=0):
@@ -303,3 +304,52 @@ def test_compile_options_train_like_the_default_step(compile_options):
     for key in ("loss", "ce_loss", "distillation_loss", "accuracy"):
         # XLA fuses and reorders float32 arithmetic: agreement to ~1e-5.
         np.testing.assert_allclose(results[1][1][key], results[0][1][key], rtol=1e-4)
+
+
+def test_a_saved_and_reloaded_distiller_trains_on_like_an_uninterrupted_one(tmp_path):
+    """`save` then `keras.saving.load_model` keeps the optimizer, its state and
+    the epoch: fit, save, load, fit equals one uninterrupted fit."""
+    x, y = random_data()
+
+    def distiller():
+        teacher, student = tiny_models()
+        model = keras_cskd.Distiller(teacher, student, losses.DKD(warmup_epochs=4))
+        model.compile(TorchSGD(0.05, momentum=0.9, weight_decay=5e-4))
+        return model
+
+    uninterrupted = distiller()
+    uninterrupted.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    first = distiller()
+    first.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    first.save(tmp_path / "distiller.keras")
+    loaded = keras.saving.load_model(tmp_path / "distiller.keras")
+    assert isinstance(loaded.optimizer, TorchSGD)
+    loaded.fit(x, y, batch_size=8, epochs=2, initial_epoch=1, shuffle=False, verbose=0)
+    for ours, theirs in zip(
+        loaded.student.weights, uninterrupted.student.weights, strict=True
+    ):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_keras_callbacks_maximise_the_accuracy_with_their_default_mode(tmp_path):
+    x, y = random_data()
+    teacher, student = tiny_models()
+    distiller = keras_cskd.Distiller(teacher, student, losses.KD())
+    distiller.compile(keras.optimizers.SGD(0.05))
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        tmp_path / "best.weights.h5",
+        monitor="val_accuracy",
+        save_best_only=True,
+        save_weights_only=True,
+    )
+    stopping = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=50)
+    history = distiller.fit(
+        x,
+        y,
+        validation_data=(x[:16], y[:16]),
+        epochs=4,
+        callbacks=[checkpoint, stopping],
+        verbose=0,
+    )
+    assert checkpoint.best == max(history.history["val_accuracy"])
+    assert stopping.best == max(history.history["val_accuracy"])
