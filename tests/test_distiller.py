@@ -306,6 +306,7 @@ def test_compile_options_train_like_the_default_step(compile_options):
         np.testing.assert_allclose(results[1][1][key], results[0][1][key], rtol=1e-4)
 
 
+@pytest.mark.large
 def test_a_saved_and_reloaded_distiller_trains_on_like_an_uninterrupted_one(tmp_path):
     """`save` then `keras.saving.load_model` keeps the optimizer, its state and
     the epoch: fit, save, load, fit equals one uninterrupted fit."""
@@ -331,6 +332,7 @@ def test_a_saved_and_reloaded_distiller_trains_on_like_an_uninterrupted_one(tmp_
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.large
 def test_keras_callbacks_maximise_the_accuracy_with_their_default_mode(tmp_path):
     x, y = random_data()
     teacher, student = tiny_models()

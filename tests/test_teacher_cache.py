@@ -88,6 +88,7 @@ def test_only_the_discrete_augmentations_have_a_variant_space(augmentation):
         teacher_cache.variant_space(augmentation)
 
 
+@pytest.mark.large
 def test_cached_logits_are_the_teachers_on_each_variant(digits, teacher, teacher_path):
     logits = {}
     for dtype in teacher_cache.DTYPES:
@@ -109,6 +110,7 @@ def test_cached_logits_are_the_teachers_on_each_variant(digits, teacher, teacher
     assert half <= 2**-11 + 1e-6  # float16 rounding (half an ulp) and float32
 
 
+@pytest.mark.large
 def test_the_cached_pipeline_is_the_online_one_with_logits(
     digits, teacher, teacher_path
 ):
@@ -161,6 +163,7 @@ def test_training_with_the_cache_equals_training_with_the_teacher(
     assert difference <= 1e-5
 
 
+@pytest.mark.large
 def test_a_stale_cache_is_refused_naming_the_teacher(digits, teacher, teacher_path):
     path, _ = build(teacher_path, teacher, digits)
     with open(teacher_path, "ab") as file:
@@ -170,6 +173,7 @@ def test_a_stale_cache_is_refused_naming_the_teacher(digits, teacher, teacher_pa
         teacher_cache.load(path, key)
 
 
+@pytest.mark.large
 def test_a_truncated_cache_is_refused(digits, teacher, teacher_path):
     path, key = build(teacher_path, teacher, digits)
     with open(path, "r+b") as file:
@@ -180,6 +184,7 @@ def test_a_truncated_cache_is_refused(digits, teacher, teacher_path):
     assert teacher_cache.load(path, key).shape == (1257, 9, 10)
 
 
+@pytest.mark.large
 def test_a_killed_build_resumes_and_ends_as_an_uninterrupted_one(
     digits, teacher, teacher_path, tmp_path
 ):
