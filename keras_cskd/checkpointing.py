@@ -1,6 +1,5 @@
 """Resumable training: atomic, verified checkpoints of everything that changes."""
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -50,7 +49,7 @@ def save(directory, trainer, epoch, step, history, frozen=(), config=None):
             "step": int(step),
             "history": history,
             "variables": [v.path for v in variables],
-            "sha256": _sha256(staging / STATE_FILE),
+            "sha256": files.sha256(staging / STATE_FILE),
             "config": config,
         }
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
@@ -76,7 +75,7 @@ def restore(directory, trainer, frozen=(), config=None):
     hint = f"Delete {directory} to start the run over."
     try:
         metadata = json.loads((directory / METADATA_FILE).read_text())
-        if _sha256(directory / STATE_FILE) != metadata["sha256"]:
+        if files.sha256(directory / STATE_FILE) != metadata["sha256"]:
             raise CorruptCheckpointError(
                 f"The checkpoint {directory} is corrupt: {STATE_FILE} does not "
                 f"match its checksum. {hint}"
@@ -187,11 +186,3 @@ def _unnumbered(path):
     """A variable path without Keras's `_<n>` suffixes, which depend on how many
     layers of a kind the process built before (`dense_3/kernel` -> `dense/kernel`)."""
     return re.sub(r"_\d+(?=/|$)", "", path)
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -1,6 +1,8 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes (a reader sees the old file or the new one, never half of
+one) and file checksums."""
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -45,3 +47,18 @@ def write_text(path, text):
     """Writes `text` to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def sha256(path):
+    """The hex SHA-256 of a file, read in 1 MiB blocks.
+
+    Example:
+
+    >>> sha256("saved_models/digits_teacher.keras")
+    '...'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

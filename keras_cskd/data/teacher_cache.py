@@ -207,7 +207,7 @@ def cache_key(teacher_path, dataset, augmentation, dtype="float32", split="train
     examples = getattr(dataset, split)
     normalization = dataset.normalization
     return {
-        "teacher_sha256": _sha256_file(teacher_path),
+        "teacher_sha256": files.sha256(teacher_path),
         "dataset": dataset.name,
         "split": split,
         "num_examples": int(examples.cardinality()),
@@ -537,14 +537,6 @@ def _intact(path, shape, dtype):
         return False
     whole = os.path.getsize(path) == array.offset + array.nbytes
     return whole and array.shape == tuple(shape) and array.dtype == np.dtype(dtype)
-
-
-def _sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _sha256_examples(examples):
