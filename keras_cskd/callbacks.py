@@ -25,6 +25,27 @@ class EpochCounter(keras.callbacks.Callback):
         self.model.epoch.assign(float(epoch + 1))
 
 
+class RefuseEmptyEpochs(keras.callbacks.Callback):
+    """Stops `fit` with an error at the end of an epoch that had no batch
+    (Keras would otherwise return an empty history).
+
+    The `Distiller` adds it to every `fit`.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.batches:
+            raise ValueError(
+                f"Epoch {epoch + 1} had no training batch: the training data is "
+                "empty (or steps_per_epoch is 0). Check the dataset's path and size."
+            )
+
+
 def accuracy(model, images, labels, batch_size=256):
     """Top-1 accuracy of `model` on NumPy arrays.
 

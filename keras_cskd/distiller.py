@@ -1,53 +1,71 @@
 """The `Distiller`: trains a student from a frozen teacher with `model.fit`."""
 
+import re
+
 import keras
-import tensorflow as tf
 from keras import ops
 
-from keras_cskd import distribute
 from keras_cskd import losses as losses_module
-from keras_cskd.callbacks import EpochCounter
+from keras_cskd.callbacks import EpochCounter, RefuseEmptyEpochs
 from keras_cskd.checks import non_negative_number
+from keras_cskd.losses.distillation_loss import spec
 from keras_cskd.metrics import Means
 
 # Keys of an input batch that carries cached teacher logits.
 IMAGES = "images"
 CACHED_TEACHER_LOGITS = "teacher_logits"
+# The student's logits among its outputs when feature losses need more.
+LOGITS = "logits"
 # What every step logs (global values, averaged over the epoch's samples).
 LOGGED_TERMS = ("loss", "ce_loss", "distillation_loss", "accuracy")
+# Keras's Distiller spellings with another meaning here, and how they map.
+KERAS_SPELLINGS = {
+    "distillation_losses": "`distillation_loss` (one loss or a list)",
+    "distillation_loss_weights": "`distillation_loss_weight` (a float or a list)",
+}
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
 class Distiller(keras.Model):
     """Trains `student` to match a frozen `teacher` while fitting the labels.
 
-    Each step runs the teacher in inference mode outside the gradient tape
-    (its logits behind `stop_gradient`), the student in training mode, and
-    minimises `student_loss_weight * CE(y, zs) + distillation_loss_weight *
-    distillation_loss(zt, zs)` plus the student's regularisation losses.
-    Labels may be integers `[B]` or one-hot/soft `[B, C]` (mixup).
+    Each step runs the teacher in inference mode behind `stop_gradient`, the
+    student in training mode, and minimises `student_loss_weight * CE(y, zs)
+    + sum_i distillation_loss_weight[i] * distillation_loss[i]` plus the
+    student's regularisation losses. Labels may be integers `[B]` or
+    one-hot/soft `[B, C]` (mixup). It runs on every Keras 3 backend through
+    Keras's own training loops: it only defines `call` and `compute_loss`.
 
-    Under `tf.distribute` (MirroredStrategy, MultiWorkerMirroredStrategy)
-    every term is computed on the global batch: each replica gathers the
-    teacher logits, student logits and labels of all replicas in one
-    forward `all_gather`, and differentiates the global loss with respect to
-    its own shard of student logits, so the summed gradients of N replicas
-    are exactly the gradient one device gets from the same global batch,
-    and batch-wise losses (CSKD, CSWT) see the whole batch. A loss built
-    with `global_batch=False` is instead computed on each replica's shard
-    and averaged (weighted by shard size). Logged values are global values.
+    Every term is computed on the global batch. Under `tf.distribute`
+    (MirroredStrategy, MultiWorkerMirroredStrategy) each replica gathers the
+    teacher outputs, student outputs and labels of all replicas in one
+    forward `all_gather` and differentiates the global loss through its own
+    shard of student outputs, so the summed gradients of N replicas are the
+    gradient one device gets from the same global batch, and batch-wise
+    losses (CSKD, CSWT) see the whole batch. Under JAX's
+    `keras.distribution.DataParallel` the loss is one program over the
+    global batch. A loss with `global_batch=False` is instead computed on
+    each device's shard and averaged by shard size.
 
     Logs: `loss` (the total), `ce_loss`, `distillation_loss`, `accuracy` (the
-    student's top-1), and whatever `compile(metrics=...)` adds. `evaluate`
-    reports the same on the student in inference mode.
+    student's top-1), with several losses each one unweighted as
+    `<name>_loss`, and whatever `compile(metrics=...)` adds. `evaluate`
+    reports the same with the student in inference mode.
 
     Args:
         teacher: a trained `keras.Model` returning logits; it is frozen.
         student: a `keras.Model` returning logits with the teacher's shape.
-        distillation_loss: a `keras.distillation.DistillationLoss` (for example
-            `keras_cskd.losses.CSKD()`) or the name of one (`"cskd"`).
-        student_loss_weight: weight of the cross-entropy with the labels.
-        distillation_loss_weight: weight of the distillation loss.
+        distillation_loss: a `keras.distillation.DistillationLoss` (a
+            `keras_cskd.losses` one such as `CSKD()`, or Keras's own
+            `LogitsDistillation` and `FeatureDistillation`), the name of one
+            (`"cskd"`), or a list of them. Losses with `teacher_layer_name` /
+            `student_layer_name` compare those layers' outputs (functional or
+            Sequential models); what a loss is given is
+            `keras_cskd.losses.DistillationLoss`'s interface.
+        student_loss_weight: the weight of the cross-entropy with the labels
+            (not Keras's `alpha`: the distillation losses keep their weights).
+        distillation_loss_weight: the weight of the distillation loss, or a
+            list with one weight per loss.
         view_weights: for batches of several augmented views of the same
             images, `x = (view_1, view_2, ...)`: every term is computed on
             each view and summed with these weights. A loss that takes all
@@ -72,46 +90,63 @@ class Distiller(keras.Model):
         self,
         teacher,
         student,
-        distillation_loss,
+        distillation_loss=None,
         student_loss_weight=1.0,
         distillation_loss_weight=1.0,
         view_weights=None,
         name="distiller",
         **kwargs,
     ):
-        if keras.backend.backend() != "tensorflow":
-            raise ValueError(
-                "keras_cskd.Distiller needs the TensorFlow backend "
-                f"(KERAS_BACKEND=tensorflow); the backend is {keras.backend.backend()}."
-            )
+        for keras_name, ours in KERAS_SPELLINGS.items():
+            if keras_name in kwargs:
+                raise ValueError(
+                    f"keras_cskd.Distiller takes {ours}, not `{keras_name}`; "
+                    "its `student_loss_weight` weights the cross-entropy alone, so "
+                    "Keras's (alpha, weights w) are student_loss_weight=alpha, "
+                    "distillation_loss_weight=[(1 - alpha) * w_i]."
+                )
+        if distillation_loss is None:
+            raise ValueError("Give the Distiller a `distillation_loss`, e.g. 'cskd'.")
         super().__init__(name=name, **kwargs)
         _check_models(teacher, student)
-        if isinstance(distillation_loss, str):
-            distillation_loss = losses_module.get(distillation_loss)
-        if not isinstance(distillation_loss, keras.distillation.DistillationLoss):
-            raise ValueError(
-                "`distillation_loss` must be a keras.distillation.DistillationLoss "
-                f"(for example keras_cskd.losses.CSKD()), got {distillation_loss!r}."
-            )
+        self.distillation_losses = _loss_list(distillation_loss)
+        self.distillation_loss_weights = _weight_list(
+            distillation_loss_weight, len(self.distillation_losses)
+        )
         self.student_loss_weight = non_negative_number(
             "student_loss_weight", student_loss_weight
-        )
-        self.distillation_loss_weight = non_negative_number(
-            "distillation_loss_weight", distillation_loss_weight
         )
         self.teacher = teacher
         self.teacher.trainable = False
         self.student = student
-        self.distillation_loss = distillation_loss
         self.view_weights = tuple(float(w) for w in view_weights or ()) or None
+        self._teacher_outputs_model = _outputs_model(
+            teacher, "teacher", self.distillation_losses
+        )
+        self._student_outputs_model = _outputs_model(
+            student, "student", self.distillation_losses
+        )
+        self.loss_layers = self._build_loss_layers()
         # The 1-based epoch number, for losses that change over training (DKD's
-        # warm-up); `fit` keeps it current.
+        # warm-up); `fit` keeps it current, `train_on_batch` takes it.
         self.epoch = self.add_weight(
             shape=(), initializer="ones", trainable=False, name="epoch"
         )
-        self.term_means = Means(LOGGED_TERMS)
+        self._in_fit = False
+        several = len(self.distillation_losses) > 1
+        self.term_means = Means(LOGGED_TERMS + (self._loss_names() if several else ()))
         # Built models make a built Distiller (BackupAndRestore needs that).
         self.built = bool(teacher.built and student.built)
+
+    @property
+    def distillation_loss(self):
+        """The distillation loss (the first, when there are several)."""
+        return self.distillation_losses[0]
+
+    @property
+    def distillation_loss_weight(self):
+        weights = self.distillation_loss_weights
+        return weights[0] if len(weights) == 1 else weights
 
     @property
     def metrics(self):
@@ -122,8 +157,9 @@ class Distiller(keras.Model):
         """Configures the optimizer and any extra metrics; the loss is built in."""
         if loss is not None:
             raise ValueError(
-                "The Distiller computes its own loss (cross-entropy plus the "
-                "distillation loss): call compile() without `loss`."
+                "The Distiller computes its own loss (the cross-entropy with the "
+                "labels plus the distillation losses): call compile() without "
+                "`loss`, and weight the cross-entropy with `student_loss_weight`."
             )
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
 
@@ -135,10 +171,22 @@ class Distiller(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def call(self, inputs, training=None):
-        return self.student(inputs, training=training)
+        """The student's logits (with feature losses, a dict of its compared
+        outputs under `"logits"` and the layer names); a list for several views."""
+        outputs = [
+            self._student_outputs_model(view.images, training=training)
+            for view in self._views(inputs)
+        ]
+        return outputs if len(outputs) > 1 else outputs[0]
+
+    def predict(self, *args, **kwargs):
+        return _logits(super().predict(*args, **kwargs))
+
+    def predict_on_batch(self, *args, **kwargs):
+        return _logits(super().predict_on_batch(*args, **kwargs))
 
     def fit(self, *args, callbacks=None, **kwargs):
-        callbacks = [*(callbacks or []), EpochCounter()]
+        callbacks = [*(callbacks or []), EpochCounter(), RefuseEmptyEpochs()]
         for callback in callbacks:
             # Keras finds a metric's direction on compiled metrics only; the
             # logged accuracy lives in `term_means`, so tell its monitors.
@@ -146,15 +194,32 @@ class Distiller(keras.Model):
             if monitored in ("accuracy", "val_accuracy"):
                 if getattr(callback, "mode", None) == "auto":
                     callback.mode = "max"
-        return super().fit(*args, callbacks=callbacks, **kwargs)
+        _check_not_empty(args[0] if args else kwargs.get("x"))
+        self._in_fit = True
+        try:
+            return super().fit(*args, callbacks=callbacks, **kwargs)
+        finally:
+            self._in_fit = False
+
+    def train_on_batch(self, *args, epoch=None, **kwargs):
+        """Keras's `train_on_batch`, with `epoch=`: the 1-based epoch of the
+        batch, required when a loss changes with the epoch (DKD's warm-up)."""
+        if epoch is not None:
+            self.epoch.assign(float(epoch))
+        elif not self._in_fit:
+            for loss in self.distillation_losses:
+                if spec(loss).uses_epoch:
+                    raise ValueError(
+                        f"{type(loss).__name__} changes with the epoch, which only "
+                        "fit() counts: call train_on_batch(..., epoch=N) (1-based)."
+                    )
+        return super().train_on_batch(*args, **kwargs)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras builds the compiled metrics from a batch it averages with
         # strategy.reduce, which fails on MultiWorkerMirroredStrategy's
         # per-replica batches (Keras 3.15); one replica's shard builds them alike.
-        if iterator is not None and isinstance(
-            self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy
-        ):
+        if iterator is not None and _is_multi_worker(self):
             for _, _, batches in iterator:
                 data_batch = keras.tree.map_structure(
                     lambda v: self.distribute_strategy.experimental_local_results(v)[0],
@@ -164,34 +229,32 @@ class Distiller(keras.Model):
             iterator = None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
-    def train_step(self, data):
-        x, y = _unpack(data)
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, **kwargs):
+        """The loss this replica differentiates; logs the global terms."""
+        _check_targets(y, sample_weight)
         views = self._views(x)
-        teacher_logits = [self._teacher_logits(view) for view in views]
-        with tf.GradientTape() as tape:
-            student_logits = [
-                self.student(view.images, training=True) for view in views
-            ]
-            terms = self._combined_terms(y, teacher_logits, student_logits)
-            # Each replica differentiates the global objective through its own
-            # student logits only; the optimizer sums the replicas' gradients.
-            # Regularisation is the same on every replica, hence the 1/N.
-            replica_loss = terms["objective"] + terms["regularization"] / (
-                distribute.num_replicas()
-            )
-            replica_loss = self.optimizer.scale_loss(replica_loss)
-        variables = self.student.trainable_variables
-        gradients = tape.gradient(replica_loss, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        return self._update_metrics(x, y, student_logits[0], terms)
+        if y_pred is None:
+            y_pred = self(x, training=kwargs.get("training", True))
+        student_outputs = y_pred if len(views) > 1 else [y_pred]
+        teacher_outputs = [self._teacher_outputs(view) for view in views]
+        terms = self._combined_terms(y, teacher_outputs, student_outputs)
+        self.term_means.update_state(
+            dict(terms, accuracy=ops.mean(terms["correct"])),
+            num_samples=ops.shape(terms["correct"])[0],
+        )
+        # Under tf.distribute each replica differentiates the global objective
+        # through its own student outputs only, and the optimizer sums the
+        # replicas' gradients. Regularisation is the same on every replica.
+        return terms["objective"] + terms["regularization"] / _num_replicas()
 
-    def test_step(self, data):
-        x, y = _unpack(data)
-        views = self._views(x)
-        teacher_logits = [self._teacher_logits(view) for view in views]
-        student_logits = [self.student(view.images, training=False) for view in views]
-        terms = self._combined_terms(y, teacher_logits, student_logits)
-        return self._update_metrics(x, y, student_logits[0], terms)
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        first_view = y_pred[0] if isinstance(y_pred, list) else y_pred
+        logs = super().compute_metrics(x, y, _logits(first_view), sample_weight)
+        if _is_multi_worker(self):
+            # Keras 3.15 reduces step logs across workers along axis 0, which
+            # scalars lack; epoch logs are read from the metrics themselves.
+            logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+        return logs
 
     def _views(self, x):
         """The input views of a batch: one, or several (a tuple with
@@ -206,55 +269,69 @@ class Distiller(keras.Model):
             return [_View.of(view) for view in x]
         return [_View.of(x)]
 
-    def _teacher_logits(self, view):
-        logits = view.teacher_logits
-        if logits is None:
-            logits = self.teacher(view.images, training=False)
-        return ops.stop_gradient(ops.cast(logits, "float32"))
+    def _teacher_outputs(self, view):
+        if view.teacher_logits is not None:
+            if self._teacher_outputs_model is not self.teacher:
+                raise ValueError(
+                    "Cached teacher logits carry no teacher features: train the "
+                    "feature losses without `teacher_logits` in the batches."
+                )
+            outputs = view.teacher_logits
+        else:
+            outputs = self._teacher_outputs_model(view.images, training=False)
+        return keras.tree.map_structure(ops.stop_gradient, _float32(_as_dict(outputs)))
 
-    def _combined_terms(self, y, teacher_logits, student_logits):
+    def _combined_terms(self, y, teacher_outputs, student_outputs):
         """Global values of every term, identical on every replica.
 
         With several views the cross-entropy is the `view_weights`-weighted sum
-        over views, and so is the distillation loss, unless the loss takes all
+        over views, and so is each distillation loss, unless it takes all
         views at once (`num_views > 1`, e.g. `TwoViewCSKD`). A batch of one
         view (evaluation) has weight 1, and such a loss gets it as every view.
         """
-        weights = self.view_weights if len(student_logits) > 1 else (1.0,)
+        weights = self.view_weights if len(student_outputs) > 1 else (1.0,)
         gathered = [
-            distribute.global_batch(teacher, ops.cast(student, "float32"), y)
-            for teacher, student in zip(teacher_logits, student_logits, strict=True)
+            _global_batch(_as_dict(teacher), self._projected(student), y)
+            for teacher, student in zip(teacher_outputs, student_outputs, strict=True)
         ]
         teachers, students, labels, replica_ids = (
             list(part) for part in zip(*gathered, strict=True)
         )
         ce_loss = sum(
-            weight * self._cross_entropy(labels[0], student)
+            weight * self._cross_entropy(labels[0], student[LOGITS])
             for weight, student in zip(weights, students, strict=True)
         )
-        num_views = getattr(self.distillation_loss, "num_views", 1)
-        if num_views > 1:
-            if len(students) == 1:
-                teachers, students = teachers * num_views, students * num_views
-            distillation_loss = self._distillation_loss(teachers, students, labels[0])
-        else:
-            distillation_loss = sum(
-                weight * self._view_distillation_loss(*view)
-                for weight, *view in zip(
-                    weights, teachers, students, labels, replica_ids, strict=True
-                )
+        values = {}
+        for index, (loss, name) in enumerate(
+            zip(self.distillation_losses, self._loss_names(), strict=True)
+        ):
+            if spec(loss).num_views > 1:
+                views = [(teachers, students, labels[0], None)]
+                view_weights = (1.0,)
+            else:
+                views = zip(teachers, students, labels, replica_ids, strict=True)
+                view_weights = weights
+            values[name] = sum(
+                weight * self._loss_value(index, *view)
+                for weight, view in zip(view_weights, views, strict=True)
             )
-        objective = (
-            self.student_loss_weight * ce_loss
-            + self.distillation_loss_weight * distillation_loss
+        distillation_loss = sum(
+            weight * value
+            for weight, value in zip(
+                self.distillation_loss_weights, values.values(), strict=True
+            )
         )
-        regularization = (
-            ops.sum(self.student.losses) if self.student.losses else ops.zeros(())
-        )
+        objective = self.student_loss_weight * ce_loss + distillation_loss
+        if len(values) == 1:
+            # One loss logs unweighted, like the cross-entropy.
+            distillation_loss = next(iter(values.values()))
+        regularization = ops.sum(self.losses) if self.losses else ops.zeros(())
         correct = ops.equal(
-            ops.argmax(students[0], axis=-1), ops.cast(_class_ids(labels[0]), "int64")
+            ops.argmax(students[0][LOGITS], axis=-1),
+            ops.cast(_class_ids(labels[0]), "int64"),
         )
         return {
+            **values,
             "objective": objective,
             "regularization": regularization,
             "loss": objective + regularization,
@@ -263,71 +340,104 @@ class Distiller(keras.Model):
             "correct": ops.cast(correct, "float32"),
         }
 
-    def _cross_entropy(self, labels, student_logits):
-        # SKD can ask for its normalised logits in the cross-entropy too.
-        ce_logits = getattr(
-            self.distillation_loss, "student_logits_for_ce", lambda logits: logits
-        )(student_logits)
-        return ops.mean(cross_entropy(labels, ce_logits))
-
-    def _view_distillation_loss(
-        self, teacher_logits, student_logits, labels, replica_ids
-    ):
-        if replica_ids is None or getattr(self.distillation_loss, "global_batch", True):
-            return self._distillation_loss(teacher_logits, student_logits, labels)
-        return self._mean_over_shards(
-            teacher_logits, student_logits, labels, replica_ids
-        )
-
-    def _mean_over_shards(self, teacher_logits, student_logits, labels, replica_ids):
-        """The distillation loss of each replica's shard, averaged by shard size."""
-        total = ops.zeros(())
-        for replica in range(distribute.num_replicas()):
-            in_shard = ops.equal(replica_ids, replica)
-            shard_size = ops.sum(ops.cast(in_shard, "float32"))
-            loss = self._distillation_loss(
-                *(
-                    tf.boolean_mask(t, in_shard)
-                    for t in (teacher_logits, student_logits, labels)
+    def _projected(self, student_outputs):
+        """This replica's student outputs, with each loss's projection (its
+        own layers) added under `_projected_key`, before the gather: their
+        gradients then come from this replica's rows only, like the student's."""
+        outputs = _float32(_as_dict(student_outputs))
+        for index, loss in enumerate(self.distillation_losses):
+            loss_spec = spec(loss)
+            if loss_spec.layers:
+                outputs[_projected_key(index)] = loss_spec.project_student(
+                    outputs[loss_spec.student_layer_name or LOGITS]
                 )
+        return outputs
+
+    def _cross_entropy(self, labels, student_logits):
+        for loss in self.distillation_losses:
+            # SKD can ask for its normalised logits in the cross-entropy too.
+            student_logits = spec(loss).student_logits_for_ce(student_logits)
+        return ops.mean(cross_entropy(labels, student_logits))
+
+    def _loss_value(self, index, teacher, student, labels, replica_ids):
+        """Loss `index` on one view (or, for `num_views > 1`, on all views)."""
+        loss_spec = spec(self.distillation_losses[index])
+        teacher_key = loss_spec.teacher_layer_name or LOGITS
+        student_key = loss_spec.student_layer_name or LOGITS
+        if loss_spec.layers:
+            student_key = _projected_key(index)
+        if isinstance(teacher, list):  # a loss over all views
+            if len(teacher) == 1:  # evaluation's one view serves as each
+                teacher, student = (v * loss_spec.num_views for v in (teacher, student))
+            teacher = [t[teacher_key] for t in teacher]
+            student = [s[student_key] for s in student]
+        else:
+            teacher, student = teacher[teacher_key], student[student_key]
+        if replica_ids is not None and not loss_spec.global_batch:
+            return self._mean_over_shards(
+                loss_spec, teacher, student, labels, replica_ids
             )
+        return self._scalar_loss(loss_spec, teacher, student, labels)
+
+    def _mean_over_shards(self, loss_spec, teacher, student, labels, replica_ids):
+        """The loss of each replica's shard, averaged by shard size."""
+        from keras_cskd import distribute
+
+        total = ops.zeros(())
+        for shard, shard_size in distribute.shards(
+            (teacher, student, labels), replica_ids
+        ):
+            loss = self._scalar_loss(loss_spec, *shard)
             total += ops.where(shard_size > 0, loss * shard_size, 0.0)
         return total / ops.cast(ops.shape(labels)[0], "float32")
 
-    def _distillation_loss(self, teacher_logits, student_logits, labels):
-        loss = self.distillation_loss.compute_loss(
-            teacher_logits, student_logits, labels=labels, epoch=self.epoch
-        )
+    def _scalar_loss(self, loss_spec, teacher, student, labels):
+        kwargs = {"labels": labels}
+        if loss_spec.uses_epoch:
+            kwargs["epoch"] = self.epoch
+        loss = loss_spec.compare(teacher, student, **kwargs)
         if len(getattr(loss, "shape", ())) != 0:
             raise ValueError(
-                f"{type(self.distillation_loss).__name__}.compute_loss must return a "
-                f"scalar, got shape {loss.shape}."
+                f"{type(loss_spec).__name__}.compute_loss must return a scalar, "
+                f"got shape {loss.shape}."
             )
         return ops.cast(loss, "float32")
 
-    def _update_metrics(self, x, y, student_logits, terms):
-        self.term_means.update_state(
-            dict(terms, accuracy=ops.mean(terms["correct"])),
-            num_samples=ops.shape(terms["correct"])[0],
-        )
-        logs = self.compute_metrics(x, y, student_logits, sample_weight=None)
-        if isinstance(
-            self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy
-        ):
-            # Keras 3.15 reduces step logs across workers along axis 0, which
-            # scalars lack; epoch logs are read from the metrics themselves.
-            logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
-        return logs
+    def _loss_names(self):
+        """Each loss's logged name, e.g. `"cskd_loss"` (`"distillation_loss"`
+        for a single loss)."""
+        if len(self.distillation_losses) == 1:
+            return ("distillation_loss",)
+        names = []
+        for loss in self.distillation_losses:
+            name = f"{_snake_case(type(loss).__name__)}_loss"
+            names.append(name if name not in names else f"{name}_{len(names) + 1}")
+        return tuple(names)
+
+    def _build_loss_layers(self):
+        """Builds each loss's own layers (FitNets' regressor) for the shapes of
+        the outputs it compares; the Distiller tracks and trains them."""
+        layers = []
+        for loss in self.distillation_losses:
+            loss_spec = spec(loss)
+            loss_spec.build(
+                _output_shape(self.teacher, loss_spec.teacher_layer_name),
+                _output_shape(self.student, loss_spec.student_layer_name),
+            )
+            layers.extend(loss_spec.layers)
+        return layers
 
     def get_config(self):
         config = super().get_config()
+        losses = [
+            keras.saving.serialize_keras_object(loss)
+            for loss in self.distillation_losses
+        ]
         config.update(
             {
                 "teacher": keras.saving.serialize_keras_object(self.teacher),
                 "student": keras.saving.serialize_keras_object(self.student),
-                "distillation_loss": keras.saving.serialize_keras_object(
-                    self.distillation_loss
-                ),
+                "distillation_loss": losses if len(losses) > 1 else losses[0],
                 "student_loss_weight": self.student_loss_weight,
                 "distillation_loss_weight": self.distillation_loss_weight,
                 "view_weights": self.view_weights,
@@ -339,7 +449,7 @@ class Distiller(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         for key in ("teacher", "student", "distillation_loss"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
+            config[key] = _deserialize(config[key])
         return cls(**config)
 
 
@@ -373,8 +483,7 @@ def _class_ids(labels):
     return ops.reshape(labels, (-1,))
 
 
-def _unpack(data):
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+def _check_targets(y, sample_weight):
     if sample_weight is not None:
         raise ValueError(
             "The Distiller does not take sample weights or class weights: the "
@@ -383,7 +492,132 @@ def _unpack(data):
         )
     if y is None:
         raise ValueError("The Distiller needs labels: give it (inputs, labels) pairs.")
-    return x, y
+
+
+def _check_not_empty(x):
+    """Refuses training data known to be empty (`RefuseEmptyEpochs` catches
+    the data whose size is only known once read)."""
+    if isinstance(x, keras.utils.PyDataset):
+        size = len(x)
+    elif hasattr(x, "cardinality"):  # a tf.data.Dataset
+        size = int(x.cardinality())
+    else:
+        first = keras.tree.flatten(x)[:1]
+        size = len(first[0]) if first and hasattr(first[0], "__len__") else -1
+    if size == 0:
+        raise ValueError(
+            "The training data is empty: check the dataset's path, its filters "
+            "and its size."
+        )
+
+
+def _as_dict(outputs):
+    return outputs if isinstance(outputs, dict) else {LOGITS: outputs}
+
+
+def _projected_key(index):
+    return f"projected_{index}"
+
+
+def _float32(outputs):
+    return keras.tree.map_structure(lambda t: ops.cast(t, "float32"), outputs)
+
+
+def _logits(outputs):
+    return outputs[LOGITS] if isinstance(outputs, dict) else outputs
+
+
+def _num_replicas():
+    if keras.backend.backend() != "tensorflow":
+        return 1  # JAX's DataParallel and PyTorch run one program
+    from keras_cskd import distribute
+
+    return distribute.num_replicas()
+
+
+def _global_batch(teacher, student, labels):
+    if _num_replicas() == 1:
+        return teacher, student, labels, None
+    from keras_cskd import distribute
+
+    return distribute.global_batch(teacher, student, labels)
+
+
+def _is_multi_worker(model):
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return isinstance(
+        model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy
+    )
+
+
+def _loss_list(losses):
+    losses = list(losses) if isinstance(losses, (list, tuple)) else [losses]
+    if not losses:
+        raise ValueError("`distillation_loss` is an empty list: give at least one.")
+    losses = [
+        losses_module.get(loss) if isinstance(loss, str) else loss for loss in losses
+    ]
+    for loss in losses:
+        if not isinstance(loss, keras.distillation.DistillationLoss):
+            raise ValueError(
+                "`distillation_loss` must be a keras.distillation.DistillationLoss "
+                f"(for example keras_cskd.losses.CSKD()), got {loss!r}."
+            )
+    return losses
+
+
+def _weight_list(weights, num_losses):
+    weights = list(weights) if isinstance(weights, (list, tuple)) else [weights]
+    if len(weights) != num_losses:
+        raise ValueError(
+            f"`distillation_loss_weight` has {len(weights)} weights for "
+            f"{num_losses} losses: give one weight per loss."
+        )
+    return [non_negative_number("distillation_loss_weight", w) for w in weights]
+
+
+def _outputs_model(model, role, losses):
+    """`model`, or a model of its logits and the layers the losses compare."""
+    layer_losses = {}
+    for loss in losses:
+        layer_name = getattr(spec(loss), f"{role}_layer_name")
+        if layer_name is not None:
+            layer_losses.setdefault(layer_name, type(loss).__name__)
+    if not layer_losses:
+        return model
+    if getattr(model, "inputs", None) is None:
+        raise ValueError(
+            f"{next(iter(layer_losses.values()))} compares a layer of the {role}, "
+            f"which needs a functional or Sequential {role}: build it that way."
+        )
+    outputs = {LOGITS: model.outputs[0]}
+    for layer_name, loss_name in layer_losses.items():
+        if layer_name not in {layer.name for layer in model.layers}:
+            raise ValueError(
+                f"{loss_name}: the {role} has no layer '{layer_name}'; its layers "
+                f"are {', '.join(layer.name for layer in model.layers)}."
+            )
+        outputs[layer_name] = model.get_layer(layer_name).output
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_outputs")
+
+
+def _output_shape(model, layer_name):
+    if layer_name is not None:
+        return tuple(model.get_layer(layer_name).output.shape)
+    return _static_shape(model, "output")
+
+
+def _snake_case(name):
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def _deserialize(config):
+    if isinstance(config, list):
+        return [keras.saving.deserialize_keras_object(c) for c in config]
+    return keras.saving.deserialize_keras_object(config)
 
 
 def _check_models(teacher, student):

@@ -1,11 +1,13 @@
 """`tf.distribute` for the Distiller: strategies by name, and the global batch."""
 
 import functools
+import itertools
 import json
+import math
 import os
 
 import tensorflow as tf
-from keras import ops
+from keras import ops, tree
 
 STRATEGIES = ("auto", "none", "mirrored", "multiworker", "tpu")
 
@@ -96,43 +98,62 @@ def num_replicas():
     return tf.distribute.get_replica_context().num_replicas_in_sync
 
 
-def global_batch(teacher_logits, student_logits, labels):
+def global_batch(teacher_outputs, student_outputs, labels):
     """The global batch, gathered from all replicas in replica order.
 
-    Called in a replica context (a `train_step` under `tf.distribute`).
+    Called in a replica context (a `train_step` under `tf.distribute`), with
+    dicts of `[local_batch, ...]` float32 outputs (logits, features).
 
-    Returns teacher logits, student logits, labels and the replica id of each
-    row (`None` on a single replica). One forward all_gather carries all of
-    them, with the student logits behind `stop_gradient`; this replica's own
-    rows are then put back live, so the gradient reaches the student through
-    its own shard only and no collective runs in the backward pass.
+    Returns the teacher outputs, student outputs and labels of the global
+    batch, and the replica id of each row. One forward all_gather carries
+    all of them, with the student outputs behind `stop_gradient`; this
+    replica's own rows are then put back live, so the gradient reaches the
+    student through its own shard only and no collective runs in the
+    backward pass.
     """
-    if num_replicas() == 1:
-        return teacher_logits, student_logits, labels, None
     context = tf.distribute.get_replica_context()
-    local_size = ops.shape(student_logits)[0]
-    num_classes = student_logits.shape[-1]
-    label_columns = ops.cast(ops.reshape(labels, (local_size, -1)), "float32")
+    local_size = ops.shape(labels)[0]
     replica_id = ops.cast(context.replica_id_in_sync_group, "float32")
-    local = ops.concatenate(
-        [
-            teacher_logits,
-            ops.stop_gradient(student_logits),
-            label_columns,
-            ops.full((local_size, 1), replica_id),
-        ],
-        axis=-1,
-    )
-    gathered = context.all_gather(local, axis=0)
-    all_teacher = gathered[:, :num_classes]
-    all_student = gathered[:, num_classes : 2 * num_classes]
-    all_labels = ops.cast(gathered[:, 2 * num_classes : -1], labels.dtype)
-    replica_ids = gathered[:, -1]
-    start = ops.sum(ops.cast(replica_ids < replica_id, "int32"))
-    all_student = ops.concatenate(
-        [all_student[:start], student_logits, all_student[start + local_size :]],
+    parts = [
+        *tree.flatten(teacher_outputs),
+        *(ops.stop_gradient(s) for s in tree.flatten(student_outputs)),
+        ops.cast(labels, "float32"),
+        ops.full((local_size,), replica_id),
+    ]
+    widths = [math.prod(part.shape[1:]) for part in parts]
+    gathered = context.all_gather(
+        ops.concatenate([ops.reshape(p, (local_size, -1)) for p in parts], axis=-1),
         axis=0,
     )
-    if len(labels.shape) < 2:
-        all_labels = ops.reshape(all_labels, (-1,))
-    return all_teacher, all_student, all_labels, replica_ids
+    ends = list(itertools.accumulate(widths))
+    pieces = [
+        ops.reshape(gathered[:, end - width : end], (-1, *part.shape[1:]))
+        for part, width, end in zip(parts, widths, ends, strict=True)
+    ]
+    replica_ids = pieces.pop()
+    all_labels = ops.cast(pieces.pop(), labels.dtype)
+    num_teacher = len(tree.flatten(teacher_outputs))
+    start = ops.sum(ops.cast(replica_ids < replica_id, "int32"))
+    all_students = [
+        ops.concatenate([rows[:start], own, rows[start + local_size :]], axis=0)
+        for rows, own in zip(
+            pieces[num_teacher:], tree.flatten(student_outputs), strict=True
+        )
+    ]
+    return (
+        tree.pack_sequence_as(teacher_outputs, pieces[:num_teacher]),
+        tree.pack_sequence_as(student_outputs, all_students),
+        all_labels,
+        replica_ids,
+    )
+
+
+def shards(tensors, replica_ids):
+    """Yields `(tensors of one replica's rows, row count)` for every replica
+    of a global batch from `global_batch`."""
+    for replica in range(num_replicas()):
+        in_shard = ops.equal(replica_ids, replica)
+        shard = tree.map_structure(
+            lambda t, mask=in_shard: tf.boolean_mask(t, mask), tensors
+        )
+        yield shard, ops.sum(ops.cast(in_shard, "float32"))

@@ -44,5 +44,5 @@ class Means(keras.metrics.Metric):
         return {name: means[i] for i, name in enumerate(self.names)}
 
     def reset_state(self):
-        self.totals.assign(ops.zeros_like(self.totals))
+        self.totals.assign(ops.zeros(self.totals.shape, dtype=self.dtype))
         self.count.assign(0.0)

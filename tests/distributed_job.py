@@ -24,7 +24,38 @@ def build_loss(name):
         "dist": lambda: losses.get("dist"),
         "dkd": lambda: losses.get("dkd"),
         "two_view_cskd": lambda: losses.TwoViewCSKD(),
+        "fitnets": lambda: FITNETS(),
+        "attention_transfer": lambda: ATTENTION(),
+        "several": lambda: [losses.CSKD(), FITNETS(), ATTENTION()],
     }[name]()
+
+
+def FITNETS():
+    from keras_cskd import losses
+
+    return losses.FeatureDistillation("mse", "relu0", "features", regressor=True)
+
+
+def ATTENTION():
+    from keras_cskd import losses
+
+    return losses.AttentionTransfer("relu1", "features")
+
+
+# Students with a feature map to compare, and their distillation loss weights.
+FEATURE_LOSSES = {"fitnets": 1.0, "attention_transfer": 100.0, "several": [1, 1, 100]}
+
+
+def feature_student():
+    """A small CNN without BatchNorm or dropout, which would make replicas
+    differ from one device."""
+    import keras
+
+    inputs = keras.Input((8, 8, 1), name="images")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.ReLU(name="features")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
 
 
 def train(loss_name, strategy, global_batch=32, steps=5):
@@ -44,11 +75,15 @@ def train(loss_name, strategy, global_batch=32, steps=5):
     with strategy.scope():
         keras.utils.set_random_seed(0)
         teacher = keras_cskd.models.get("digits_cnn", 10, (8, 8, 1), width=8)
-        student = keras_cskd.models.get("digits_mlp", 10, (8, 8, 1))
+        if loss_name in FEATURE_LOSSES:
+            student = feature_student()
+        else:
+            student = keras_cskd.models.get("digits_mlp", 10, (8, 8, 1))
         distiller = keras_cskd.Distiller(
             teacher,
             student,
             build_loss(loss_name),
+            distillation_loss_weight=FEATURE_LOSSES.get(loss_name, 1.0),
             view_weights=(1.0, 1.0) if two_views else None,
         )
         distiller.compile(
@@ -63,7 +98,7 @@ def train(loss_name, strategy, global_batch=32, steps=5):
         tf.data.experimental.AutoShardPolicy.DATA
     )
     history = distiller.fit(dataset.with_options(options), epochs=1, verbose=0)
-    weights = [w.numpy() for w in student.weights]
+    weights = [w.numpy() for w in distiller.trainable_weights]
     return weights, {k: float(v[-1]) for k, v in history.history.items()}
 
 

@@ -16,6 +16,7 @@ from distributed_job import train
 pytestmark = pytest.mark.large  # multi-process, end-to-end or every zoo model
 
 LOSSES = ["kd", "cskd", "cskd_cswt", "kd_cswt", "dist", "dkd", "two_view_cskd"]
+FEATURE_LOSSES = ["fitnets", "attention_transfer", "several"]
 TOLERANCE = 1e-5
 
 
@@ -37,7 +38,7 @@ def assert_same_training(one, other):
         )
 
 
-@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("loss", LOSSES + FEATURE_LOSSES)
 def test_mirrored_two_replicas_equal_one_device(loss):
     single = train(loss, tf.distribute.get_strategy())
     mirrored = train(loss, two_cpus())

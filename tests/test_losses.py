@@ -569,7 +569,8 @@ def test_registry_builds_each_loss(name, loss_class):
 
 def test_registry_unknown_name_lists_the_known_ones():
     with pytest.raises(
-        ValueError, match="Known methods: cskd, dist, dkd, kd, lskd, skd"
+        ValueError,
+        match="Known methods: attention_transfer, cskd, dist, dkd, feature_distil",
     ):
         keras_cskd.losses.get("fitnet")
 

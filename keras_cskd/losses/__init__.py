@@ -1,10 +1,12 @@
 """Distillation losses and the CSWT temperature, as specified in docs/methods.md."""
 
+from keras_cskd.losses.attention_transfer import AttentionTransfer
 from keras_cskd.losses.base import LogitsDistillationLoss
 from keras_cskd.losses.cskd import CSKD
 from keras_cskd.losses.cswt import CSWT
 from keras_cskd.losses.dist import DIST
 from keras_cskd.losses.dkd import DKD
+from keras_cskd.losses.feature_distillation import FeatureDistillation
 from keras_cskd.losses.kd import KD
 from keras_cskd.losses.lskd import LSKD
 from keras_cskd.losses.skd import SKD
@@ -18,6 +20,8 @@ _LOSSES = {
     "dkd": DKD,
     "dist": DIST,
     "two_view_cskd": TwoViewCSKD,
+    "feature_distillation": FeatureDistillation,
+    "attention_transfer": AttentionTransfer,
 }
 
 
@@ -48,10 +52,12 @@ def get(name, **kwargs):
 
 
 __all__ = [
+    "AttentionTransfer",
     "CSKD",
     "CSWT",
     "DIST",
     "DKD",
+    "FeatureDistillation",
     "KD",
     "LSKD",
     "LogitsDistillationLoss",

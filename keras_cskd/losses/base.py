@@ -4,15 +4,18 @@ import keras
 from keras import ops
 
 from keras_cskd.losses.cswt import CSWT
+from keras_cskd.losses.distillation_loss import DistillationLoss
 
 
-class LogitsDistillationLoss(keras.distillation.DistillationLoss):
+class LogitsDistillationLoss(DistillationLoss):
     """Base class of the losses between teacher and student logits.
 
     Subclasses implement `call(teacher_logits, student_logits, labels=None,
     **kwargs)` on float32 logits `[B, C]`; this class casts the logits, stops
-    the teacher's gradient and checks shapes, so every loss behaves alike in
-    our `Distiller`, in `keras.distillation.Distiller` and on its own.
+    the teacher's gradient and checks shapes. What the `Distiller` gives them
+    is `DistillationLoss`'s interface. The losses that need no labels
+    (`requires_labels = False`) also work in `keras.distillation.Distiller`,
+    which passes none.
 
     Args:
         temperature: a positive float, or a `CSWT` for per-sample temperatures.
@@ -21,8 +24,6 @@ class LogitsDistillationLoss(keras.distillation.DistillationLoss):
             default, and what makes N devices train like one) or on each
             replica's shard (batch-wise terms then only see 1/N of the batch).
     """
-
-    requires_labels = False
 
     def __init__(self, temperature=4.0, global_batch=True):
         if isinstance(temperature, dict):
@@ -76,15 +77,6 @@ class LogitsDistillationLoss(keras.distillation.DistillationLoss):
 
     def call(self, teacher_logits, student_logits, labels=None, **kwargs):
         raise NotImplementedError
-
-    def student_logits_for_ce(self, student_logits):
-        """Returns the logits the student's cross-entropy should use.
-
-        The student's own logits for every loss but `SKD(normalize_student_ce=
-        True)`, whose official code applies the cross-entropy to the normalised
-        student logits.
-        """
-        return student_logits
 
     def validate_outputs(self, teacher_outputs, student_outputs):
         teacher_shape = tuple(teacher_outputs.shape)

@@ -67,6 +67,7 @@ class DKD(LogitsDistillationLoss):
     """
 
     requires_labels = True
+    uses_epoch = True
 
     def __init__(
         self,

@@ -34,7 +34,9 @@ class TorchBatchNormalization(keras.layers.BatchNormalization):
         axes = [a for a in range(len(x.shape)) if a != axis]
         mean, variance = ops.moments(x, axes, synchronized=self.synchronized)
         count = ops.cast(ops.size(x) // x.shape[axis], x.dtype)
-        if self.synchronized:  # TensorFlow only: sum the count over replicas.
+        # Keras refuses `synchronized=True` on JAX and PyTorch, so TensorFlow is
+        # only imported on its own backend: sum the count over the replicas.
+        if self.synchronized:
             import tensorflow as tf
 
             replica = tf.distribute.get_replica_context()

@@ -1,0 +1,157 @@
+"""AttentionTransfer: match the spatial attention maps of two feature layers."""
+
+import keras
+from keras import ops
+
+from keras_cskd.losses.distillation_loss import DistillationLoss
+from keras_cskd.losses.feature_distillation import check_named_layers
+
+# F.normalize's eps: `x / max(|x|, 1e-12)`, computed as `x / sqrt(max(|x|^2, 1e-24))`
+# so that an all-zero map has a zero, not a NaN, gradient.
+NORM_EPSILON = 1e-12
+
+
+def attention_map(features, p=2.0):
+    """`l2_normalize(mean_c(f ** p))` flattened over H*W: `[B, H, W, C] -> [B, H*W]`."""
+    powered = ops.square(features) if p == 2 else ops.power(features, p)
+    attention = ops.reshape(ops.mean(powered, axis=-1), (ops.shape(features)[0], -1))
+    squared_norm = ops.sum(ops.square(attention), axis=-1, keepdims=True)
+    return attention / ops.sqrt(ops.maximum(squared_norm, NORM_EPSILON**2))
+
+
+def average_pool_to(features, height, width):
+    """Averages `[B, H, W, C]` features over `H/height x W/width` blocks."""
+    _, feature_height, feature_width, _ = features.shape
+    if (feature_height, feature_width) == (height, width):
+        return features
+    blocks = ops.reshape(
+        features,
+        (
+            ops.shape(features)[0],
+            height,
+            feature_height // height,
+            width,
+            feature_width // width,
+            -1,
+        ),
+    )
+    return ops.mean(blocks, axis=(2, 4))
+
+
+@keras.saving.register_keras_serializable(package="keras_cskd")
+class AttentionTransfer(DistillationLoss):
+    """Attention transfer (Zagoruyko & Komodakis, 2017), as in mdistiller's AT.
+
+    For features `f` of shape `[B, H, W, C]`, the attention map is
+    `at(f) = l2_normalize(mean_c(f ** p))` over the `H*W` positions (the
+    normalisation is PyTorch's `F.normalize`, eps 1e-12, so an all-zero map
+    stays zero), and `L = mean_{b, hw} (at(f_s) - at(f_t))^2`. Channel counts
+    may differ. Where the spatial sizes differ, the larger map is average-pooled
+    to the smaller first (mdistiller's adaptive pooling), which needs an integer
+    ratio on each axis. The paper writes `|f|^p`; mdistiller's `f ** p` is the
+    same for even `p` or non-negative (post-ReLU) features. mdistiller sums the
+    loss over several layer pairs; use one AttentionTransfer per pair.
+
+    Args:
+        teacher_layer_name: the teacher layer whose `[B, H, W, C]` output is
+            compared (required).
+        student_layer_name: the student layer (required).
+        p: the power of the features (default 2).
+
+    Raises:
+        ValueError: for missing layer names, `p <= 0`, features that are not
+            `[B, H, W, C]`, or spatial sizes not integer multiples.
+
+    Example:
+
+    >>> loss = AttentionTransfer("teacher_block3", "student_block2", p=2)
+    >>> teacher_features = keras.random.uniform((4, 8, 8, 64))
+    >>> student_features = keras.random.uniform((4, 16, 16, 16))   # pooled to 8x8
+    >>> loss.compute_loss(teacher_features, student_features)   # a scalar
+    """
+
+    def __init__(self, teacher_layer_name, student_layer_name, p=2.0):
+        for what, name in (
+            ("teacher", teacher_layer_name),
+            ("student", student_layer_name),
+        ):
+            if not isinstance(name, str) or not name:
+                raise ValueError(
+                    f"AttentionTransfer needs `{what}_layer_name`, the name of a "
+                    f"layer with [B, H, W, C] outputs; got {name!r}."
+                )
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or p <= 0:
+            raise ValueError(f"`p` must be a positive number, got {p!r}.")
+        self.teacher_layer_name = teacher_layer_name
+        self.student_layer_name = student_layer_name
+        self.p = float(p)
+
+    def build(self, teacher_shape, student_shape):
+        """Checks the feature shapes (the loss has no layers)."""
+        self._pooled_size(tuple(teacher_shape), tuple(student_shape))
+
+    def validate_model_compatibility(self, teacher, student):
+        """Checks that the named layers exist in functional or Sequential models."""
+        check_named_layers(self, teacher, student)
+
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        """Checks that the features are `[B, H, W, C]` tensors it can compare."""
+        self._pooled_size(tuple(teacher_outputs.shape), tuple(student_outputs.shape))
+
+    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+        """Returns the scalar loss between teacher and student features."""
+        if isinstance(teacher_outputs, (list, tuple, dict)) or isinstance(
+            student_outputs, (list, tuple, dict)
+        ):
+            raise ValueError(
+                "AttentionTransfer compares single [B, H, W, C] tensors: use one "
+                "AttentionTransfer per layer pair."
+            )
+        height, width = self._pooled_size(
+            tuple(teacher_outputs.shape), tuple(student_outputs.shape)
+        )
+        teacher_features = ops.stop_gradient(ops.cast(teacher_outputs, "float32"))
+        student_features = ops.cast(student_outputs, "float32")
+        if height is not None:
+            teacher_features = average_pool_to(teacher_features, height, width)
+            student_features = average_pool_to(student_features, height, width)
+        teacher_attention = attention_map(teacher_features, self.p)
+        student_attention = attention_map(student_features, self.p)
+        return ops.mean(ops.square(student_attention - teacher_attention))
+
+    def _pooled_size(self, teacher_shape, student_shape):
+        """The `(H, W)` both maps are pooled to, or `(None, None)` if unknown."""
+        shapes = f"teacher {teacher_shape} and student {student_shape}"
+        if len(teacher_shape) != 4 or len(student_shape) != 4:
+            raise ValueError(
+                f"AttentionTransfer compares [B, H, W, C] feature maps; got {shapes}: "
+                "name convolutional layers."
+            )
+        if None not in (teacher_shape[0], student_shape[0]) and (
+            teacher_shape[0] != student_shape[0]
+        ):
+            raise ValueError(f"AttentionTransfer got different batch sizes, {shapes}.")
+        spatial = teacher_shape[1:3] + student_shape[1:3]
+        if None in spatial:
+            return None, None
+        size = (
+            min(teacher_shape[1], student_shape[1]),
+            min(teacher_shape[2], student_shape[2]),
+        )
+        if any(dim % target for dim, target in zip(spatial, size * 2, strict=True)):
+            raise ValueError(
+                f"AttentionTransfer pools the larger map to the smaller by an integer "
+                f"factor; got {shapes}: choose layers whose H and W divide."
+            )
+        return size
+
+    def get_config(self):
+        return {
+            "teacher_layer_name": self.teacher_layer_name,
+            "student_layer_name": self.student_layer_name,
+            "p": self.p,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

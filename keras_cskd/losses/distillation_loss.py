@@ -1,0 +1,108 @@
+"""`DistillationLoss`: everything the `Distiller` gives a loss, in one place."""
+
+import keras
+
+
+class DistillationLoss(keras.distillation.DistillationLoss):
+    """The interface between the `Distiller` and a distillation loss.
+
+    Every keras-cskd loss subclasses it. The `Distiller` reads only what is
+    declared here; a plain `keras.distillation.DistillationLoss` (Keras's
+    `LogitsDistillation`, `FeatureDistillation`) gets the defaults below and is
+    called as Keras calls it, `compute_loss(teacher_outputs, student_outputs)`.
+
+    What the Distiller passes to `compute_loss(teacher_outputs,
+    student_outputs, **kwargs)`:
+        - the outputs: float32 logits `[B, C]`, or, when `teacher_layer_name`
+          / `student_layer_name` are set, the outputs of those layers (the
+          teacher's always behind `stop_gradient`). Under `tf.distribute` they
+          hold the global batch unless `global_batch` is false.
+        - `labels=`: integer `[B]` or one-hot/soft `[B, C]` labels.
+        - `epoch=`, only when `uses_epoch`: the 1-based epoch as a float
+          scalar, kept by `fit`; `Distiller.train_on_batch` takes it as an
+          argument.
+
+    Attributes:
+        teacher_layer_name, student_layer_name: the layers whose outputs the
+            loss compares (functional or Sequential models), or `None` for
+            the logits.
+        requires_labels: whether the loss cannot be computed without labels.
+        uses_epoch: whether the loss changes with the epoch (DKD's warm-up).
+        num_views: `> 1` for a loss over several augmented views at once
+            (`TwoViewCSKD`); it then gets lists of outputs, one per view.
+        global_batch: under `tf.distribute`, compute the loss on the global
+            batch (the default) or on each replica's shard.
+
+    The loss's own trainable layers (FitNets' regressor) are listed by
+    `layers` and created by `build(teacher_shape, student_shape)`, which the
+    Distiller calls once with the shapes of the compared outputs; the
+    optimizer trains them with the student. A loss with layers splits
+    `compute_loss` into `project_student` (the layers, run on each replica's
+    own rows, so that their gradients add up across replicas like the
+    student's) and `compare` (the loss between teacher outputs and projected
+    student outputs); the Distiller calls the two.
+
+    Example, a logit loss that warms up over 5 epochs:
+
+    >>> class WarmLogitMSE(DistillationLoss):
+    ...     uses_epoch = True
+    ...     def compute_loss(self, teacher, student, epoch=1.0, **kwargs):
+    ...         ramp = keras.ops.minimum(epoch / 5.0, 1.0)
+    ...         return ramp * keras.ops.mean(keras.ops.square(teacher - student))
+    >>> distiller = keras_cskd.Distiller(teacher, student, WarmLogitMSE())
+    """
+
+    teacher_layer_name = None
+    student_layer_name = None
+    requires_labels = False
+    uses_epoch = False
+    num_views = 1
+    global_batch = True
+
+    @property
+    def layers(self):
+        """The loss's trainable Keras layers (none by default)."""
+        return []
+
+    def build(self, teacher_shape, student_shape):
+        """Creates the loss's layers for outputs of these shapes."""
+
+    def project_student(self, student_outputs):
+        """The student outputs through the loss's own layers (as they are)."""
+        return student_outputs
+
+    def compare(self, teacher_outputs, projected_student_outputs, **kwargs):
+        """The loss given projected student outputs (`compute_loss` without
+        `project_student`)."""
+        return self.compute_loss(teacher_outputs, projected_student_outputs, **kwargs)
+
+    def student_logits_for_ce(self, student_logits):
+        """The logits the student's cross-entropy uses (its own by default;
+        `SKD(normalize_student_ce=True)` gives its normalised logits)."""
+        return student_logits
+
+
+def spec(loss):
+    """What the Distiller reads of `loss`, with defaults for Keras's own losses.
+
+    Example:
+
+    >>> spec(keras.distillation.LogitsDistillation()).uses_epoch
+    False
+    """
+    return loss if isinstance(loss, DistillationLoss) else _KerasLossSpec(loss)
+
+
+class _KerasLossSpec(DistillationLoss):
+    """A `keras.distillation.DistillationLoss` seen through the interface."""
+
+    def __init__(self, loss):
+        self.loss = loss
+        self.teacher_layer_name = getattr(loss, "teacher_layer_name", None)
+        self.student_layer_name = getattr(loss, "student_layer_name", None)
+
+    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+        return self.loss.compute_loss(teacher_outputs, student_outputs)
+
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        self.loss.validate_outputs(teacher_outputs, student_outputs)
