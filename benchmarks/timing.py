@@ -13,10 +13,14 @@ teacher inference runs one `tf.function` forward pass. Step times come from
 `interleaved_step_times()`, which times every call separately and goes
 round-robin over the configurations, so that load from other processes falls
 on all of them alike.
+
+Training steps also run under the JAX and PyTorch backends (`KERAS_BACKEND`),
+where TensorFlow is not imported; everything else here needs TensorFlow's.
 """
 
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import statistics
@@ -24,10 +28,17 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import flags
 
 import keras_cskd
+
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
+
+    # Every model traces its own train function once, which TensorFlow's
+    # retracing detector counts against the one Python function Keras wraps;
+    # it and MirroredStrategy's INFO lines would bury the tables.
+    tf.get_logger().setLevel("ERROR")
 
 _STEPS = flags.DEFINE_integer(
     "steps",
@@ -53,11 +64,6 @@ _QUICK = flags.DEFINE_bool(
     "quick", False, "A smoke run in seconds (for tests): numbers mean nothing."
 )
 _JSON = flags.DEFINE_string("json", None, "Also write the results to this file.")
-
-# Every model traces its own train function once, which TensorFlow's retracing
-# detector counts against the one Python function Keras wraps; it and
-# MirroredStrategy's INFO lines would bury the tables.
-tf.get_logger().setLevel("ERROR")
 
 # `--quick` replaces the defaults of the flags not given on the command line.
 QUICK_VALUES = {"steps": 3, "warmup": 1, "repeats": 2}
@@ -234,8 +240,14 @@ def make_step(model, batch, jit_compile=False):
     `fit` calls; a one-step `fit` builds and traces it) on an iterator over
     the batch, cached and repeated. For an uncompiled model (the teacher): its
     inference-mode forward pass on the batch, as a `tf.function`.
+
+    Under the JAX and PyTorch backends (compiled models only), the train
+    function runs as their `fit` runs it, on the batch converted once; a JAX
+    step waits for its results (JAX dispatches asynchronously).
     """
     x, y = batch
+    if keras.backend.backend() != "tensorflow":
+        return _backend_train_step(model, batch)
     if getattr(model, "optimizer", None) is None:  # the teacher: x are images
         forward = tf.function(
             lambda images: model(images, training=False), jit_compile=jit_compile
@@ -252,6 +264,49 @@ def make_step(model, batch, jit_compile=False):
     model.fit(dataset, steps_per_epoch=1, epochs=1, verbose=0, shuffle=False)
     iterator = iter(model.distribute_strategy.experimental_distribute_dataset(dataset))
     return lambda: model.train_function(iterator)
+
+
+def _backend_train_step(model, batch):
+    """`make_step` for a compiled model under the JAX or PyTorch backend."""
+    x, y = batch
+    # A one-step `fit` builds the model, the optimizer and the metrics and
+    # compiles the train function (JAX traces it for these shapes).
+    model.fit(x, y, batch_size=len(y), epochs=1, verbose=0, shuffle=False)
+    model.make_train_function()
+    data = keras.tree.map_structure(keras.ops.convert_to_tensor, (x, y))
+    if keras.backend.backend() == "torch":
+        import torch
+
+        batches = [data]  # the list of one batch that torch's fit passes
+        sync = torch.cuda.synchronize if torch.cuda.is_available() else None
+
+        def torch_step():
+            logs = model.train_function(batches)
+            if sync:
+                sync()
+            return logs
+
+        return torch_step
+    import jax
+
+    # As JAX's fit: the variables' values leave the model as one state that
+    # each step takes (donated) and returns updated (private Keras API).
+    state = [
+        model._get_jax_state(
+            trainable_variables=True,
+            non_trainable_variables=True,
+            optimizer_variables=True,
+            metrics_variables=True,
+            purge_model_variables=True,
+        )
+    ]
+    batches = itertools.repeat(data)
+
+    def jax_step():
+        logs, state[0] = model.train_function(state[0], batches)
+        return jax.block_until_ready((logs, state[0]))
+
+    return jax_step
 
 
 def effective_jit(model, requested):
@@ -308,30 +363,53 @@ def interleaved_step_times(steps, num_steps, warmup, repeats):
     Returns:
         `{name: Summary}`.
     """
+    warm_up(steps, warmup)
+    seconds = {name: [] for name in steps}
+    for round_index in range(repeats):
+        for name, values in timed_round(steps, num_steps, round_index).items():
+            seconds[name].extend(values)
+    return {name: Summary.of(values) for name, values in seconds.items()}
+
+
+def warm_up(steps, warmup):
+    """Runs each of `{name: callable}` `warmup` times, untimed."""
     for step in steps.values():
         for _ in range(warmup):
             _timed(step)
+
+
+def timed_round(steps, num_steps, round_index):
+    """One round of `interleaved_step_times`: `{name: [seconds of each call]}`,
+    the functions' order rotated by `round_index`."""
     names = list(steps)
-    seconds = {name: [] for name in names}
-    for round_index in range(repeats):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            seconds[name].extend(_timed(steps[name]) for _ in range(num_steps))
-    return {name: Summary.of(values) for name, values in seconds.items()}
+    shift = round_index % len(names)
+    return {
+        name: [_timed(steps[name]) for _ in range(num_steps)]
+        for name in names[shift:] + names[:shift]
+    }
 
 
 def _timed(step):
     start = time.perf_counter()
     step()
     # A function call on the CPU returns when its kernels have run; a GPU's
-    # kernels may still be queued.
-    if _has_gpu():
+    # kernels may still be queued. (JAX and PyTorch steps wait themselves.)
+    if keras.backend.backend() == "tensorflow" and _has_gpu():
         tf.test.experimental.sync_devices()
     return time.perf_counter() - start
 
 
 @functools.cache
 def _has_gpu():
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() == "gpu"
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
     return bool(tf.config.list_physical_devices("GPU"))
 
 
