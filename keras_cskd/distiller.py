@@ -229,12 +229,14 @@ class Distiller(keras.Model):
             iterator = None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, **kwargs):
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
         """The loss this replica differentiates; logs the global terms."""
         _check_targets(y, sample_weight)
         views = self._views(x)
         if y_pred is None:
-            y_pred = self(x, training=kwargs.get("training", True))
+            y_pred = self(x, training=training)
         student_outputs = y_pred if len(views) > 1 else [y_pred]
         teacher_outputs = [self._teacher_outputs(view) for view in views]
         terms = self._combined_terms(y, teacher_outputs, student_outputs)

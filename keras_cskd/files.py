@@ -1,7 +1,8 @@
 """Atomic file writes (a reader sees the old file or the new one, never half of
-one) and file checksums."""
+one), exclusive locks and file checksums."""
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -47,6 +48,28 @@ def write_text(path, text):
     """Writes `text` to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+@contextlib.contextmanager
+def exclusive(path):
+    """Holds an exclusive lock on the file `path` (created if missing) for the
+    block: another process or thread entering it with the same path waits
+    until this one leaves (`fcntl.flock`; on a shared filesystem, one that
+    supports it, such as NFSv4).
+
+    Example:
+
+    >>> with exclusive("teachers/cache.npy.lock"):
+    ...     build_unless_complete()
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def sha256(path):

@@ -271,6 +271,8 @@ def test_a_checkpoint_restores_every_trained_variable(tmp_path):
 
 
 class NaNFromEpochTwo(keras_cskd.losses.KD):
+    uses_epoch = True
+
     def call(self, teacher_logits, student_logits, labels=None, epoch=None, **kwargs):
         # NaN in the value only: the gradient stays finite, so the weights
         # (and the cross-entropy) stay finite and only this term goes bad.

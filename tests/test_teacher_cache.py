@@ -2,6 +2,8 @@
 the variant space, exactness of the cached logits, training identical to the
 online teacher, and its faults (stale, truncated, interrupted caches)."""
 
+import contextlib
+import fcntl
 import shutil
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import tensorflow as tf
 
 import keras_cskd
 from keras_cskd import config as config_module
-from keras_cskd import data, training
+from keras_cskd import data, files, training
 from keras_cskd.data import augment, teacher_cache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,6 +173,40 @@ def test_a_stale_cache_is_refused_naming_the_teacher(digits, teacher, teacher_pa
     key = teacher_cache.cache_key(teacher_path, digits, augment.digits_augmentation())
     with pytest.raises(ValueError, match="stale: the teacher changed .*sha256"):
         teacher_cache.load(path, key)
+
+
+def test_a_build_runs_under_the_caches_lock_and_a_second_finds_it_done(
+    digits, teacher, teacher_path, monkeypatch
+):
+    held, lines = [], []
+    exclusive = teacher_cache.files.exclusive
+
+    @contextlib.contextmanager
+    def recorded(path):
+        with exclusive(path):
+            held.append(path)
+            yield
+            held.remove(path)
+
+    def progress(line):
+        lines.append((line, list(held)))
+
+    monkeypatch.setattr(teacher_cache.files, "exclusive", recorded)
+    path, _ = build(teacher_path, teacher, digits, progress=progress)
+    lock = path.with_name(path.name + ".lock")
+    assert lines and all(locks == [lock] for _, locks in lines)
+    count = len(lines)
+    build(teacher_path, teacher, digits, progress=progress)
+    assert len(lines) == count  # the second build found it complete
+
+
+def test_an_exclusive_lock_is_held_until_the_block_ends(tmp_path):
+    lock = tmp_path / "cache.npy.lock"
+    with files.exclusive(lock), open(lock) as other:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(lock) as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 @pytest.mark.large

@@ -14,7 +14,8 @@ Files, next to the teacher (`default_path`): `<name>.npy` (the logits),
 `<name>.npy.json` (the key and the completion marker, written atomically last:
 a cache without it is never read) and, while a build runs,
 `<name>.npy.progress.json` (the chunks written so far, so a killed build
-resumes). The key records what the logits depend on: the teacher file's
+resumes); `<name>.npy.lock` makes builds of one cache take turns, so workers
+sharing the directory build it once. The key records what the logits depend on: the teacher file's
 SHA-256, the dataset, split, examples (a SHA-256 of images and labels),
 normalisation, variant space and dtype; `load` refuses any other.
 
@@ -240,7 +241,9 @@ def build(
     continues where it stopped when called again with the same key. The
     cache counts as complete only once its metadata (`<path>.json`) is
     written, atomically, at the end. A complete cache with the same key is
-    left as it is; one with another key is rebuilt from scratch.
+    left as it is; one with another key is rebuilt from scratch. Builds of
+    one path take turns (a lock on `<path>.lock`): workers that share the
+    directory wait for the first, then find its cache complete.
 
     Args:
         path: the `.npy` file to write (`default_path`).
@@ -261,7 +264,24 @@ def build(
     >>> key = cache_key(teacher_path, digits, augmentation)
     >>> build(default_path(teacher_path, "digits"), key, teacher, digits, augmentation)
     """
-    path, report = Path(path), progress or (lambda line: None)
+    path = Path(path)
+    with files.exclusive(path.with_name(f"{path.name}.lock")):
+        return _build(
+            path,
+            key,
+            teacher,
+            dataset,
+            augmentation,
+            split,
+            batch_size,
+            chunk_size,
+            progress or (lambda line: None),
+        )
+
+
+def _build(
+    path, key, teacher, dataset, augmentation, split, batch_size, chunk_size, report
+):
     space = variant_space(augmentation)
     examples = getattr(dataset, split)
     shape = (key["num_examples"], space.size, key["num_classes"])

@@ -7,6 +7,8 @@ from keras_cskd.models import (
     cifar_vgg,  # noqa: F401
     cifar_wrn,  # noqa: F401
     digits,  # noqa: F401  (registers the digits pair)
+    imagenet_mobilenet,  # noqa: F401
+    imagenet_resnet,  # noqa: F401
 )
 from keras_cskd.models.registry import get, names, register
 from keras_cskd.models.saving import load

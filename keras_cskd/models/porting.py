@@ -1,0 +1,361 @@
+"""Porting PyTorch weights (a `state_dict`) into zoo models.
+
+`load_torch_state_dict(model, state_dict)` sets every weight of a zoo model from
+the PyTorch reference's `state_dict`, given as NumPy arrays in PyTorch layout:
+convolutions `OIHW` become `HWIO` (depthwise ones `(C * m, 1, k, k)` become
+`(k, k, C, m)`), linear weights are transposed, BatchNorm's `weight`, `bias`,
+`running_mean` and `running_var` become `gamma`, `beta`, `moving_mean` and
+`moving_variance` (`num_batches_tracked` is ignored). The zoo models have the
+reference padding, so the ported model gives the reference's logits on the same
+images: channels-last here, preprocessed as for the reference (torchvision's
+ImageNet weights: RGB in [0, 1], less the mean `(0.485, 0.456, 0.406)`, over the
+standard deviation `(0.229, 0.224, 0.225)`).
+
+The PyTorch names follow from the Keras layer names, by the model's name:
+
+- `resnet18_imagenet`, `resnet34_imagenet`, `resnet50_imagenet`: torchvision's
+  `resnet18`, `resnet34`, `resnet50` (its ImageNet `.pth` files);
+- `mobilenetv1_imagenet`: mdistiller's ImageNet `MobileNetV1`;
+- the CIFAR ResNets of mdistiller / RepDistiller: `resnet8` ... `resnet110`,
+  `resnet8x4`, `resnet32x4` (`resnet.py`) and `resnet18`, `resnet50`
+  (`resnetv2.py`); their names and shapes are checked against mdistiller's,
+  the logits only for the ImageNet models.
+
+The command line ports a checkpoint file into a `.keras` model; it needs PyTorch
+(`pip install torch`) to read the file, nothing else here does:
+
+```
+python -m keras_cskd.models.porting --checkpoint=resnet34.pth \\
+    --model=resnet34_imagenet --output=teacher.keras
+```
+"""
+
+import argparse
+import re
+import sys
+
+import keras
+import numpy as np
+
+from keras_cskd import cli
+
+# (Keras layer name pattern, PyTorch module name) per layout, tried in order.
+_RESNET = (
+    (r"stem_conv", "conv1"),
+    (r"stem_bn", "bn1"),
+    (r"stage(\d+)_block(\d+)_(\d)_conv", r"layer\1.\2.conv\3"),
+    (r"stage(\d+)_block(\d+)_(\d)_bn", r"layer\1.\2.bn\3"),
+    (r"stage(\d+)_block(\d+)_shortcut_conv", r"layer\1.\2.downsample.0"),
+    (r"stage(\d+)_block(\d+)_shortcut_bn", r"layer\1.\2.downsample.1"),
+    (r"logits", "fc"),
+)
+# mdistiller's `resnetv2.py` (CIFAR resnet18 / resnet50): `shortcut`, `linear`.
+_RESNET_V2 = tuple(
+    (pattern, module.replace("downsample", "shortcut").replace("fc", "linear"))
+    for pattern, module in _RESNET
+)
+# mdistiller's ImageNet MobileNetV1: `model[0]` the stem, `model[k]` block k.
+_MOBILENET_V1 = (
+    (r"stem_conv", "model.0.0"),
+    (r"stem_bn", "model.0.1"),
+    (r"block(\d+)_depthwise_conv", r"model.\1.0"),
+    (r"block(\d+)_depthwise_bn", r"model.\1.1"),
+    (r"block(\d+)_pointwise_conv", r"model.\1.3"),
+    (r"block(\d+)_pointwise_bn", r"model.\1.4"),
+    (r"logits", "fc"),
+)
+# Model name pattern -> layout.
+_LAYOUTS = (
+    (r"resnet(18|34|50)_imagenet", _RESNET),
+    (r"resnet(8|14|20|32|44|56|110)|resnet(8|32)x4", _RESNET),
+    (r"resnet(18|50)", _RESNET_V2),
+    (r"mobilenetv1_imagenet", _MOBILENET_V1),
+)
+_SUPPORTED = "resnet{18,34,50}_imagenet, mobilenetv1_imagenet and the CIFAR ResNets"
+_IGNORED_SUFFIX = ".num_batches_tracked"
+_SHOWN = 3  # names listed in an error
+
+
+def _layout(model):
+    for pattern, layout in _LAYOUTS:
+        if re.fullmatch(pattern, model.name):
+            return layout
+    raise ValueError(
+        f"No PyTorch layout for a model named '{model.name}': porting knows "
+        f"{_SUPPORTED} (built by keras_cskd.models.get, which names them)."
+    )
+
+
+def _module_name(layout, layer):
+    for pattern, module in layout:
+        match = re.fullmatch(pattern, layer.name)
+        if match:
+            return match.expand(module)
+    raise ValueError(
+        f"Layer '{layer.name}' of {layer.__class__.__name__} has weights but no "
+        "PyTorch counterpart in this model's layout."
+    )
+
+
+def _torch_weights(layer, module):
+    """`[(PyTorch key, Keras variable, kind)]` for the weights of one layer."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return [
+            (f"{module}.{key}", variable, "vector")
+            for key, variable in (
+                ("weight", layer.gamma),
+                ("bias", layer.beta),
+                ("running_mean", layer.moving_mean),
+                ("running_var", layer.moving_variance),
+            )
+            if variable is not None
+        ]
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        pairs = [("weight", layer.kernel, "depthwise")]
+    elif isinstance(layer, keras.layers.Conv2D):
+        pairs = [("weight", layer.kernel, "conv")]
+    elif isinstance(layer, keras.layers.Dense):
+        pairs = [("weight", layer.kernel, "dense")]
+    else:
+        raise ValueError(
+            f"Layer '{layer.name}' of {layer.__class__.__name__} has weights "
+            "that porting does not know how to convert."
+        )
+    if layer.use_bias:
+        pairs.append(("bias", layer.bias, "vector"))
+    return [(f"{module}.{key}", variable, kind) for key, variable, kind in pairs]
+
+
+def _torch_shape(kind, shape):
+    """The PyTorch shape of a Keras weight of `kind` and `shape`."""
+    if kind == "conv":  # (k, k, in / groups, out) <- (out, in / groups, k, k)
+        return (shape[3], shape[2], shape[0], shape[1])
+    if kind == "depthwise":  # (k, k, C, m) <- (C * m, 1, k, k)
+        return (shape[2] * shape[3], 1, shape[0], shape[1])
+    if kind == "dense":  # (in, out) <- (out, in)
+        return (shape[1], shape[0])
+    return tuple(shape)
+
+
+def _to_keras(kind, value, shape):
+    """`value`, a PyTorch weight of `kind`, as the Keras weight of `shape`."""
+    if kind == "conv":
+        return np.transpose(value, (2, 3, 1, 0))
+    if kind == "depthwise":
+        # PyTorch's output channel `c * m + j` is Keras' `[:, :, c, j]`.
+        channels, multiplier = shape[2], shape[3]
+        value = value.reshape(channels, multiplier, *value.shape[2:])
+        return np.transpose(value, (2, 3, 0, 1))
+    if kind == "dense":
+        return np.transpose(value)
+    return value
+
+
+def _mapping(model):
+    """`{PyTorch key: (Keras variable, kind)}`, in the order of `model.layers`."""
+    layout = _layout(model)
+    mapping = {}
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        for key, variable, kind in _torch_weights(layer, _module_name(layout, layer)):
+            mapping[key] = (variable, kind)
+    return mapping
+
+
+def torch_layout(model):
+    """The PyTorch `state_dict` keys and shapes that `model` takes.
+
+    Args:
+        model: a zoo model of a layout porting knows (see the module docstring).
+
+    Returns:
+        A dict `{PyTorch key: PyTorch shape}` (BatchNorm's running statistics
+        included, its `num_batches_tracked` not).
+
+    Raises:
+        ValueError: if porting has no layout for `model`.
+
+    Example:
+
+    >>> model = keras_cskd.models.get("resnet18_imagenet", 1000, (224, 224, 3))
+    >>> torch_layout(model)["layer1.0.conv1.weight"]
+    (64, 64, 3, 3)
+    """
+    return {
+        key: _torch_shape(kind, tuple(variable.shape))
+        for key, (variable, kind) in _mapping(model).items()
+    }
+
+
+def load_torch_state_dict(model, state_dict):
+    """Sets every weight of `model` from a PyTorch `state_dict`.
+
+    All or nothing: the keys and shapes are checked before any weight is set.
+
+    Args:
+        model: a zoo model of a layout porting knows (see the module docstring),
+            for example `keras_cskd.models.get("resnet34_imagenet", 1000,
+            (224, 224, 3))`.
+        state_dict: a mapping from PyTorch key to array in PyTorch layout, as
+            `{k: v.numpy() for k, v in torch.load(path).items()}` gives.
+            `num_batches_tracked` entries are ignored.
+
+    Returns:
+        `model`, its weights set.
+
+    Raises:
+        ValueError: one line, if porting has no layout for `model`, or a key of
+            the model is missing from `state_dict`, a key of `state_dict` is not
+            the model's, or an array has the wrong shape.
+
+    Example:
+
+    >>> import torch
+    >>> state_dict = torch.load("resnet34-b627a593.pth", weights_only=True)
+    >>> teacher = load_torch_state_dict(
+    ...     keras_cskd.models.get("resnet34_imagenet", 1000, (224, 224, 3)),
+    ...     {key: value.numpy() for key, value in state_dict.items()},
+    ... )
+    """
+    mapping = _mapping(model)
+    given = {k for k in state_dict if not str(k).endswith(_IGNORED_SUFFIX)}
+    missing = [key for key in mapping if key not in given]
+    if missing:
+        raise ValueError(
+            f"The state dict lacks {len(missing)} of the {len(mapping)} keys of "
+            f"{model.name}: {_names(missing)}."
+        )
+    unexpected = sorted(str(key) for key in given - set(mapping))
+    if unexpected:
+        raise ValueError(
+            f"The state dict has {len(unexpected)} keys that {model.name} does "
+            f"not: {_names(unexpected)}."
+        )
+    values = {}
+    for key, (variable, kind) in mapping.items():
+        value = np.asarray(state_dict[key])
+        expected = _torch_shape(kind, tuple(variable.shape))
+        if value.shape != expected:
+            raise ValueError(
+                f"'{key}' has shape {value.shape} in the state dict but "
+                f"{model.name} needs {expected} (for {variable.path})."
+            )
+        values[key] = _to_keras(kind, value, variable.shape)
+    for key, (variable, _) in mapping.items():
+        variable.assign(values[key].astype(variable.dtype))
+    return model
+
+
+def _names(keys):
+    shown = ", ".join(f"'{key}'" for key in keys[:_SHOWN])
+    return shown + (f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else "")
+
+
+def main(argv=None):
+    """Ports a PyTorch checkpoint into a zoo model and saves it as `.keras`.
+
+    `python -m keras_cskd.models.porting --checkpoint=resnet34.pth
+    --model=resnet34_imagenet --output=teacher.keras`; needs PyTorch (`pip
+    install torch`) to read the checkpoint. Errors follow `keras_cskd.cli`: one
+    line on stderr and exit code 1.
+
+    Args:
+        argv: the arguments, without the program name; `sys.argv[1:]` if `None`.
+
+    Returns:
+        The exit code: 0 on success, 1 on an error.
+
+    Example:
+
+    >>> main(["--checkpoint=resnet34.pth", "--model=resnet34_imagenet",
+    ...       "--output=teacher.keras"])
+    0
+    """
+    args = _parser().parse_args(argv)
+    try:
+        _port(args)
+    except (ValueError, OSError, ImportError) as error:
+        return cli.report(error)
+    print(f"Wrote {args.output}")
+    return 0
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose usage errors follow `keras_cskd.cli`."""
+
+    def error(self, message):
+        self.exit(cli.report(argparse.ArgumentError(None, f"{message} (see --help)")))
+
+
+def _parser():
+    parser = _ArgumentParser(
+        prog="python -m keras_cskd.models.porting",
+        description="Port a PyTorch state_dict checkpoint (.pth) into a zoo "
+        "model and save it as a .keras file. Needs PyTorch (pip install torch).",
+    )
+    parser.add_argument("--checkpoint", required=True, help="the .pth state_dict")
+    parser.add_argument(
+        "--model", required=True, help="the zoo model, e.g. resnet34_imagenet"
+    )
+    parser.add_argument("--output", required=True, help="the .keras file to write")
+    parser.add_argument(
+        "--num_classes", type=int, default=1000, help="classes of the logits"
+    )
+    parser.add_argument(
+        "--input_shape",
+        default="224,224,3",
+        help="height,width,channels of one image; default 224,224,3",
+    )
+    return parser
+
+
+def _port(args):
+    from keras_cskd.models import registry
+
+    if not args.output.endswith(".keras"):
+        raise ValueError(f"--output must end in .keras, not '{args.output}'.")
+    try:
+        input_shape = tuple(int(d) for d in args.input_shape.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--input_shape must be integers like 224,224,3, not '{args.input_shape}'."
+        ) from None
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(
+            "Reading a PyTorch checkpoint needs PyTorch: pip install torch."
+        ) from None
+    import keras_cskd.models  # noqa: F401  (registers the zoo)
+
+    model = registry.get(args.model, args.num_classes, input_shape)
+    try:
+        checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"No such checkpoint: {args.checkpoint}.") from None
+    except Exception as error:  # pickle, zip or torch errors: not a checkpoint
+        raise ValueError(
+            f"{args.checkpoint} is not a readable PyTorch checkpoint: "
+            f"{cli.one_line(error)}"
+        ) from None
+    if not isinstance(checkpoint, dict) or not all(
+        isinstance(value, torch.Tensor) for value in checkpoint.values()
+    ):
+        raise ValueError(
+            f"{args.checkpoint} is not a state_dict (a mapping from names to "
+            "tensors); save one with torch.save(model.state_dict(), path)."
+        )
+    # bfloat16 has no NumPy dtype; every zoo weight is float32.
+    load_torch_state_dict(
+        model,
+        {
+            key: (value.float() if value.is_floating_point() else value).numpy()
+            for key, value in checkpoint.items()
+        },
+    )
+    model.save(args.output)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
