@@ -15,9 +15,10 @@ Files, next to the teacher (`default_path`): `<name>.npy` (the logits),
 a cache without it is never read) and, while a build runs,
 `<name>.npy.progress.json` (the chunks written so far, so a killed build
 resumes); `<name>.npy.lock` makes builds of one cache take turns, so workers
-sharing the directory build it once. The key records what the logits depend on: the teacher file's
-SHA-256, the dataset, split, examples (a SHA-256 of images and labels),
-normalisation, variant space and dtype; `load` refuses any other.
+sharing the directory build it once. The key records what the logits depend
+on: the teacher file's SHA-256, the dataset, split, examples (a SHA-256 of
+images and labels), normalisation, variant space and dtype; `load` refuses
+any other.
 
     python -m keras_cskd.data.teacher_cache \\
         --teacher=saved_models/digits_teacher.keras --dataset=digits
