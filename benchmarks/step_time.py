@@ -36,16 +36,42 @@ slots, activations and gradients of the warm-up and timed steps).
 
 `--pair=cifar` is resnet32x4 -> resnet8x4 on random 32x32x3 images (100
 classes); `--pair=digits` is digits_cnn -> digits_mlp on 8x8x1 (10 classes).
+
+With `--backends`, the same step times (not the memory) on each Keras backend
+listed: one table, a row per backend and configuration, each ratio taken
+within its backend.
+
+    python benchmarks/step_time.py --pair=digits --backends=tensorflow,jax,torch
+    python benchmarks/step_time.py --pair=digits --backends=jax,torch --cpus=1
+
+Each backend runs in a process of its own (`KERAS_BACKEND` is read once, at
+import), started with the hidden `--backend_worker` flag: it builds and warms
+up its models, then times one round of every configuration each time the
+parent asks (a line on its stdin) and answers with a JSON line. The parent
+goes round-robin over the backends, so load from other processes falls on
+all of them alike. Models compile with each backend's default
+(`jit_compile="auto"`: XLA for JAX, eager PyTorch, no XLA for TensorFlow on a
+CPU) unless `--jit_compile`/`--nojit_compile` is given; under JAX and PyTorch
+the train function runs as their `fit` runs it (see `timing.make_step`).
+`--cpus=N` pins every backend's process to N cores, which their thread pools
+follow: on a shared machine PyTorch's OpenMP threads stall whenever another
+process takes one of their cores. A backend that is not installed gets a
+"skipped" row. Without `--backends` only the current backend runs: under
+TensorFlow, the full table above (in this process); under another backend,
+its rows of the per-backend table.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from concurrent import futures
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import timing  # noqa: E402
 from absl import app, flags  # noqa: E402
 
@@ -66,8 +92,40 @@ _MEMORY_PROBE = flags.DEFINE_enum(
     "Internal: run this configuration alone and print its memory as JSON.",
 )
 
+_BACKENDS = flags.DEFINE_list(
+    "backends",
+    None,
+    "Keras backends (tensorflow, jax, torch) to time every configuration on, "
+    "each in a process of its own, interleaved; one table, without memory. "
+    "Default: the current backend alone (under TensorFlow, the full table).",
+)
+_CPUS = flags.DEFINE_integer(
+    "cpus",
+    None,
+    "With --backends: pin each backend's process to this many of the CPUs this "
+    "one may use (the first ones); its thread pools size themselves to them. "
+    "Default: all.",
+    lower_bound=1,
+)
+_BACKEND_WORKER = flags.DEFINE_bool(
+    "backend_worker",
+    False,
+    "Internal: time rounds on the current backend when asked on stdin, "
+    "answering in JSON on stdout.",
+)
+
 # How many memory subprocesses run at once (memory does not depend on load).
 _MEMORY_JOBS = 2
+
+# The module each backend imports, and how to install it.
+_BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+_INSTALL_HINTS = {
+    "tensorflow": "pip install keras-cskd",
+    "jax": "pip install keras-cskd[jax]",
+    "torch": "pip install keras-cskd[torch]",
+}
+# Marks the worker's answers among anything else written to its stdout.
+_ANSWER = "step_time_worker: "
 
 
 def main(argv):
@@ -77,6 +135,23 @@ def main(argv):
     pair_names = ["digits", "cifar"] if pair == "both" else [pair]
     if _MEMORY_PROBE.value:
         print(json.dumps(probe_memory(_MEMORY_PROBE.value, pair_names[0], values)))
+        return 0
+    if _BACKEND_WORKER.value:
+        backend_worker(pair_names[0], values)
+        return 0
+    backends = _BACKENDS.value or [keras.backend.backend()]
+    if _BACKENDS.present or backends != ["tensorflow"]:
+        unknown = sorted(set(backends) - set(_BACKEND_MODULES))
+        if unknown:
+            raise app.UsageError(f"Unknown backends {unknown}: use {_BACKEND_MODULES}.")
+        results = {}
+        for name in pair_names:
+            results[name] = measure_backends(name, backends, values)
+            print(report_backends(name, results[name], values), end="\n\n")
+        timing.write_json(
+            values.json_path,
+            {"settings": values, "batch_size": _BATCH_SIZE.value, "backends": results},
+        )
         return 0
     results = {}
     for name in pair_names:
@@ -166,27 +241,250 @@ def probe_memory(configuration, pair_name, values):
     }
 
 
+def measure_backends(pair_name, backends, values):
+    """Step times of `timing.CONFIGURATIONS` on each backend, side by side.
+
+    Starts one worker process per installed backend (all at once: building and
+    warming up is not timed), then runs `values.repeats` rounds; in each, the
+    workers time their round one after the other, in an order rotating from
+    round to round, while the others wait.
+    """
+    skipped = {
+        backend: f"not installed ({_INSTALL_HINTS[backend]})"
+        for backend in backends
+        if importlib.util.find_spec(_BACKEND_MODULES[backend]) is None
+    }
+    workers = {
+        backend: _Worker(backend, pair_name, values)
+        for backend in backends
+        if backend not in skipped
+    }
+    try:
+        started = {}
+        for backend, worker in workers.items():
+            started[backend] = worker.answer(starting=True)
+            if "skipped" in started[backend]:
+                skipped[backend] = started[backend]["skipped"]
+        running = [backend for backend in workers if backend not in skipped]
+        seconds = {
+            backend: {name: [] for name in timing.CONFIGURATIONS} for backend in running
+        }
+        for round_index in range(values.repeats):
+            shift = round_index % max(1, len(running))
+            for backend in running[shift:] + running[:shift]:
+                workers[backend].ask(round_index)
+                for name, values_s in workers[backend].answer().items():
+                    seconds[backend][name].extend(values_s)
+    finally:
+        for worker in workers.values():
+            worker.close()
+    results = {}
+    for backend in backends:
+        if backend in skipped:
+            results[backend] = {"skipped": skipped[backend]}
+            continue
+        results[backend] = dict(
+            started[backend],
+            step_ms={
+                name: timing.Summary.of(values_s)
+                for name, values_s in seconds[backend].items()
+            },
+        )
+    cpus = _pinned_cpus()
+    return {
+        "pair": str(timing.PAIRS[pair_name]),
+        "device": timing.describe_device("/CPU:0"),
+        "cpus": f" (each backend pinned to {len(cpus)})" if cpus else "",
+        "steps": values.steps_for(timing.PAIRS[pair_name]),
+        "backends": results,
+    }
+
+
+def _pinned_cpus():
+    """The CPUs `--cpus` pins the workers to, or None."""
+    if _CPUS.value is None:
+        return None
+    return sorted(os.sched_getaffinity(0))[: _CPUS.value]
+
+
+class _Worker:
+    """A `--backend_worker` subprocess on one backend; its stderr goes to a
+    temporary file (shown if it fails)."""
+
+    def __init__(self, backend, pair_name, values):
+        self.backend = backend
+        # Without --jit_compile, the worker keeps each backend's default.
+        args = [
+            arg
+            for arg in timing.common_flag_args(values)
+            if flags.FLAGS["jit_compile"].present or not arg.startswith("--jit")
+        ]
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--backend_worker",
+            f"--pair={pair_name}",
+            f"--batch_size={_BATCH_SIZE.value}",
+            *args,
+        ]
+        self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115  closed in close()
+        cpus = _pinned_cpus()
+        self.process = subprocess.Popen(
+            command,
+            env={**os.environ, "KERAS_BACKEND": backend},
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+        )
+
+    def ask(self, round_index):
+        self.process.stdin.write(f"{round_index}\n")
+        self.process.stdin.flush()
+
+    def answer(self, starting=False):
+        """The worker's next JSON answer. If it exits instead: `skipped` when
+        `starting` and it could not import its backend, else an error."""
+        for line in self.process.stdout:
+            if line.startswith(_ANSWER):
+                return json.loads(line[len(_ANSWER) :])
+        self.process.wait()
+        self.stderr.seek(0)
+        errors = self.stderr.read()
+        missing = [
+            line
+            for line in errors.splitlines()
+            if line.startswith(("ModuleNotFoundError", "ImportError"))
+        ]
+        if starting and missing:
+            return {"skipped": f"{missing[-1]} ({_INSTALL_HINTS[self.backend]})"}
+        raise RuntimeError(
+            f"The {self.backend} worker exited with {self.process.returncode}:\n"
+            f"{errors[-3000:]}"
+        )
+
+    def close(self):
+        if self.process.stdin and not self.process.stdin.closed:
+            try:
+                self.process.stdin.close()  # the worker ends at end of input
+            except BrokenPipeError:
+                pass
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.stderr.close()
+
+
+def backend_worker(pair_name, values):
+    """The `--backend_worker` process: builds `timing.CONFIGURATIONS` on the
+    current backend, warms them up, says so, then times one round per line of
+    stdin (the round's index) until stdin ends."""
+    pair = timing.PAIRS[pair_name]
+    jit = values.jit_compile if flags.FLAGS["jit_compile"].present else "auto"
+    batch = pair.random_batch(_BATCH_SIZE.value)
+    models = {name: timing.build(name, pair, jit) for name in timing.CONFIGURATIONS}
+    # What "auto" resolved to (Keras resolves it at compile), for the teacher.
+    jit = models["student"].jit_compile
+    steps = {
+        name: timing.make_step(model, timing.batch_for(name, model, batch), jit)
+        for name, model in models.items()
+    }
+    timing.warm_up(steps, values.warmup)
+    num_steps = values.steps_for(pair)
+
+    def say(payload):
+        sys.stdout.write(_ANSWER + json.dumps(payload) + "\n")
+        sys.stdout.flush()
+
+    say(
+        {
+            "version": _backend_version(),
+            "gpu": timing._has_gpu(),
+            "xla": {name: timing.effective_jit(m, jit) for name, m in models.items()},
+        }
+    )
+    for line in sys.stdin:
+        say(timing.timed_round(steps, num_steps, int(line)))
+
+
+def _backend_version():
+    backend = keras.backend.backend()
+    return f"{backend} {importlib.import_module(_BACKEND_MODULES[backend]).__version__}"
+
+
+def report_backends(pair_name, result, values):
+    """The Markdown section of `--backends`: a title line, the table (a row
+    per backend and configuration) and the backends' versions."""
+    rows = []
+    for backend, measured in result["backends"].items():
+        if "skipped" in measured:
+            rows.append([backend, f"skipped: {measured['skipped']}", *["-"] * 6])
+            continue
+        for name, cells in _step_cells(measured["step_ms"]).items():
+            rows.append([backend, *cells, "yes" if measured["xla"][name] else "no"])
+    title = (
+        f"## {pair_name}: {result['pair']}, batch {_BATCH_SIZE.value}, "
+        f"{result['device']}{result['cpus']}; dtype policy "
+        f"{keras.mixed_precision.global_policy().name}; {values.repeats} rounds "
+        f"x {result['steps']} steps after {values.warmup} warm-up steps, "
+        "round-robin over the backends"
+    )
+    header = ["backend", *_STEP_HEADER, "XLA / torch.compile"]
+    versions = ", ".join(
+        f"{m['version']} ({'GPU' if m['gpu'] else 'CPU'})"
+        for m in result["backends"].values()
+        if "skipped" not in m
+    )
+    return f"{title}\n\n{timing.markdown_table(header, rows, left=2)}\n\n{versions}"
+
+
+_STEP_HEADER = [
+    "configuration",
+    "median ms/step",
+    "IQR ms",
+    "÷ (a)",
+    "÷ (a + b)",
+    "÷ (d)",
+]
+
+
+def _step_cells(summaries):
+    """`{configuration: cells under _STEP_HEADER}` from `{configuration: Summary}`."""
+    step_ms = {name: summary.median for name, summary in summaries.items()}
+    separate = step_ms["student"] + step_ms["teacher"]
+    cells = {}
+    for configuration, label in timing.CONFIGURATIONS.items():
+        summary = summaries[configuration]
+        distils = configuration not in ("student", "teacher")
+        ratios = (
+            [
+                step_ms[configuration] / step_ms["student"],
+                step_ms[configuration] / separate,
+                step_ms[configuration] / step_ms["keras_kd"],
+            ]
+            if distils
+            else []
+        )
+        cells[configuration] = [
+            label,
+            f"{summary.median:.2f}",
+            f"{summary.iqr:.2f}",
+            *([f"{ratio:.2f}" for ratio in ratios] or ["-"] * 3),
+        ]
+    return cells
+
+
 def report(pair_name, result, values):
     """The Markdown section of one pair: a title line and the table."""
-    step_ms = {name: summary.median for name, summary in result["step_ms"].items()}
-    separate = step_ms["student"] + step_ms["teacher"]
     rows = []
-    for configuration, label in timing.CONFIGURATIONS.items():
-        summary = result["step_ms"][configuration]
-        distils = configuration not in ("student", "teacher")
+    for configuration, cells in _step_cells(result["step_ms"]).items():
         memory = result["memory_mib"].get(configuration)
         rows.append(
             [
-                label,
-                f"{summary.median:.2f}",
-                f"{summary.iqr:.2f}",
-                f"{step_ms[configuration] / step_ms['student']:.2f}"
-                if distils
-                else "-",
-                f"{step_ms[configuration] / separate:.2f}" if distils else "-",
-                f"{step_ms[configuration] / step_ms['keras_kd']:.2f}"
-                if distils
-                else "-",
+                *cells,
                 f"{memory['peak']:.0f}" if memory else "n/a",
                 f"{memory['growth']:.0f}" if memory else "n/a",
             ]
@@ -197,12 +495,7 @@ def report(pair_name, result, values):
         f"{timing.describe_run(values, result['steps'], result['xla'])}"
     )
     header = [
-        "configuration",
-        "median ms/step",
-        "IQR ms",
-        "÷ (a)",
-        "÷ (a + b)",
-        "÷ (d)",
+        *_STEP_HEADER,
         "peak RSS MiB (own process)",
         "RSS growth MiB (own process)",
     ]

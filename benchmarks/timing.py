@@ -241,12 +241,16 @@ def make_step(model, batch, jit_compile=False):
     the batch, cached and repeated. For an uncompiled model (the teacher): its
     inference-mode forward pass on the batch, as a `tf.function`.
 
-    Under the JAX and PyTorch backends (compiled models only), the train
-    function runs as their `fit` runs it, on the batch converted once; a JAX
+    Under the JAX and PyTorch backends, the train function runs as their
+    `fit` runs it, on the batch converted once, and the teacher's forward pass
+    is a `jax.jit` of its `stateless_call` (without `jit_compile`: plain) or a
+    call under `torch.no_grad()` (`torch.compile`d with `jit_compile`); a JAX
     step waits for its results (JAX dispatches asynchronously).
     """
     x, y = batch
     if keras.backend.backend() != "tensorflow":
+        if getattr(model, "optimizer", None) is None:
+            return _backend_forward(model, x, jit_compile)
         return _backend_train_step(model, batch)
     if getattr(model, "optimizer", None) is None:  # the teacher: x are images
         forward = tf.function(
@@ -264,6 +268,48 @@ def make_step(model, batch, jit_compile=False):
     model.fit(dataset, steps_per_epoch=1, epochs=1, verbose=0, shuffle=False)
     iterator = iter(model.distribute_strategy.experimental_distribute_dataset(dataset))
     return lambda: model.train_function(iterator)
+
+
+def _backend_forward(model, x, jit_compile):
+    """`make_step` for the teacher under the JAX or PyTorch backend."""
+    images = keras.ops.convert_to_tensor(x)
+    if keras.backend.backend() == "torch":
+        import torch
+
+        def forward(images):
+            with torch.no_grad():
+                return model(images, training=False)
+
+        if jit_compile:
+            forward = torch.compile(forward)
+        sync = torch.cuda.synchronize if torch.cuda.is_available() else None
+
+        def torch_step():
+            outputs = forward(images)
+            if sync:
+                sync()
+            return outputs
+
+        torch_step()
+        return torch_step
+    import jax
+
+    weights = (
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+    )
+
+    def forward(weights, images):
+        return model.stateless_call(*weights, images, training=False)[0]
+
+    if jit_compile:
+        forward = jax.jit(forward)
+
+    def jax_step():
+        return jax.block_until_ready(forward(weights, images))
+
+    jax_step()
+    return jax_step
 
 
 def _backend_train_step(model, batch):
@@ -466,18 +512,22 @@ def rss_mib(field="VmRSS"):
 # Output.
 
 
-def markdown_table(header, rows):
-    """A Markdown table; the first column left-aligned, the others right."""
+def markdown_table(header, rows, left=1):
+    """A Markdown table; the first `left` columns left-aligned, the others right."""
     table = [list(map(str, header))] + [list(map(str, row)) for row in rows]
     widths = [max(3, *(len(row[i]) for row in table)) for i in range(len(header))]
 
     def line(cells):
-        padded = [cells[0].ljust(widths[0])] + [
-            cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)
+        padded = [
+            cell.ljust(width) if i < left else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
         ]
         return "| " + " | ".join(padded) + " |"
 
-    rule = ["-" * widths[0]] + ["-" * (width - 1) + ":" for width in widths[1:]]
+    rule = [
+        "-" * width if i < left else "-" * (width - 1) + ":"
+        for i, width in enumerate(widths)
+    ]
     return "\n".join([line(table[0]), line(rule)] + [line(row) for row in table[1:]])
 
 
