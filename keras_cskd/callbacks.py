@@ -46,14 +46,18 @@ class RefuseEmptyEpochs(keras.callbacks.Callback):
             )
 
 
-def accuracy(model, images, labels, batch_size=256):
-    """Top-1 accuracy of `model` on NumPy arrays.
+def accuracy(model, images, labels=None, batch_size=256):
+    """Top-1 accuracy of `model` on NumPy arrays, or (`labels=None`) on a
+    batched dataset of `(images, labels)` (a streamed test split).
 
     Example:
 
     >>> accuracy(student, test_images, test_labels)
     0.97...
     """
+    if labels is None:
+        labels = np.concatenate([y for _, y in images.as_numpy_iterator()])
+        images = images.map(lambda x, y: x)
     logits = model.predict(images, batch_size=batch_size, verbose=0)
     return float(np.mean(np.argmax(logits, axis=-1) == labels))
 
@@ -69,7 +73,7 @@ class TestAccuracy(keras.callbacks.Callback):
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, model, images, labels, batch_size):
+    def __init__(self, model, images, labels=None, batch_size=256):
         super().__init__()
         self.evaluated, self.images, self.labels = model, images, labels
         self.batch_size = batch_size

@@ -32,6 +32,8 @@ def default_config():
         {
             "name": "digits",  # digits | tfds:<name>[:<splits>] | folder:<path>
             "data_dir": "",  # TFDS data directory ("": TFDS's default)
+            # Where manually downloaded files are (tfds:imagenet2012's tars).
+            "manual_dir": "",
             "download": False,  # let TFDS download and prepare missing data
             "validation_fraction": 0.0,  # carve a validation split from train
             "batch_size": 64,  # the global batch, split over the replicas
@@ -271,6 +273,7 @@ RESUMABLE_CHANGES = (
     "strategy",  # N replicas train exactly like one device
     "checkpoint_every_steps",
     "data.data_dir",
+    "data.manual_dir",
     "data.download",
     "data.eval_batch_size",
     "teacher.config",

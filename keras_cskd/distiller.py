@@ -501,8 +501,9 @@ def _check_not_empty(x):
     the data whose size is only known once read)."""
     if isinstance(x, keras.utils.PyDataset):
         size = len(x)
-    elif hasattr(x, "cardinality"):  # a tf.data.Dataset
-        size = int(x.cardinality())
+    elif hasattr(x, "cardinality"):  # a tf.data or tf.distribute dataset
+        size = x.cardinality() if callable(x.cardinality) else x.cardinality
+        size = int(size)
     else:
         first = keras.tree.flatten(x)[:1]
         size = len(first[0]) if first and hasattr(first[0], "__len__") else -1

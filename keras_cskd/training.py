@@ -31,8 +31,12 @@ from keras_cskd import config as config_module
 from keras_cskd import data as data_module
 from keras_cskd import models as models_module
 from keras_cskd import summary as summary_module
-from keras_cskd.data import augment, teacher_cache
+from keras_cskd.data import augment, imagenet, teacher_cache
 from keras_cskd.data.checks import check_dataset
+
+# A streamed (ImageNet-scale) dataset's exports are measured on this many test
+# images, and its int8 export calibrated on this many training images.
+EXPORT_SAMPLE = 1000
 
 
 @dataclasses.dataclass
@@ -54,7 +58,16 @@ class Run:
     resumed: tuple = (0, 0, {})  # (epoch, step, history)
 
     @property
+    def streamed(self):
+        """Whether the splits are encoded images read as needed (ImageNet)."""
+        return isinstance(self.dataset.train, imagenet.ImageRecords)
+
+    @property
     def steps_per_epoch(self):
+        if self.streamed:
+            return imagenet.steps_per_epoch(
+                self.dataset.train, self.config.data.batch_size
+            )
         examples = int(self.dataset.train.cardinality())
         return math.ceil(examples / self.config.data.batch_size)
 
@@ -144,9 +157,14 @@ def prepare(config, workdir, overwrite=False):
         download=config.data.download,
         validation_fraction=config.data.validation_fraction,
         seed=config.seed,
+        **({"manual_dir": config.data.manual_dir} if config.data.manual_dir else {}),
     )
     check_dataset(state.dataset)
-    state.test = data_module.to_numpy(state.dataset.test)
+    if state.streamed:
+        _check_streamed(config)
+        state.test = (_eval_pipeline(state, state.dataset.test), None)
+    else:
+        state.test = data_module.to_numpy(state.dataset.test)
     if config.loss.method != "scratch":
         state.teacher_path = _teacher_path(config, state.workdir)
     return state
@@ -159,7 +177,7 @@ def build(state):
     config, dataset = state.config, state.dataset
     with state.strategy.scope():
         state.model = models_module.get(
-            config.model, dataset.num_classes, dataset.input_shape
+            config.model, dataset.num_classes, _input_shape(state)
         )
         if state.teacher_path is not None:
             state.teacher = builders.load_teacher(state.teacher_path, dataset)
@@ -210,8 +228,10 @@ def fit(state):
         keras.callbacks.CSVLogger(str(state.out / "log.csv"), append=True),
         keras.callbacks.TensorBoard(str(state.out / "tensorboard")),
     ]
-    validation = state.dataset.validation and data_module.pipeline(
-        state.dataset.validation, config.data.eval_batch_size
+    validation = state.dataset.validation and (
+        _eval_pipeline(state, state.dataset.validation)
+        if state.streamed
+        else data_module.pipeline(state.dataset.validation, config.data.eval_batch_size)
     )
     segments = [(first_epoch, first_epoch + 1, first_step)] if first_step else []
     segments.append((first_epoch + (1 if first_step else 0), config.epochs, 0))
@@ -265,6 +285,19 @@ def finalise(state, history):
 def _train_pipeline(state, begin, end, skip):
     config, dataset = state.config, state.dataset
     examples = dataset.train
+    if state.streamed:  # each input pipeline decodes its replicas' rows only
+        return state.strategy.distribute_datasets_from_function(
+            lambda context: imagenet.train_pipeline(
+                examples,
+                config.data.batch_size,
+                seed=config.seed,
+                epochs=end,
+                first_epoch=begin,
+                skip_steps=skip,
+                normalization=dataset.normalization,
+                input_context=context,
+            )
+        )
     cached = state.teacher is not None and config.data.cache_teacher_logits
     augmentation = _augmentation(dataset) if config.data.augment else None
     if cached and augmentation is not None:  # every crop/flip variant, cached
@@ -304,6 +337,42 @@ def _train_pipeline(state, begin, end, skip):
         first_epoch=begin,
         skip_steps=skip,
     )
+
+
+def _check_streamed(config):
+    """Refuses what the streamed (ImageNet) pipeline does not do."""
+    data = config.data
+    for unsupported, value in (
+        ("two_views", data.two_views),
+        ("mixup_alpha", data.mixup_alpha),
+        ("cache_teacher_logits", data.cache_teacher_logits),
+    ):
+        if value:
+            raise ValueError(
+                f"data.{unsupported} is not supported for the streamed dataset "
+                f"{data.name}: its training view is RandomResizedCrop and flip."
+            )
+    if not data.augment:
+        raise ValueError(
+            f"{data.name} is streamed and trains on RandomResizedCrop and flip: "
+            "set data.augment=True."
+        )
+
+
+def _eval_pipeline(state, records):
+    return imagenet.eval_pipeline(
+        records,
+        state.config.data.eval_batch_size,
+        normalization=state.dataset.normalization,
+    )
+
+
+def _input_shape(state):
+    """The images the model reads: a streamed dataset's are cropped to 224."""
+    shape = state.dataset.input_shape
+    if state.streamed:
+        return (imagenet.IMAGE_SIZE, imagenet.IMAGE_SIZE, shape[-1])
+    return shape
 
 
 def _clear(workdir):
@@ -378,12 +447,19 @@ def _export(state):
     from keras_cskd import export
 
     directory = state.out / "export"
+    calibration, test = state.dataset.train, state.test
+    if state.streamed:  # a sample of each split, as arrays
+        calibration, test = (
+            _eval_pipeline(state, records).unbatch().take(EXPORT_SAMPLE)
+            for records in (state.dataset.train, state.dataset.test)
+        )
+        test = data_module.to_numpy(test)
     export.export(
         state.model,
         directory,
         formats=state.config.export.formats,
-        representative_data=state.dataset.train,
+        representative_data=calibration,
     )
-    report = export.evaluate_exports(state.model, directory, *state.test)
+    report = export.evaluate_exports(state.model, directory, *test)
     print(export.format_table(report))
     return report["artefacts"]

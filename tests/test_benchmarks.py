@@ -228,3 +228,34 @@ def test_teacher_cache_benchmark_quick():
     assert completed.returncode == 0, completed.stderr[-2000:]
     rows = [line for line in completed.stdout.splitlines() if line.startswith("| ")]
     assert [row.split("|")[1].strip() for row in rows[1:]] == ["digits", "cifar"]
+
+
+def test_imagenet_input_benchmark_quick():
+    """`benchmarks/imagenet_input.py --quick` prints its table, every rate
+    positive and the ratios against the baseline, and the projection."""
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "imagenet_input.py"), "--quick"],
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    tables = tables_in(completed.stdout)
+    assert len(tables) == 1
+    header = ["pipeline", "median images/s", "IQR", "÷ baseline", "images/CPU-s"]
+    labels = [
+        "plain tf.data, the usual way (decode, crop, resize, flip)",
+        "keras_cskd imagenet.train_pipeline",
+        "keras_cskd imagenet.eval_pipeline",
+        "decoding alone (accurate DCT)",
+    ]
+    body = check_table(tables[0], header, labels)
+    for _, rate, iqr, ratio, per_cpu_second in body:
+        assert positive(ratio) == pytest.approx(
+            positive(rate) / positive(body[0][1]), rel=0.02, abs=0.01
+        )
+        assert float(iqr) >= 0 and positive(per_cpu_second)
+    assert body[0][3] == "1.00"
+    assert re.search(r"takes \d+\.\d cores of this CPU", completed.stdout)

@@ -15,6 +15,7 @@ from keras_cskd.data.augment import (
 )
 from keras_cskd.data.dataset import Dataset
 from keras_cskd.data.digits import digits_arrays
+from keras_cskd.data.imagenet import FileRecords, ImageRecords, TFDSRecords
 from keras_cskd.data.pipeline import pipeline, to_numpy, with_teacher_logits
 from keras_cskd.data.randaugment import ReferenceRandAugment
 
@@ -94,10 +95,13 @@ def load(
 
 __all__ = [
     "Dataset",
+    "FileRecords",
+    "ImageRecords",
     "RandomHorizontalFlip",
     "RandomPaddedCrop",
     "RandomSequence",
     "ReferenceRandAugment",
+    "TFDSRecords",
     "cifar_augmentation",
     "cifar_strong_augmentation",
     "digits_arrays",

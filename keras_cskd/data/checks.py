@@ -2,6 +2,8 @@
 
 import tensorflow as tf
 
+from keras_cskd.data.imagenet import ImageRecords
+
 
 def check_dataset(dataset):
     """Raises `ValueError` for an empty split or labels outside the classes.
@@ -14,8 +16,12 @@ def check_dataset(dataset):
         examples = getattr(dataset, split)
         if examples is None:
             continue
-        low, high, count = _label_range(examples)
         where = f"The '{split}' split of dataset '{dataset.name}'"
+        if isinstance(examples, ImageRecords):  # streamed: counted, not read
+            if examples.num_examples == 0:
+                raise ValueError(f"{where} is empty.")
+            continue
+        low, high, count = _label_range(examples)
         if count == 0:
             raise ValueError(f"{where} is empty.")
         if low < 0 or high >= dataset.num_classes:

@@ -4,13 +4,21 @@ Splits are `train` and `test`, optionally `validation`. Class names, sorted
 alphabetically, become label ids `0..num_classes-1`, the same in every split.
 Every image is decoded once, eagerly, when the folder is loaded, so a corrupt
 file is reported by name rather than failing a `tf.data` pipeline mid-training.
+
+Large trees (ImageNet's `train/<wnid>/*.JPEG` and `val/<wnid>/*.JPEG`) are
+*streamed* instead (`streaming=True`): the files are listed, not decoded, and
+the splits are `keras_cskd.data.imagenet.FileRecords`, read as needed by the
+ImageNet pipelines (`imagenet.train_pipeline`, `imagenet.eval_pipeline`). A
+streamed folder may name its test split `val`, as ImageNet's does.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from keras_cskd.data import imagenet
 from keras_cskd.data.dataset import Dataset
 
 SPLITS = ("train", "validation", "test")
@@ -19,7 +27,7 @@ LAYOUT = (
 )
 
 
-def load(path, validation_fraction=0.0, seed=0, image_size=None):
+def load(path, validation_fraction=0.0, seed=0, image_size=None, streaming=False):
     """Loads an image-classification folder.
 
     Images are decoded with `tf.io.decode_image` (PNG, JPEG, BMP, GIF; the
@@ -35,11 +43,17 @@ def load(path, validation_fraction=0.0, seed=0, image_size=None):
             `validation=None`.
         seed: the seed of the validation carve.
         image_size: `(height, width)` or an int to resize every image to;
-            without it all images must share one size.
+            without it all images must share one size. Streamed: the crop
+            size of the ImageNet transforms (default 224).
+        streaming: list the files without decoding them: the splits are
+            `imagenet.FileRecords`, the `input_shape` the crop size and the
+            `normalization` `imagenet.NORMALIZATION`, what the ImageNet
+            transforms make of the files; `test` may be named `val`.
 
     Returns:
         A `Dataset` named `folder:<path>` of unbatched `(image, label)` splits
-        (float32 images, int32 labels).
+        (float32 images, int32 labels), or of `imagenet.FileRecords` when
+        streamed.
 
     Raises:
         FileNotFoundError: when `path` is not a directory.
@@ -54,8 +68,13 @@ def load(path, validation_fraction=0.0, seed=0, image_size=None):
     >>> flowers = load("/data/flowers", validation_fraction=0.1, image_size=64)
     >>> flowers.input_shape
     (64, 64, 3)
+    >>> imagenet = load("/data/imagenet", validation_fraction=0.01, streaming=True)
+    >>> imagenet.train
+    FileRecords('folder:/data/imagenet/train', 1268355 examples)
     """
     root = Path(path).expanduser()
+    if streaming:
+        return _load_streaming(root, path, validation_fraction, seed, image_size)
     has_validation = _check_layout(root, validation_fraction)
     files, class_names = _list_splits(root, has_validation)
     paths = {
@@ -88,7 +107,54 @@ def load(path, validation_fraction=0.0, seed=0, image_size=None):
     )
 
 
-def _check_layout(root, validation_fraction):
+def _load_streaming(root, path, validation_fraction, seed, image_size):
+    """The streamed folder: its files and labels as `imagenet.FileRecords`."""
+    test = "val" if _is_test_named_val(root) else "test"
+    has_validation = _check_layout(root, validation_fraction, test)
+    files, class_names = _list_splits(root, has_validation, test)
+    paths = {
+        split: np.array(
+            [str(file) for name in class_names for file in by_class[name]],
+            dtype=object,
+        )
+        for split, by_class in files.items()
+    }
+    labels = {
+        split: np.array(
+            [i for i, name in enumerate(class_names) for _ in by_class[name]],
+            dtype="int32",
+        )
+        for split, by_class in files.items()
+    }
+    if validation_fraction > 0:
+        _carve_validation(paths, labels, validation_fraction, seed, root)
+    folders = {"train": "train", "validation": "validation", "test": test}
+
+    def split_records(split):
+        if split not in paths:
+            return None
+        where = f"folder:{root / folders[split]}"
+        if split == "validation" and not has_validation:
+            where = f"folder:{root / 'train'} (validation carve)"
+        return imagenet.FileRecords(paths[split], labels[split], name=where)
+
+    size = imagenet._pair(image_size or imagenet.IMAGE_SIZE)
+    return Dataset(
+        f"folder:{path}",
+        split_records("train"),
+        split_records("validation"),
+        split_records("test"),
+        num_classes=len(class_names),
+        input_shape=(*size, 3),
+        normalization=imagenet.NORMALIZATION,
+    )
+
+
+def _is_test_named_val(root):
+    return not (root / "test").is_dir() and (root / "val").is_dir()
+
+
+def _check_layout(root, validation_fraction, test="test"):
     """Checks the split folders; returns whether there is a `validation` one."""
     if not root.is_dir():
         raise FileNotFoundError(
@@ -99,7 +165,7 @@ def _check_layout(root, validation_fraction):
         raise ValueError(
             f"`validation_fraction` must be in [0, 1), got {validation_fraction}."
         )
-    for required in ("train", "test"):
+    for required in ("train", test):
         if not (root / required).is_dir():
             raise ValueError(
                 f"Image folder '{root}' has no '{required}' split folder. "
@@ -114,18 +180,20 @@ def _check_layout(root, validation_fraction):
     return has_validation
 
 
-def _list_splits(root, has_validation):
+def _list_splits(root, has_validation, test="test"):
     """`({split: {class: [files]}}, sorted class names)`, the same classes in
-    every split and training images in every class."""
+    every split and training images in every class; the test split is read
+    from the folder `test`."""
     files = {"train": _list_split(root, "train")}
     class_names = sorted(files["train"])
     for split in SPLITS[1:]:
         if split == "validation" and not has_validation:
             continue
-        files[split] = _list_split(root, split)
+        folder = test if split == "test" else split
+        files[split] = _list_split(root, folder)
         if sorted(files[split]) != class_names:
             raise ValueError(
-                f"The '{split}' split of image folder '{root}' has the classes "
+                f"The '{folder}' split of image folder '{root}' has the classes "
                 f"{sorted(files[split])}, but 'train' has {class_names}; every "
                 "split must have the same class folders."
             )
@@ -150,23 +218,31 @@ def _carve_validation(images, labels, validation_fraction, seed, root):
         arrays["train"] = arrays["train"][keep]
 
 
-def _visible(entries):
-    return sorted(entry for entry in entries if not entry.name.startswith("."))
+def _visible(directory):
+    """`[(path, is_dir, is_file)]` of a directory's visible entries, sorted by
+    path; one `os.scandir`, whose entries know their type without a `stat`
+    call on most file systems (ImageNet's train split holds 1.28M files)."""
+    with os.scandir(directory) as entries:
+        return sorted(
+            (Path(entry.path), entry.is_dir(), entry.is_file())
+            for entry in entries
+            if not entry.name.startswith(".")
+        )
 
 
 def _list_split(root, split):
     """`{class name: [image paths]}` of one split folder."""
     directory = root / split
-    entries = _visible(directory.iterdir())
-    stray = [entry.name for entry in entries if not entry.is_dir()]
+    entries = _visible(directory)
+    stray = [entry.name for entry, is_dir, _ in entries if not is_dir]
     if stray:
         raise ValueError(
             f"Split folder '{directory}' holds files beside its class folders: "
             f"{stray[:5]}. Expected the layout {LAYOUT}."
         )
     by_class = {
-        entry.name: [file for file in _visible(entry.iterdir()) if file.is_file()]
-        for entry in entries
+        entry.name: [file for file, _, is_file in _visible(entry) if is_file]
+        for entry, _, _ in entries
     }
     if not any(by_class.values()):
         raise ValueError(

@@ -15,22 +15,44 @@ training and `test` for testing. Examples:
 - `cifar10:train[:10%]`: train on the first 10% of `train`, test on `test`.
 - `cifar10:3.0.2:train[:50%],test=test[:20%]`: a pinned version and both splits.
 - `imagenette/160px:train,test=validation`: a dataset without a `test` split.
+- `imagenet2012`: ILSVRC 2012, tested on its `validation` split (its `test`
+  split has no labels), streamed (below).
 
 Nothing is ever downloaded unless `download=True`; an unprepared dataset fails
 at once with the command that prepares it on a machine with network access.
+Datasets that TFDS cannot download (`imagenet2012`) are prepared from files
+put in a manual directory (`manual_dir`), without any network: without them,
+loading fails at once with one line naming the files and where they go.
+
+Datasets whose images differ in size (`imagenet2012`) are *streamed* unless an
+`image_size` is given: their splits are then `keras_cskd.data.imagenet.
+TFDSRecords` (encoded images read as needed) for the ImageNet pipelines,
+`imagenet.train_pipeline` and `imagenet.eval_pipeline`.
 """
 
+import os
 import re
 
 import numpy as np
 import tensorflow as tf
 
+from keras_cskd.data import imagenet
 from keras_cskd.data.dataset import Dataset, normalize
 
 # Per-channel mean and standard deviation of the training images in [0, 1].
 NORMALIZATION = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "imagenet2012": imagenet.NORMALIZATION,
+}
+# The split tested on when the spec names none, where `test` is not it.
+DEFAULT_TEST_SPLIT = {"imagenet2012": "validation"}
+# The files a manual download puts in `manual_dir`, and where they come from.
+MANUAL_FILES = {
+    "imagenet2012": (
+        ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
+        "https://image-net.org/download-images",
+    ),
 }
 
 SPLIT_KEYS = ("train", "validation", "test")
@@ -97,6 +119,8 @@ def load(
     seed=0,
     normalization="auto",
     image_size=None,
+    manual_dir=None,
+    streaming=None,
 ):
     """Loads a TFDS image classification dataset with `image` and `label`.
 
@@ -105,6 +129,12 @@ def load(
     datasets not at all unless `normalization` is given; the `Dataset` records
     the `(mean, std)` it applied (`keras_cskd.data.dataset.normalize`). Labels
     are int32.
+
+    Streamed datasets (`streaming`) are not decoded here: their splits are
+    `imagenet.TFDSRecords`, their `input_shape` the crop size of the ImageNet
+    transforms (`image_size`, default 224) and their `normalization` the one
+    to give those transforms (`imagenet.NORMALIZATION` for `"auto"` unless the
+    dataset has its own constants above).
 
     Args:
         spec: `<name>[/<config>][:<version>][:<splits>]` (the `tfds:` prefix
@@ -123,17 +153,29 @@ def load(
             otherwise none), `None` (none), or a `(mean, std)` pair of
             per-channel sequences for images in [0, 1].
         image_size: `(height, width)` or an int to resize every image to;
-            needed when the dataset's images differ in size.
+            needed when the dataset's images differ in size, unless they are
+            streamed. For a streamed dataset, the crop size (an int).
+        manual_dir: the directory holding the files of a manual download
+            (`imagenet2012`: `ILSVRC2012_img_train.tar` and
+            `ILSVRC2012_img_val.tar`); an unprepared dataset is then prepared
+            from them into `data_dir`, without network. `None` (or `""`):
+            TFDS's default, `<data_dir>/downloads/manual`, is only named in
+            errors.
+        streaming: stream the encoded images (`imagenet.TFDSRecords` splits)
+            rather than decode them here; `None` streams exactly the datasets
+            whose images differ in size when no `image_size` is given.
 
     Returns:
-        A `Dataset` named `tfds:<spec>` of unbatched `(image, label)` splits.
+        A `Dataset` named `tfds:<spec>` of unbatched `(image, label)` splits,
+        or of `imagenet.TFDSRecords` when streamed.
 
     Raises:
         ValueError: for an unknown dataset, a malformed spec, a dataset without
             `image` and `label` features, images without a fixed size and no
             `image_size`, or a bad `validation_fraction`/`normalization`.
         FileNotFoundError: when the dataset is not prepared in `data_dir`
-            and `download=False`.
+            and `download=False`, or, for a manual download, when its files
+            are not in `manual_dir`.
         ConnectionError: when `download=True` but the network is unreachable
             or the download fails.
 
@@ -163,11 +205,16 @@ def load(
     image_feature, label_feature = _image_and_label(features, name)
     num_classes = int(label_feature.num_classes)
 
-    if download and not builder.is_prepared():
+    manual = _needs_manual_download(builder)
+    if manual and manual_dir and not builder.is_prepared():
+        _prepare_from_manual_dir(builder, full_name, manual_dir)
+    elif download and not builder.is_prepared():
+        if manual:
+            raise FileNotFoundError(_manual_message(builder, full_name, manual_dir))
         _download_and_prepare(builder, full_name, data_dir)
 
     train = splits.get("train", "train")
-    test = splits.get("test", "test")
+    test = splits.get("test", DEFAULT_TEST_SPLIT.get(name, "test"))
     validation = splits.get("validation")
     if validation_fraction > 0:
         if validation is not None:
@@ -178,17 +225,29 @@ def load(
         train, validation = _carve(builder, train, validation_fraction, spec)
 
     mean_std = _normalization(normalization, name, image_feature.shape[-1])
-    preprocess = _preprocess_fn(mean_std, image_size)
-    shape = _input_shape(image_feature.shape, image_size, name)
+    if streaming is None:
+        streaming = image_size is None and None in tuple(image_feature.shape[:2])
+    if streaming:
+        shape = (*imagenet._pair(image_size or imagenet.IMAGE_SIZE), 3)
+        if normalization == "auto" and mean_std is None:
+            mean_std = imagenet.NORMALIZATION  # what the ImageNet views use
+    else:
+        preprocess = _preprocess_fn(mean_std, image_size)
+        shape = _input_shape(image_feature.shape, image_size, name)
 
     def split_dataset(split):
         try:
             dataset = builder.as_dataset(split=split, shuffle_files=False)
         except AssertionError as error:
             # TFDS's own check: `data_path` does not exist (nothing prepared).
-            raise FileNotFoundError(
-                _not_prepared_message(builder, full_name, data_dir)
-            ) from error
+            message = (
+                _manual_message(builder, full_name, manual_dir)
+                if manual
+                else _not_prepared_message(builder, full_name, data_dir)
+            )
+            raise FileNotFoundError(message) from error
+        if streaming:
+            return imagenet.TFDSRecords(builder, split)
         return dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
 
     return Dataset(
@@ -340,6 +399,48 @@ def _not_prepared_message(builder, full_name, data_dir):
         f"TFDS dataset '{full_name}' is not prepared: no data in "
         f"'{builder.data_dir}', and nothing is downloaded without "
         f"`download=True`. {_how_to_prepare(full_name, data_dir)}"
+    )
+
+
+def _needs_manual_download(builder):
+    return bool(getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None))
+
+
+def _manual_files(builder, full_name):
+    """`(file names, where they come from)` of a manual download."""
+    files, source = MANUAL_FILES.get(full_name.split(":")[0].split("/")[0], ((), ""))
+    if files:
+        return files, source
+    instructions = " ".join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())
+    return (), instructions
+
+
+def _manual_message(builder, full_name, manual_dir):
+    """One line: which files go where for a manual download."""
+    directory = manual_dir or os.path.join(
+        str(builder.data_dir_root), "downloads", "manual"
+    )
+    files, source = _manual_files(builder, full_name)
+    what = " and ".join(files) + f" (from {source})" if files else source
+    return (
+        f"TFDS dataset '{full_name}' is not prepared in '{builder.data_dir_root}' "
+        f"and TFDS cannot download it: put {what} in '{directory}' and pass "
+        "that directory as `manual_dir` to prepare it (nothing is downloaded)."
+    )
+
+
+def _prepare_from_manual_dir(builder, full_name, manual_dir):
+    """Prepares a manual-download dataset from local files, without network."""
+    import tensorflow_datasets as tfds
+
+    files, _ = _manual_files(builder, full_name)
+    missing = [f for f in files if not os.path.isfile(os.path.join(manual_dir, f))]
+    if missing or not os.path.isdir(manual_dir):
+        raise FileNotFoundError(_manual_message(builder, full_name, manual_dir))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=str(manual_dir), try_download_gcs=False
+        )
     )
 
 
