@@ -107,7 +107,7 @@ def test_models_losses_and_optimizers_work_without_tensorflow():
     )
 
 
-def test_distiller_trains_on_numpy_arrays_without_tensorflow():
+def test_distiller_trains_on_arrays_and_a_py_dataset_without_tensorflow():
     run_without_tensorflow(
         """
         import keras
@@ -124,6 +124,17 @@ def test_distiller_trains_on_numpy_arrays_without_tensorflow():
         distiller = keras_cskd.Distiller(teacher, student, keras_cskd.losses.CSKD())
         distiller.compile(keras.optimizers.SGD(0.1))
         history = distiller.fit(images, labels, batch_size=32, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][-1]), history.history
+
+        class Batches(keras.utils.PyDataset):
+            def __len__(self):
+                return 4
+
+            def __getitem__(self, index):
+                rows = slice(64 * index, 64 * (index + 1))
+                return images[rows], labels[rows]
+
+        history = distiller.fit(Batches(), epochs=1, verbose=0)
         assert np.isfinite(history.history["loss"][-1]), history.history
         print("OK")
         """
