@@ -4,6 +4,7 @@ A user error is one line on stderr, `error: <Type>: <message>`, and exit code 1;
 `--verbose` (where a command has it) shows the traceback instead.
 """
 
+import argparse
 import sys
 
 EXIT_ERROR = 1
@@ -30,3 +31,15 @@ def report(error):
     """
     print(f"error: {one_line(error)}", file=sys.stderr)
     return EXIT_ERROR
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An `argparse.ArgumentParser` whose usage errors follow this policy.
+
+    Example:
+
+    >>> parser = ArgumentParser(prog="python -m keras_cskd.export")
+    """
+
+    def error(self, message):
+        self.exit(report(argparse.ArgumentError(None, f"{message} (see --help)")))

@@ -5,8 +5,6 @@ and with a tiny dataset prepared locally, and the `no_network` fixture makes any
 attempt to reach a host fail at once (so a wrong code path cannot hang).
 """
 
-import socket
-
 import keras
 import numpy as np
 import pytest
@@ -23,24 +21,6 @@ CIFAR_STATISTICS = {
     "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
     "cifar100": ([0.5071, 0.4867, 0.4408], [0.2675, 0.2565, 0.2761]),
 }
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Makes every host lookup and connection fail; yields the attempts."""
-    attempts = []
-
-    def refuse_lookup(host, *args, **kwargs):
-        attempts.append(host)
-        raise socket.gaierror(f"no network in tests ({host})")
-
-    def refuse_connect(self, address):
-        attempts.append(address)
-        raise OSError(f"no network in tests ({address})")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse_lookup)
-    monkeypatch.setattr(socket.socket, "connect", refuse_connect)
-    return attempts
 
 
 # ----------------------------------------------------------------- digits

@@ -36,24 +36,6 @@ from keras_cskd.data.tfds import NORMALIZATION
 GOLDEN = "golden/imagenet_transforms.npz"
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """Makes every host lookup and connection fail; yields the attempts."""
-    attempts = []
-
-    def refuse_lookup(host, *args, **kwargs):
-        attempts.append(host)
-        raise socket.gaierror(f"no network in tests ({host})")
-
-    def refuse_connect(self, address):
-        attempts.append(address)
-        raise OSError(f"no network in tests ({address})")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse_lookup)
-    monkeypatch.setattr(socket.socket, "connect", refuse_connect)
-    return attempts
-
-
 # ------------------------------------------------------------ the golden
 
 

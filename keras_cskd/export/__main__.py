@@ -10,7 +10,6 @@ Errors follow `keras_cskd.cli`: one line on stderr and exit code 1, for a usage
 error as for a bad file or format.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -52,15 +51,8 @@ def main(argv=None):
     return 0
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """An `ArgumentParser` whose usage errors follow `keras_cskd.cli`."""
-
-    def error(self, message):
-        self.exit(cli.report(argparse.ArgumentError(None, f"{message} (see --help)")))
-
-
 def _parser():
-    parser = _ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m keras_cskd.export",
         description="Export a trained .keras student to SavedModel/TFLite and "
         "report each artefact's accuracy, size and latency.",

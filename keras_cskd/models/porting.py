@@ -30,7 +30,6 @@ python -m keras_cskd.models.porting --checkpoint=resnet34.pth \\
 ```
 """
 
-import argparse
 import re
 import sys
 
@@ -281,15 +280,8 @@ def main(argv=None):
     return 0
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """An `ArgumentParser` whose usage errors follow `keras_cskd.cli`."""
-
-    def error(self, message):
-        self.exit(cli.report(argparse.ArgumentError(None, f"{message} (see --help)")))
-
-
 def _parser():
-    parser = _ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m keras_cskd.models.porting",
         description="Port a PyTorch state_dict checkpoint (.pth) into a zoo "
         "model and save it as a .keras file. Needs PyTorch (pip install torch).",
