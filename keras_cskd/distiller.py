@@ -1,5 +1,6 @@
 """The `Distiller`: trains a student from a frozen teacher with `model.fit`."""
 
+import os
 import re
 
 import keras
@@ -194,7 +195,7 @@ class Distiller(keras.Model):
             if monitored in ("accuracy", "val_accuracy"):
                 if getattr(callback, "mode", None) == "auto":
                     callback.mode = "max"
-        _check_not_empty(args[0] if args else kwargs.get("x"))
+        _check_training_data(args[0] if args else kwargs.get("x"))
         self._in_fit = True
         try:
             return super().fit(*args, callbacks=callbacks, **kwargs)
@@ -496,9 +497,15 @@ def _check_targets(y, sample_weight):
         raise ValueError("The Distiller needs labels: give it (inputs, labels) pairs.")
 
 
-def _check_not_empty(x):
-    """Refuses training data known to be empty (`RefuseEmptyEpochs` catches
-    the data whose size is only known once read)."""
+def _check_training_data(x):
+    """Refuses a path, and training data known to be empty
+    (`RefuseEmptyEpochs` catches the data whose size is only known once read)."""
+    if isinstance(x, (str, os.PathLike)):
+        raise ValueError(
+            f"fit() got the path {str(x)!r}: it reads arrays, a tf.data.Dataset or "
+            "a keras.utils.PyDataset; load the files first, e.g. with "
+            f"keras_cskd.data.load('folder:{x}')."
+        )
     if isinstance(x, keras.utils.PyDataset):
         size = len(x)
     elif hasattr(x, "cardinality"):  # a tf.data or tf.distribute dataset

@@ -183,3 +183,10 @@ def test_empty_training_data_is_refused(models, data, empty):
     distiller.compile("sgd")
     message = one_line_error(lambda: distiller.fit(*empty(*data), verbose=0))
     assert "empty" in message
+
+
+def test_a_path_given_as_training_data_is_refused_with_the_loader(models):
+    distiller = keras_cskd.Distiller(*models, "kd")
+    distiller.compile("sgd")
+    message = one_line_error(lambda: distiller.fit("data/train", verbose=0))
+    assert "keras_cskd.data.load('folder:data/train')" in message
