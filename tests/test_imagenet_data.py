@@ -27,7 +27,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from keras_cskd import data
+from keras_cskd import data, distribute
 from keras_cskd.data import imagenet
 from keras_cskd.data.pipeline import WEAK_VIEW, batch_seed
 from keras_cskd.data.stateless import fold_in
@@ -439,8 +439,8 @@ def test_sharded_resumed_pipelines_make_the_uninterrupted_batches(
 
 
 def test_mirrored_strategy_gives_each_replica_its_slice(streamed, uninterrupted):
-    devices = [device.name for device in tf.config.list_logical_devices("CPU")]
-    strategy = tf.distribute.MirroredStrategy(devices[:2])
+    # The process's one MirroredStrategy (tensorflow/tensorflow#62790).
+    strategy = distribute.get_strategy("mirrored")
     batches = strategy.distribute_datasets_from_function(
         lambda context: imagenet.train_pipeline(
             streamed.train, 8, seed=5, epochs=1, image_size=16, input_context=context
@@ -621,7 +621,7 @@ import numpy as np
 import tensorflow as tf
 
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
-from keras_cskd import data
+from keras_cskd import data, distribute
 from keras_cskd.data import imagenet
 
 folder, out = sys.argv[1:]
