@@ -1,8 +1,6 @@
 """N replicas train exactly like one device on the same global batch."""
 
-import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+import workers
 from distributed_job import train
 
 from keras_cskd import distribute
@@ -59,43 +58,17 @@ def test_per_replica_switch_changes_batch_wise_losses():
     assert abs(logs["distillation_loss"] - single_logs["distillation_loss"]) > TOLERANCE
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_worker_processes_equal_one_process(tmp_path):
     job = Path(__file__).with_name("distributed_job.py")
     env = {**os.environ, "PYTHONPATH": str(job.parent)}
-    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    processes = []
-    for index in range(2):
-        tf_config = {
-            "cluster": {"worker": workers},
-            "task": {"type": "worker", "index": index},
-        }
-        processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    str(job),
-                    str(tmp_path / "multi.npz"),
-                    "cskd_cswt",
-                    "--strategy=multiworker",
-                ],
-                env={**env, "TF_CONFIG": json.dumps(tf_config)},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    try:
-        outputs = [p.communicate(timeout=240)[0] for p in processes]
-    finally:
-        for p in processes:
-            p.kill()
-    assert all(p.returncode == 0 for p in processes), "\n".join(outputs)[-3000:]
+    workers.finish(
+        workers.start(
+            [sys.executable, job, tmp_path / "multi.npz", "cskd_cswt"]
+            + ["--strategy=multiworker"],
+            env=env,
+        ),
+        timeout=240,
+    )
     subprocess.run(
         [sys.executable, str(job), str(tmp_path / "single.npz"), "cskd_cswt"],
         env=env,

@@ -13,10 +13,6 @@ one level on 17% of the values. Nothing here touches the network.
 """
 
 import io
-import json
-import os
-import socket
-import subprocess
 import sys
 import tarfile
 
@@ -25,6 +21,7 @@ import PIL
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+import workers
 from PIL import Image
 
 from keras_cskd import data, distribute
@@ -641,45 +638,23 @@ np.savez(out, images=np.stack(images), labels=np.stack(labels))
 """
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.large
 def test_two_workers_read_their_halves_of_the_global_batches(
     jpeg_folder, uninterrupted, tmp_path
 ):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    workers = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
-    processes = []
-    for index in range(2):
-        tf_config = {
-            "cluster": {"worker": workers},
-            "task": {"type": "worker", "index": index},
-        }
-        processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    str(script),
-                    str(jpeg_folder),
-                    str(tmp_path / f"{index}.npz"),
-                ],
-                env={**os.environ, "TF_CONFIG": json.dumps(tf_config)},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    try:
-        outputs = [p.communicate(timeout=240)[0] for p in processes]
-    finally:
-        for p in processes:
-            p.kill()
-    assert all(p.returncode == 0 for p in processes), "\n".join(outputs)[-3000:]
+    workers.finish(
+        workers.start(
+            lambda index: [
+                sys.executable,
+                script,
+                jpeg_folder,
+                tmp_path / f"{index}.npz",
+            ]
+        ),
+        timeout=240,
+    )
     halves = [np.load(tmp_path / f"{index}.npz") for index in range(2)]
     assert [len(half["labels"]) for half in halves] == [6, 6]  # 2 epochs of 3
     for step, (images, labels) in enumerate(uninterrupted[:6]):  # 2 epochs

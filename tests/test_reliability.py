@@ -5,7 +5,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
+import workers
 
 import keras_cskd
 from keras_cskd import callbacks, checkpointing, training
@@ -97,47 +97,15 @@ def test_a_killed_run_resumes_and_ends_with_the_uninterrupted_student(tmp_path, 
         np.testing.assert_array_equal(resumed_weight, reference_weight)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def multiworker_cli(workdir):
     """Two train.py workers of one MultiWorkerMirroredStrategy on 127.0.0.1."""
-    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    processes = []
-    for index in range(2):
-        tf_config = {
-            "cluster": {"worker": workers},
-            "task": {"type": "worker", "index": index},
-        }
-        processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    str(ROOT / "train.py"),
-                    f"--workdir={workdir}",
-                    *RESUMABLE,
-                    "--config.strategy=multiworker",
-                ],
-                cwd=ROOT,
-                env={**os.environ, "TF_CONFIG": json.dumps(tf_config)},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    return processes
-
-
-def finish(processes, timeout=300):
-    try:
-        errors = [p.communicate(timeout=timeout)[1] for p in processes]
-    finally:
-        for p in processes:
-            p.kill()
-    assert all(p.returncode == 0 for p in processes), "\n".join(errors)[-3000:]
+    return workers.start(
+        [sys.executable, ROOT / "train.py", f"--workdir={workdir}", *RESUMABLE]
+        + ["--config.strategy=multiworker"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 @pytest.mark.large
@@ -154,8 +122,8 @@ def test_a_multiworker_run_with_a_killed_worker_resumes_from_the_chiefs_checkpoi
     resumed_from = json.loads((killed / "checkpoint" / "state.json").read_text())
     assert (resumed_from["epoch"], resumed_from["step"]) < (4, 0)
 
-    finish(multiworker_cli(killed))
-    finish(multiworker_cli(tmp_path / "uninterrupted"))
+    workers.finish(multiworker_cli(killed))
+    workers.finish(multiworker_cli(tmp_path / "uninterrupted"))
     assert json.loads((killed / "summary.json").read_text())["replicas"] == 2
     a = keras.saving.load_model(killed / "student.keras").get_weights()
     b = keras.saving.load_model(
