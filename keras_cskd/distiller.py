@@ -331,7 +331,7 @@ class Distiller(keras.Model):
         regularization = ops.sum(self.losses) if self.losses else ops.zeros(())
         correct = ops.equal(
             ops.argmax(students[0][LOGITS], axis=-1),
-            ops.cast(_class_ids(labels[0]), "int64"),
+            ops.cast(_class_ids(labels[0]), "int32"),
         )
         return {
             **values,

@@ -126,8 +126,8 @@ class EpochStepDecay(keras.optimizers.schedules.LearningRateSchedule):
         ]
 
     def __call__(self, step):
-        epoch = ops.floor_divide(ops.cast(step, "int64"), self.steps_per_epoch) + 1
-        milestones = ops.convert_to_tensor(self.milestones, "int64")
+        epoch = ops.floor_divide(ops.cast(step, "int32"), self.steps_per_epoch) + 1
+        milestones = ops.convert_to_tensor(self.milestones, "int32")
         passed = ops.sum(ops.cast(ops.greater(epoch, milestones), "int32"))
         return ops.take(ops.convert_to_tensor(self._rates, "float32"), passed)
 
