@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import keras_cskd
-from keras_cskd import losses
+from keras_cskd import callbacks, losses
 
 
 def conv_model(width, name, seed):
@@ -190,3 +190,13 @@ def test_a_path_given_as_training_data_is_refused_with_the_loader(models):
     distiller.compile("sgd")
     message = one_line_error(lambda: distiller.fit("data/train", verbose=0))
     assert "keras_cskd.data.load('folder:data/train')" in message
+
+
+def test_accuracy_on_a_batched_dataset_equals_accuracy_on_its_arrays(models, data):
+    student = models[1]
+    x, y = data
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(5)  # a short last one
+    logits = student.predict(x, verbose=0)
+    expected = float(np.mean(np.argmax(logits, axis=-1) == y))
+    assert callbacks.accuracy(student, batches) == pytest.approx(expected)
+    assert callbacks.accuracy(student, x, y) == pytest.approx(expected)
