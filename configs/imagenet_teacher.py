@@ -22,6 +22,7 @@ def get_config(model="resnet34_imagenet"):
     config.loss = loss_config("scratch")
     config.data.name = "tfds:imagenet2012"
     config.data.augment = True
+    config.data.streaming = True
     config.data.batch_size = 256
     config.data.eval_batch_size = 128
     config.epochs = 90

@@ -34,6 +34,9 @@ def default_config():
             "data_dir": "",  # TFDS data directory ("": TFDS's default)
             # Where manually downloaded files are (tfds:imagenet2012's tars).
             "manual_dir": "",
+            # Read encoded images as training goes (ImageNet-scale data; TFDS
+            # datasets of images of varying size are streamed anyway).
+            "streaming": False,
             "download": False,  # let TFDS download and prepare missing data
             "validation_fraction": 0.0,  # carve a validation split from train
             "batch_size": 64,  # the global batch, split over the replicas
@@ -274,6 +277,7 @@ RESUMABLE_CHANGES = (
     "checkpoint_every_steps",
     "data.data_dir",
     "data.manual_dir",
+    "data.streaming",
     "data.download",
     "data.eval_batch_size",
     "teacher.config",

@@ -157,7 +157,7 @@ def prepare(config, workdir, overwrite=False):
         download=config.data.download,
         validation_fraction=config.data.validation_fraction,
         seed=config.seed,
-        **({"manual_dir": config.data.manual_dir} if config.data.manual_dir else {}),
+        **_load_options(config.data),
     )
     check_dataset(state.dataset)
     if state.streamed:
@@ -337,6 +337,12 @@ def _train_pipeline(state, begin, end, skip):
         first_epoch=begin,
         skip_steps=skip,
     )
+
+
+def _load_options(data):
+    """The loader options a config sets (the digits loader takes none)."""
+    options = {"manual_dir": data.manual_dir} if data.manual_dir else {}
+    return {**options, "streaming": True} if data.streaming else options
 
 
 def _check_streamed(config):

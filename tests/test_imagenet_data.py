@@ -665,3 +665,32 @@ def test_two_workers_read_their_halves_of_the_global_batches(
         np.testing.assert_array_equal(
             np.concatenate([half["labels"][step] for half in halves]), labels
         )
+
+
+@pytest.mark.large
+def test_train_py_streams_an_imagenet_style_folder(jpeg_folder, tmp_path):
+    import keras
+
+    from keras_cskd import config as config_module
+    from keras_cskd import training
+
+    inputs = keras.Input((224, 224, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    keras.Model(inputs, keras.layers.Dense(3)(pooled)).save(tmp_path / "t.keras")
+    config = config_module.default_config()
+    config.update_from_flattened_dict(
+        {
+            "data.name": f"folder:{jpeg_folder}",
+            "data.streaming": True,
+            "data.augment": True,
+            "data.batch_size": 8,
+            "data.eval_batch_size": 4,
+            "teacher.path": str(tmp_path / "t.keras"),
+            "epochs": 1,
+            "verbose": "0",
+            "export.formats": "",
+        }
+    )
+    summary = training.run(config, tmp_path / "run")
+    assert summary["last_epoch"] == 1  # 24 images, 3 steps of 8
+    assert 0.0 <= summary["student_test_accuracy"] <= 1.0
