@@ -177,7 +177,7 @@ def build(state):
     config, dataset = state.config, state.dataset
     with state.strategy.scope():
         state.model = models_module.get(
-            config.model, dataset.num_classes, _input_shape(state)
+            config.model, dataset.num_classes, dataset.input_shape
         )
         if state.teacher_path is not None:
             state.teacher = builders.load_teacher(state.teacher_path, dataset)
@@ -371,14 +371,6 @@ def _eval_pipeline(state, records):
         state.config.data.eval_batch_size,
         normalization=state.dataset.normalization,
     )
-
-
-def _input_shape(state):
-    """The images the model reads: a streamed dataset's are cropped to 224."""
-    shape = state.dataset.input_shape
-    if state.streamed:
-        return (imagenet.IMAGE_SIZE, imagenet.IMAGE_SIZE, shape[-1])
-    return shape
 
 
 def _clear(workdir):
