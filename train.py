@@ -26,12 +26,25 @@ def fail(error):
     sys.exit(cli.report(error))
 
 
+def fail_on_flags(error):
+    """`fail` for a flag error; an override of a renamed config key names the
+    key that replaced it."""
+    from keras_cskd.config import RENAMED_KEYS, renamed_key_problem
+
+    for key, new_key in RENAMED_KEYS.items():
+        if any(arg.startswith(f"--config.{key}=") for arg in sys.argv):
+            error = ValueError(f"{renamed_key_problem(key)}: pass --config.{new_key}")
+    fail(error)
+
+
 try:  # config_flags applies the --config.key=value overrides right here
     _CONFIG = config_flags.DEFINE_config_file(
         "config", "configs/digits_cskd.py", "Experiment config file (get_config())."
     )
 except (AttributeError, KeyError) as error:
-    fail(ValueError(f"Unknown config key in the --config.* overrides: {error}"))
+    fail_on_flags(
+        ValueError(f"Unknown config key in the --config.* overrides: {error}")
+    )
 except Exception as error:  # noqa: BLE001  wrong types, a broken config file, ...
     fail(error)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (runs/<config>).")
@@ -87,7 +100,7 @@ def parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except Exception as error:  # noqa: BLE001  config_flags raises many types
-        fail(error)
+        fail_on_flags(error)
 
 
 if __name__ == "__main__":

@@ -219,7 +219,7 @@ def build(configuration, pair, jit_compile=False):
             teacher,
             student,
             _OUR_LOSSES[configuration](),
-            student_loss_weight=0.5,
+            ce_weight=0.5,
             distillation_loss_weight=0.5,
         )
         model.compile(optimizer=optimizer, jit_compile=jit_compile)

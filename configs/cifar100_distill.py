@@ -64,7 +64,7 @@ def get_config(spec="cskd_reference,resnet32x4,resnet8x4"):
     config.epochs = 240
     if method == "kd":
         config.loss = loss_config("kd", temperature=4.0)
-        config.student_loss_weight, config.distillation_loss_weight = 0.1, 0.9
+        config.ce_weight, config.distillation_loss_weight = 0.1, 0.9
     elif method == "dkd":
         beta = PAIRS[teacher, student]
         config.loss = loss_config(

@@ -9,6 +9,6 @@ def get_config():
     config.loss = loss_config(
         "cskd", temperature=4.0, cswt=True, t_min=2.0, t_max=6.0, alpha=2.0
     )
-    config.student_loss_weight = 1.0
+    config.ce_weight = 1.0
     config.distillation_loss_weight = 1.0
     return config

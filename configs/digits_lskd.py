@@ -7,6 +7,6 @@ from keras_cskd.config import default_config, loss_config
 def get_config():
     config = default_config()
     config.loss = loss_config("lskd", temperature=2.0)
-    config.student_loss_weight = 0.1
+    config.ce_weight = 0.1
     config.distillation_loss_weight = 9.0
     return config

@@ -9,6 +9,6 @@ def get_config():
     config.loss = loss_config(
         "skd", temperature=4.0, multiplier=2.0, normalize_student_ce=True
     )
-    config.student_loss_weight = 0.1
+    config.ce_weight = 0.1
     config.distillation_loss_weight = 0.9
     return config

@@ -9,6 +9,6 @@ def get_config():
     config = default_config()
     config.data.mixup_alpha = 0.2
     config.loss = loss_config("kd", temperature=4.0)
-    config.student_loss_weight = 0.1
+    config.ce_weight = 0.1
     config.distillation_loss_weight = 0.9
     return config

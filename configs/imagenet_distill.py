@@ -53,7 +53,7 @@ def get_config(spec="kd,resnet34_imagenet,resnet18_imagenet"):
     config.data.batch_size = 512
     if method == "kd":
         config.loss = loss_config("kd", temperature=1.0)
-        config.student_loss_weight, config.distillation_loss_weight = 0.5, 0.5
+        config.ce_weight, config.distillation_loss_weight = 0.5, 0.5
     elif method == "dkd":
         config.loss = loss_config(
             "dkd",

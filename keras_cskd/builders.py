@@ -104,7 +104,7 @@ def build_trainer(config, model, teacher, optimizer):
         teacher,
         model,
         build_loss(config.loss),
-        student_loss_weight=config.student_loss_weight,
+        ce_weight=config.ce_weight,
         distillation_loss_weight=config.distillation_loss_weight,
         view_weights=config.view_weights if config.data.two_views else None,
     )

@@ -65,7 +65,9 @@ def default_config():
         }
     )
     config.loss = loss_config("cskd", temperature=4.0, cswt=True, alpha=2.0)
-    config.student_loss_weight = 1.0
+    # The objective: ce_weight * CE + distillation_loss_weight * loss (the
+    # Distiller's `ce_weight`; Keras's alpha is `Distiller(student_loss_weight=)`).
+    config.ce_weight = 1.0
     config.distillation_loss_weight = 1.0
     # With two_views: the weights of the weak and the strong view's terms (of
     # the cross-entropy alone for a loss that takes both views, two_view_cskd).
@@ -137,7 +139,7 @@ _RANGES = [
     ("data.validation_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("data.mixup_alpha", lambda v: v >= 0, ">= 0"),
     ("data.cache_dtype", lambda v: v in ("float32", "float16"), "float32 or float16"),
-    ("student_loss_weight", lambda v: v >= 0, ">= 0"),
+    ("ce_weight", lambda v: v >= 0, ">= 0"),
     ("distillation_loss_weight", lambda v: v >= 0, ">= 0"),
     ("view_weights", lambda v: len(v) == 2 and min(v) >= 0, "two weights >= 0"),
     (
@@ -179,11 +181,40 @@ def validate(config):
         raise ValueError("Invalid config: " + "; ".join(problems) + ".")
 
 
+# Keys renamed, with the key that replaces each (same values): configs and
+# checkpoints written before the rename name the old key.
+RENAMED_KEYS = {
+    # The cross-entropy's weight; the Distiller's `student_loss_weight` is
+    # Keras's alpha now, which no config key means.
+    "student_loss_weight": "ce_weight",
+}
+
+
+def renamed_key_problem(key):
+    """Why a renamed config key is refused and what replaces it, or `None`.
+
+    Example:
+
+    >>> renamed_key_problem("student_loss_weight")
+    'config key student_loss_weight is now ce_weight (same value: ...)'
+    """
+    if key not in RENAMED_KEYS:
+        return None
+    return (
+        f"config key {key} is now {RENAMED_KEYS[key]} (same value: the weight "
+        "of the cross-entropy beside the distillation weights)"
+    )
+
+
 def _unknown_or_mistyped(config, defaults, prefix):
     problems = []
     for key, value in config.items():
         name = prefix + key
-        if key not in defaults:
+        if name in RENAMED_KEYS:
+            problems.append(
+                f"{renamed_key_problem(name)}: set config.{RENAMED_KEYS[name]}"
+            )
+        elif key not in defaults:
             problems.append(f"unknown key '{name}'")
         elif name == "loss":
             continue  # method-specific keys, checked by _loss_problems
@@ -273,7 +304,9 @@ RESUMABLE_CHANGES = (
     "name",
     "epochs",
     "verbose",
-    "strategy",  # N replicas train exactly like one device
+    # Every loss term is on the global batch whatever the replicas (BatchNorm
+    # statistics are per replica: the README's "Several devices and machines").
+    "strategy",
     "checkpoint_every_steps",
     "data.data_dir",
     "data.manual_dir",
@@ -288,7 +321,9 @@ RESUMABLE_CHANGES = (
 
 def changed_keys(saved, current):
     """The dotted keys whose values differ between two configs (as dicts),
-    except `RESUMABLE_CHANGES`: `{key: (saved value, current value)}`.
+    except `RESUMABLE_CHANGES`: `{key: (saved value, current value)}`. A key
+    of `saved` that has since been renamed (`RENAMED_KEYS`) is compared under
+    its new name, so a checkpoint made before the rename resumes.
 
     Example:
 
@@ -296,6 +331,7 @@ def changed_keys(saved, current):
     {'loss.method': ('kd', 'cskd')}
     """
     saved, current = _flatten(saved), _flatten(current)
+    saved = {RENAMED_KEYS.get(key, key): value for key, value in saved.items()}
     return {
         key: (saved.get(key), current.get(key))
         for key in sorted(saved.keys() | current.keys())

@@ -19,7 +19,7 @@ CACHED_TEACHER_LOGITS = "teacher_logits"
 LOGITS = "logits"
 # What every step logs (global values, averaged over the epoch's samples).
 LOGGED_TERMS = ("loss", "ce_loss", "distillation_loss", "accuracy")
-# Keras's Distiller spellings with another meaning here, and how they map.
+# Keras's Distiller arguments that are spelled otherwise here (same values).
 KERAS_SPELLINGS = {
     "distillation_losses": "`distillation_loss` (one loss or a list)",
     "distillation_loss_weights": "`distillation_loss_weight` (a float or a list)",
@@ -31,19 +31,26 @@ class Distiller(keras.Model):
     """Trains `student` to match a frozen `teacher` while fitting the labels.
 
     Each step runs the teacher in inference mode behind `stop_gradient`, the
-    student in training mode, and minimises `student_loss_weight * CE(y, zs)
-    + sum_i distillation_loss_weight[i] * distillation_loss[i]` plus the
-    student's regularisation losses. Labels may be integers `[B]` or
-    one-hot/soft `[B, C]` (mixup). It runs on every Keras 3 backend through
-    Keras's own training loops: it only defines `call` and `compute_loss`.
+    student in training mode, and minimises, as `keras.distillation.Distiller`
+    does with `student_loss_weight=alpha`,
+    `alpha * CE(y, zs) + (1 - alpha) * sum_i w_i * L_i`, or, with `ce_weight`
+    (the default, `ce_weight=1`), `ce_weight * CE(y, zs) + sum_i w_i * L_i`,
+    where `L_i` are the distillation losses and `w_i` their
+    `distillation_loss_weight`; plus the student's regularisation losses.
+    Labels may be integers `[B]` or one-hot/soft `[B, C]` (mixup). It runs on
+    every Keras 3 backend through Keras's own training loops: it only defines
+    `call` and `compute_loss`.
 
     Every term is computed on the global batch. Under `tf.distribute`
     (MirroredStrategy, MultiWorkerMirroredStrategy) each replica gathers the
     teacher outputs, student outputs and labels of all replicas in one
     forward `all_gather` and differentiates the global loss through its own
-    shard of student outputs, so the summed gradients of N replicas are the
-    gradient one device gets from the same global batch, and batch-wise
-    losses (CSKD, CSWT) see the whole batch. Under JAX's
+    shard of student outputs, so batch-wise losses (CSKD, CSWT) see the
+    whole batch and, for a student without BatchNorm, the summed gradients
+    of N replicas are the gradient one device gets from the same global
+    batch. A BatchNorm student's batch statistics are per replica (each over
+    its own shard; `synchronized=True` in the zoo is closer but not
+    identical), so it does not train exactly as on one device. Under JAX's
     `keras.distribution.DataParallel` the loss is one program over the
     global batch. A loss with `global_batch=False` is instead computed on
     each device's shard and averaged by shard size.
@@ -63,10 +70,17 @@ class Distiller(keras.Model):
             `student_layer_name` compare those layers' outputs (functional or
             Sequential models); what a loss is given is
             `keras_cskd.losses.DistillationLoss`'s interface.
-        student_loss_weight: the weight of the cross-entropy with the labels
-            (not Keras's `alpha`: the distillation losses keep their weights).
-        distillation_loss_weight: the weight of the distillation loss, or a
-            list with one weight per loss.
+        distillation_loss_weight: the weight `w_i` of the distillation loss,
+            or a list with one weight per loss (Keras's
+            `distillation_loss_weights`).
+        student_loss_weight: Keras's `alpha`, in [0, 1]: the objective is
+            `alpha * CE + (1 - alpha) * sum_i w_i * L_i`, as in
+            `keras.distillation.Distiller` (whose default is 0.5; here the
+            default is `ce_weight=1`).
+        ce_weight: the weight of the cross-entropy beside the distillation
+            losses, which keep their weights: `ce_weight * CE + sum_i w_i *
+            L_i`. Defaults to 1 when neither it nor `student_loss_weight` is
+            given; giving both is refused.
         view_weights: for batches of several augmented views of the same
             images, `x = (view_1, view_2, ...)`: every term is computed on
             each view and summed with these weights. A loss that takes all
@@ -92,8 +106,10 @@ class Distiller(keras.Model):
         teacher,
         student,
         distillation_loss=None,
-        student_loss_weight=1.0,
+        *,
         distillation_loss_weight=1.0,
+        student_loss_weight=None,
+        ce_weight=None,
         view_weights=None,
         name="distiller",
         **kwargs,
@@ -101,10 +117,9 @@ class Distiller(keras.Model):
         for keras_name, ours in KERAS_SPELLINGS.items():
             if keras_name in kwargs:
                 raise ValueError(
-                    f"keras_cskd.Distiller takes {ours}, not `{keras_name}`; "
-                    "its `student_loss_weight` weights the cross-entropy alone, so "
-                    "Keras's (alpha, weights w) are student_loss_weight=alpha, "
-                    "distillation_loss_weight=[(1 - alpha) * w_i]."
+                    f"keras_cskd.Distiller takes {ours}, not `{keras_name}`: pass "
+                    "the same value; `student_loss_weight` (alpha) and the weights "
+                    "mean what they mean in keras.distillation.Distiller."
                 )
         if distillation_loss is None:
             raise ValueError("Give the Distiller a `distillation_loss`, e.g. 'cskd'.")
@@ -114,8 +129,13 @@ class Distiller(keras.Model):
         self.distillation_loss_weights = _weight_list(
             distillation_loss_weight, len(self.distillation_losses)
         )
-        self.student_loss_weight = non_negative_number(
-            "student_loss_weight", student_loss_weight
+        self.student_loss_weight, self.ce_weight = _ce_weights(
+            student_loss_weight, ce_weight
+        )
+        # The weights of the cross-entropy and of sum_i w_i * L_i.
+        alpha = self.student_loss_weight
+        self._term_scales = (
+            (self.ce_weight, 1.0) if alpha is None else (alpha, 1 - alpha)
         )
         self.teacher = teacher
         self.teacher.trainable = False
@@ -160,7 +180,8 @@ class Distiller(keras.Model):
             raise ValueError(
                 "The Distiller computes its own loss (the cross-entropy with the "
                 "labels plus the distillation losses): call compile() without "
-                "`loss`, and weight the cross-entropy with `student_loss_weight`."
+                "`loss`, and weight the cross-entropy with `student_loss_weight` "
+                "(Keras's alpha) or `ce_weight`."
             )
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
 
@@ -324,7 +345,8 @@ class Distiller(keras.Model):
                 self.distillation_loss_weights, values.values(), strict=True
             )
         )
-        objective = self.student_loss_weight * ce_loss + distillation_loss
+        ce_scale, distillation_scale = self._term_scales
+        objective = ce_scale * ce_loss + distillation_scale * distillation_loss
         if len(values) == 1:
             # One loss logs unweighted, like the cross-entropy.
             distillation_loss = next(iter(values.values()))
@@ -441,8 +463,9 @@ class Distiller(keras.Model):
                 "teacher": keras.saving.serialize_keras_object(self.teacher),
                 "student": keras.saving.serialize_keras_object(self.student),
                 "distillation_loss": losses if len(losses) > 1 else losses[0],
-                "student_loss_weight": self.student_loss_weight,
                 "distillation_loss_weight": self.distillation_loss_weight,
+                "student_loss_weight": self.student_loss_weight,
+                "ce_weight": self.ce_weight,
                 "view_weights": self.view_weights,
             }
         )
@@ -451,6 +474,10 @@ class Distiller(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        if "ce_weight" not in config:
+            # Written before `ce_weight` existed, when `student_loss_weight`
+            # was the cross-entropy's weight (not Keras's alpha): load it so.
+            config["ce_weight"] = config.pop("student_loss_weight", 1.0)
         for key in ("teacher", "student", "distillation_loss"):
             config[key] = _deserialize(config[key])
         return cls(**config)
@@ -587,6 +614,31 @@ def _weight_list(weights, num_losses):
             f"{num_losses} losses: give one weight per loss."
         )
     return [non_negative_number("distillation_loss_weight", w) for w in weights]
+
+
+def _ce_weights(student_loss_weight, ce_weight):
+    """`(alpha, None)` for Keras's `student_loss_weight=alpha`, else
+    `(None, ce_weight)` (1 when neither is given)."""
+    if student_loss_weight is not None and ce_weight is not None:
+        raise ValueError(
+            "Give `student_loss_weight` (Keras's alpha: alpha * CE + (1 - alpha) * "
+            "distillation) or `ce_weight` (ce_weight * CE + distillation), not both."
+        )
+    if student_loss_weight is None:
+        ce_weight = 1.0 if ce_weight is None else ce_weight
+        return None, non_negative_number("ce_weight", ce_weight)
+    alpha = student_loss_weight
+    if (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, (int, float))
+        or not (0 <= alpha <= 1)
+    ):
+        raise ValueError(
+            "`student_loss_weight` is Keras's alpha (alpha * CE + (1 - alpha) * "
+            f"distillation), a number in [0, 1], got {alpha!r}; to weight the "
+            "cross-entropy alone, use `ce_weight`."
+        )
+    return float(alpha), None
 
 
 def _outputs_model(model, role, losses):

@@ -85,7 +85,7 @@ def test_logged_terms_equal_the_objective_recomputed_in_numpy():
         teacher,
         student,
         losses.KD(temperature=3.0),
-        student_loss_weight=0.1,
+        ce_weight=0.1,
         distillation_loss_weight=0.9,
     )
     distiller.compile(keras.optimizers.SGD(0.0))

@@ -133,7 +133,7 @@ def test_what_the_distiller_cannot_honour_is_refused(models, data):
             teacher, student, distillation_losses=[losses.KD()]
         )
     )
-    assert "student_loss_weight=alpha" in keras_spelling
+    assert "takes `distillation_loss` (one loss or a list)" in keras_spelling
     missing = one_line_error(
         lambda: keras_cskd.Distiller(
             teacher, student, losses.AttentionTransfer("features", "nope")

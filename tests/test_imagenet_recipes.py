@@ -24,7 +24,7 @@ RECIPES = [
 def test_the_recipes_hold_mdistillers_imagenet_values():
     kd = config_module.load_config(f"{DISTILL}:kd,resnet34_imagenet,resnet18_imagenet")
     assert (kd.data.batch_size, kd.epochs) == (512, 100)
-    assert (kd.student_loss_weight, kd.distillation_loss_weight) == (0.5, 0.5)
+    assert (kd.ce_weight, kd.distillation_loss_weight) == (0.5, 0.5)
     assert kd.loss.temperature == 1.0
     solver = kd.optimizer
     assert (solver.name, solver.learning_rate, solver.weight_decay) == (
