@@ -21,10 +21,12 @@ epochs, the rate x0.1 at the start of epochs 31, 61 and 91; torchvision's
 RandomResizedCrop(224) and flip for training, Resize(256) and CenterCrop(224)
 for evaluation (`keras_cskd.data.imagenet`), on ILSVRC 2012 (`tfds:imagenet2012`,
 prepared from the two tar files in `data.manual_dir`; or an ImageNet-style
-`folder:<path>`), tested on its validation split. The teacher is read from
-saved_models/imagenet_<teacher>.keras: port torchvision's pretrained weights,
-as mdistiller does (`python -m keras_cskd.models.porting`), or train it with
-configs/imagenet_teacher.py. docs/reproducing.md gives each value's source.
+`folder:<path>`), tested on its validation split. On N devices every loss term
+is on the global batch of 512, but each replica's BatchNorm statistics are over
+its own 512 / N images (README, "Several devices and machines"). The teacher is
+read from saved_models/imagenet_<teacher>.keras: port torchvision's pretrained
+weights, as mdistiller does (`python -m keras_cskd.models.porting`), or train it
+with configs/imagenet_teacher.py. docs/reproducing.md gives each value's source.
 """
 
 from keras_cskd.config import default_config, loss_config

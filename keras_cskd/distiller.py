@@ -51,9 +51,10 @@ class Distiller(keras.Model):
     batch. A BatchNorm student's batch statistics are per replica (each over
     its own shard; `synchronized=True` in the zoo is closer but not
     identical), so it does not train exactly as on one device. Under JAX's
-    `keras.distribution.DataParallel` the loss is one program over the
-    global batch. A loss with `global_batch=False` is instead computed on
-    each device's shard and averaged by shard size.
+    `keras.distribution.DataParallel` the step is one program over the
+    global batch, BatchNorm statistics included. A loss with
+    `global_batch=False` is instead computed on each device's shard and
+    averaged by shard size.
 
     Logs: `loss` (the total), `ce_loss`, `distillation_loss`, `accuracy` (the
     student's top-1), with several losses each one unweighted as

@@ -1,4 +1,13 @@
-"""`tf.distribute` for the Distiller: strategies by name, and the global batch."""
+"""`tf.distribute` for the Distiller: strategies by name, and the global batch.
+
+Under a strategy the Distiller computes every loss term on the global batch
+(`global_batch`), so the loss, and for a student without BatchNorm the summed
+gradients of the replicas, are what one device computes on the same batch.
+The student's forward pass still runs on each replica's shard, so its
+BatchNorm layers in training normalise with their shard's statistics (zoo
+models' `synchronized=True` uses all replicas': closer to one device, not
+identical), and a BatchNorm student does not train exactly as on one device.
+"""
 
 import functools
 import itertools
@@ -109,7 +118,8 @@ def global_batch(teacher_outputs, student_outputs, labels):
     all of them, with the student outputs behind `stop_gradient`; this
     replica's own rows are then put back live, so the gradient reaches the
     student through its own shard only and no collective runs in the
-    backward pass.
+    backward pass. What the student computed on its shard alone (BatchNorm
+    statistics) stays per replica.
     """
     context = tf.distribute.get_replica_context()
     local_size = ops.shape(labels)[0]

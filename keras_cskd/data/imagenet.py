@@ -48,7 +48,7 @@ pipeline builds its own dataset from `tf.distribute.InputContext`, through
 `strategy.distribute_datasets_from_function`: pipeline `p` of `P` reads the
 same epoch order, keeps the `p`-th slice of every global batch and decodes
 only that, and yields one batch per local replica, so the replicas together
-see exactly the global batch one device sees (N devices train like one).
+see exactly the global batch one device sees.
 With TFDS every pipeline reads every record (not decoding the others'). A
 pipeline built without an input context yields the global batches, which
 `fit` under `MirroredStrategy` splits among the replicas alike; under

@@ -21,8 +21,8 @@ class LogitsDistillationLoss(DistillationLoss):
         temperature: a positive float, or a `CSWT` for per-sample temperatures.
         global_batch: under `tf.distribute`, whether the `Distiller` computes
             this loss on the global batch (gathered from all replicas; the
-            default, and what makes N devices train like one) or on each
-            replica's shard (batch-wise terms then only see 1/N of the batch).
+            default, and what makes N devices compute one device's loss) or
+            on each replica's shard (batch-wise terms then see 1/N of it).
     """
 
     def __init__(self, temperature=4.0, global_batch=True):
