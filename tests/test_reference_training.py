@@ -144,8 +144,14 @@ def _distiller(method, student):
         ),
         "two_view_cskd": (losses.TwoViewCSKD(), (1.0, 1.0), (1.0, 1.0)),
     }[method]
+    ce_weight, distillation_loss_weight = weights
     return keras_cskd.Distiller(
-        teacher, student, loss, *weights, view_weights=view_weights
+        teacher,
+        student,
+        loss,
+        ce_weight=ce_weight,
+        distillation_loss_weight=distillation_loss_weight,
+        view_weights=view_weights,
     )
 
 
