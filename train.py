@@ -31,7 +31,7 @@ def fail_on_flags(error):
     key that replaced it."""
     from keras_cskd.config import RENAMED_KEYS, renamed_key_problem
 
-    for key, new_key in RENAMED_KEYS.items():
+    for key, (new_key, _) in RENAMED_KEYS.items():
         if any(arg.startswith(f"--config.{key}=") for arg in sys.argv):
             error = ValueError(f"{renamed_key_problem(key)}: pass --config.{new_key}")
     fail(error)

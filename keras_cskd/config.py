@@ -181,12 +181,14 @@ def validate(config):
         raise ValueError("Invalid config: " + "; ".join(problems) + ".")
 
 
-# Keys renamed, with the key that replaces each (same values): configs and
-# checkpoints written before the rename name the old key.
+# Keys renamed: (the key that replaces each, with the same value, and why).
+# Configs and checkpoints written before the rename name the old key.
 RENAMED_KEYS = {
-    # The cross-entropy's weight; the Distiller's `student_loss_weight` is
-    # Keras's alpha now, which no config key means.
-    "student_loss_weight": "ce_weight",
+    "student_loss_weight": (
+        "ce_weight",
+        "the cross-entropy's weight; a Distiller's student_loss_weight is Keras's "
+        "alpha",
+    ),
 }
 
 
@@ -196,14 +198,12 @@ def renamed_key_problem(key):
     Example:
 
     >>> renamed_key_problem("student_loss_weight")
-    'config key student_loss_weight is now ce_weight (same value: ...)'
+    "config key student_loss_weight is now ce_weight, with the same value (the ..."
     """
     if key not in RENAMED_KEYS:
         return None
-    return (
-        f"config key {key} is now {RENAMED_KEYS[key]} (same value: the weight "
-        "of the cross-entropy beside the distillation weights)"
-    )
+    new_key, why = RENAMED_KEYS[key]
+    return f"config key {key} is now {new_key}, with the same value ({why})"
 
 
 def _unknown_or_mistyped(config, defaults, prefix):
@@ -211,9 +211,8 @@ def _unknown_or_mistyped(config, defaults, prefix):
     for key, value in config.items():
         name = prefix + key
         if name in RENAMED_KEYS:
-            problems.append(
-                f"{renamed_key_problem(name)}: set config.{RENAMED_KEYS[name]}"
-            )
+            new_key = RENAMED_KEYS[name][0]
+            problems.append(f"{renamed_key_problem(name)}: set config.{new_key}")
         elif key not in defaults:
             problems.append(f"unknown key '{name}'")
         elif name == "loss":
@@ -331,7 +330,7 @@ def changed_keys(saved, current):
     {'loss.method': ('kd', 'cskd')}
     """
     saved, current = _flatten(saved), _flatten(current)
-    saved = {RENAMED_KEYS.get(key, key): value for key, value in saved.items()}
+    saved = {RENAMED_KEYS.get(key, (key,))[0]: value for key, value in saved.items()}
     return {
         key: (saved.get(key), current.get(key))
         for key in sorted(saved.keys() | current.keys())

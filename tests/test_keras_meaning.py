@@ -287,7 +287,7 @@ def test_the_old_config_key_is_refused_with_its_new_name():
         config_module.validate(config)
     message = str(error.value)
     assert "\n" not in message
-    assert "student_loss_weight is now ce_weight (same value" in message
+    assert "student_loss_weight is now ce_weight, with the same value" in message
     assert "set config.ce_weight" in message
     assert digits_kd_config().ce_weight == 0.1  # the recipe's CE 0.1, KD 0.9
     config_module.validate(digits_kd_config())
