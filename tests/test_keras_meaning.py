@@ -82,10 +82,10 @@ def keras_objective(teacher, student, losses, weights, alpha, x, y):
     )
 
 
-def our_objective(teacher, student, losses, **weights):
+def our_objective(teacher, student, losses, x, y, **weights):
+    """This Distiller's objective on the batch, and the Distiller (its logs)."""
     distiller = keras_cskd.Distiller(teacher, student, losses, **weights)
     distiller.compile(optimizer="sgd")
-    x, y = batch()
     return float(distiller.compute_loss(x, y)), distiller
 
 
@@ -110,7 +110,7 @@ def test_student_loss_weight_is_keras_alpha_with_one_loss(alpha):
         teacher, student, LOGITS(), None, alpha, x, y
     )
     ours, distiller = our_objective(
-        teacher, student, LOGITS(), student_loss_weight=alpha
+        teacher, student, LOGITS(), x, y, student_loss_weight=alpha
     )
     formula = alpha * expected["ce"] + (1 - alpha) * expected["kd"]
     np.testing.assert_allclose(ours, formula, rtol=1e-5)
@@ -136,6 +136,8 @@ def test_student_loss_weight_is_keras_alpha_with_two_weighted_losses():
         teacher,
         student,
         [LOGITS(), FEATURES()],
+        x,
+        y,
         student_loss_weight=alpha,
         distillation_loss_weight=weights,
     )
@@ -159,13 +161,15 @@ def test_ce_weight_weights_the_cross_entropy_alone_and_is_the_default():
         teacher,
         student,
         [LOGITS(), FEATURES()],
+        x,
+        y,
         ce_weight=0.1,
         distillation_loss_weight=weights,
     )
     distillation = weights[0] * expected["kd"] + weights[1] * expected["mse"]
     np.testing.assert_allclose(ours, 0.1 * expected["ce"] + distillation, rtol=1e-5)
     assert (distiller.ce_weight, distiller.student_loss_weight) == (0.1, None)
-    default, distiller = our_objective(teacher, student, LOGITS())
+    default, distiller = our_objective(teacher, student, LOGITS(), x, y)
     np.testing.assert_allclose(default, expected["ce"] + expected["kd"], rtol=1e-5)
     assert (distiller.ce_weight, distiller.student_loss_weight) == (1.0, None)
 
