@@ -31,12 +31,11 @@ class Distiller(keras.Model):
     """Trains `student` to match a frozen `teacher` while fitting the labels.
 
     Each step runs the teacher in inference mode behind `stop_gradient`, the
-    student in training mode, and minimises, as `keras.distillation.Distiller`
-    does with `student_loss_weight=alpha`,
-    `alpha * CE(y, zs) + (1 - alpha) * sum_i w_i * L_i`, or, with `ce_weight`
-    (the default, `ce_weight=1`), `ce_weight * CE(y, zs) + sum_i w_i * L_i`,
-    where `L_i` are the distillation losses and `w_i` their
-    `distillation_loss_weight`; plus the student's regularisation losses.
+    student in training mode, and minimises `ce_weight * CE(y, zs) + sum_i
+    w_i * L_i` (`L_i` the distillation losses, `w_i` their
+    `distillation_loss_weight`) or, given Keras's `student_loss_weight=alpha`,
+    what `keras.distillation.Distiller` minimises, `alpha * CE(y, zs) +
+    (1 - alpha) * sum_i w_i * L_i`; plus the student's regularisation losses.
     Labels may be integers `[B]` or one-hot/soft `[B, C]` (mixup). It runs on
     every Keras 3 backend through Keras's own training loops: it only defines
     `call` and `compute_loss`.
@@ -73,7 +72,8 @@ class Distiller(keras.Model):
             `keras_cskd.losses.DistillationLoss`'s interface.
         distillation_loss_weight: the weight `w_i` of the distillation loss,
             or a list with one weight per loss (Keras's
-            `distillation_loss_weights`).
+            `distillation_loss_weights`). It and the arguments after it are
+            keyword-only.
         student_loss_weight: Keras's `alpha`, in [0, 1]: the objective is
             `alpha * CE + (1 - alpha) * sum_i w_i * L_i`, as in
             `keras.distillation.Distiller` (whose default is 0.5; here the
