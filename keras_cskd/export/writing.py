@@ -91,30 +91,31 @@ def export(
         )
     directory = Path(directory)
     _check_replaceable(directory)
-    batches = None
+    sample = None
     if "tflite_int8" in formats:
-        batches = calibration.calibration_batches(
+        sample = calibration.calibration_sample(
             representative_data, spec, calibration_batches, calibration_batch_size
         )
     with files.atomic_path(directory) as staging:
         _write_artefacts(
-            student, spec, staging, formats, batches, int8_io, int8_per_channel
+            student, spec, staging, formats, sample, int8_io, int8_per_channel
         )
     return {name: directory / FORMATS[name] for name in formats}
 
 
-def _write_artefacts(student, spec, staging, formats, batches, int8_io, per_channel):
+def _write_artefacts(student, spec, staging, formats, sample, int8_io, per_channel):
     """Writes the SavedModel, each TFLite file converted from it, and the manifest."""
     staging.mkdir()
     saved_model = staging / FORMATS["savedmodel"]
     _write_saved_model(student, spec, saved_model)
+    batches = sample.batches if sample is not None else None
     for name in formats:
         if name != "savedmodel":
             flatbuffer = _convert(saved_model, name, batches, int8_io, per_channel)
             (staging / FORMATS[name]).write_bytes(flatbuffer)
     if "savedmodel" not in formats:
         shutil.rmtree(saved_model)
-    manifest = _manifest(formats, spec, batches, int8_io, per_channel)
+    manifest = _manifest(formats, spec, sample, int8_io, per_channel)
     (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -163,7 +164,7 @@ def _convert(saved_model, name, batches, int8_io, int8_per_channel):
     return converter.convert()
 
 
-def _manifest(formats, spec, batches, int8_io, int8_per_channel):
+def _manifest(formats, spec, sample, int8_io, int8_per_channel):
     """The contents of `export_manifest.json`: what was written, and how."""
     return {
         "formats": {name: FORMATS[name] for name in formats},
@@ -176,7 +177,10 @@ def _manifest(formats, spec, batches, int8_io, int8_per_channel):
         },
         "int8_io": bool(int8_io and "tflite_int8" in formats),
         "int8_per_channel": bool(int8_per_channel),
-        "calibration_examples": sum(len(batch) for batch in batches or ()),
+        "calibration_examples": 0 if sample is None else sample.num_examples,
+        "calibration_examples_per_class": (
+            None if sample is None else sample.examples_per_class
+        ),
         "keras_version": keras.__version__,
         "tensorflow_version": tf.__version__,
     }
