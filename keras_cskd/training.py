@@ -448,7 +448,7 @@ def _export(state):
     calibration, test = state.dataset.train, state.test
     if state.streamed:  # the data layer's class-balanced sample of each split
         calibration, test = (
-            _eval_pipeline(state, records.balanced_sample(EXPORT_SAMPLE))
+            _eval_pipeline(state, records.balanced_sample(EXPORT_SAMPLE)).unbatch()
             for records in (state.dataset.train, state.dataset.test)
         )
         test = data_module.to_numpy(test)

@@ -687,8 +687,9 @@ class TFDSRecords(ImageRecords):
         ImageNet's 1,000 classes and `count=1000`, about 7,500 records. It
         stops after `scan_limit` records in any case; a class not met by then
         is short in the sample, or absent, and the other classes fill its
-        places. The sample's encoded images are held in memory
-        (`EncodedRecords`). See `ImageRecords.balanced_sample`.
+        places. At most `2 * count` encoded images are held while reading; the
+        sample's are kept in memory (`EncodedRecords`). See
+        `ImageRecords.balanced_sample`.
 
         Example:
 

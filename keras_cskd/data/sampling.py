@@ -56,8 +56,10 @@ def fill_quotas(examples, labels_of, num_classes, count, scan_limit=SCAN_LIMIT):
     meets; reading stops once `count` are kept with every class at
     `count // num_classes` or more (then `balanced_indices` over the kept
     examples is exactly balanced), or after `scan_limit` examples. A class not
-    met by then keeps fewer, or none, and the other classes fill its places
-    when `balanced_indices` takes `count` of the kept examples.
+    met by then keeps fewer, or none: for it, up to `count` spare examples
+    (the first beyond their class's share) are kept too, and the other classes
+    fill its places when `balanced_indices` takes `count` of the kept
+    examples. At most `2 * count` examples are held.
 
     Args:
         examples: an iterable, read once, in its order.
@@ -67,7 +69,8 @@ def fill_quotas(examples, labels_of, num_classes, count, scan_limit=SCAN_LIMIT):
         scan_limit: the most examples read.
 
     Returns:
-        The kept examples, a list in the stream's order.
+        The kept examples, a list: those within their class's share in the
+        stream's order, then any spares.
 
     Example:
 
@@ -77,12 +80,14 @@ def fill_quotas(examples, labels_of, num_classes, count, scan_limit=SCAN_LIMIT):
     share, remainder = divmod(count, num_classes)
     quota = share + (remainder > 0)
     kept_per_class = np.zeros(num_classes, np.int64)
-    kept = []
+    kept, spares = [], []
     for example in itertools.islice(examples, scan_limit):
         label = labels_of(example)
         if kept_per_class[label] < quota:
             kept_per_class[label] += 1
             kept.append(example)
             if len(kept) >= count and kept_per_class.min() >= share:
-                break
-    return kept
+                return kept
+        elif len(spares) < count:
+            spares.append(example)
+    return kept + spares

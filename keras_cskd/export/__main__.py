@@ -19,6 +19,7 @@ from keras_cskd.export.layout import (
     DEFAULT_FORMATS,
     FORMATS,
     REPORT_NAME,
+    check_num_classes,
     input_spec,
     parse_formats,
 )
@@ -103,6 +104,7 @@ def _export_and_evaluate(args):
             f"The model takes inputs of shape {model_shape} but dataset "
             f"'{args.dataset}' has images of shape {tuple(dataset.input_shape)}."
         )
+    check_num_classes(student, dataset.num_classes, f"dataset '{args.dataset}'")
     export(
         student,
         args.output,
@@ -112,7 +114,9 @@ def _export_and_evaluate(args):
         int8_io=args.int8_io,
     )
     images, labels = data.to_numpy(dataset.test)
-    return evaluate_exports(student, args.output, images, labels)
+    return evaluate_exports(
+        student, args.output, images, labels, num_classes=dataset.num_classes
+    )
 
 
 if __name__ == "__main__":

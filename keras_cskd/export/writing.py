@@ -15,9 +15,13 @@ int64 zero point for its kernel and its bias, a fifth of the int8 file of the
 digits MLP (fan-in 64). Convolutions stay per channel.
 """
 
+import contextlib
 import json
 import os
+import re
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import keras
@@ -161,7 +165,75 @@ def _convert(saved_model, name, batches, int8_io, int8_per_channel):
         if int8_io:
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
-    return converter.convert()
+    with _quiet_stderr():
+        try:
+            return converter.convert()
+        except Exception as error:
+            # TFLite's `ConverterError` has no public name to catch it by.
+            if type(error).__name__ != "ConverterError":
+                raise
+            raise ValueError(_conversion_error(name, str(error))) from None
+
+
+# The converter's words for TensorFlow ops without a TFLite built-in.
+_LACKING_OPS = (
+    re.compile(r"'tf\.(\w+)' op is neither a custom op nor a flex op"),
+    re.compile(r"TF Select ops: (\w+(?:, \w+)*)"),
+)
+# The op an error is located at, in the converter's MLIR locations.
+_FAILING_OP = re.compile(r'fused\["(\w+):')
+
+
+def _conversion_error(name, message):
+    """One line for the converter's `message`: the ops TFLite lacks, the fix."""
+    fix = (
+        "replace the layer that uses it, or export without the TFLite formats "
+        "(e.g. --formats=savedmodel)."
+    )
+    ops = sorted(
+        {
+            op
+            for pattern in _LACKING_OPS
+            for ops in pattern.findall(message)
+            for op in ops.split(", ")
+        }
+    )
+    if ops:
+        return (
+            f"TFLite's built-in ops lack {', '.join(ops)}, which the student "
+            f"uses, so it cannot be exported as '{name}': {fix}"
+        )
+    failing = sorted(set(_FAILING_OP.findall(message)) - {"StatefulPartitionedCall"})
+    errors = [
+        line.split("error: ", 1)[1]
+        for line in message.splitlines()
+        if "error: " in line
+    ]
+    reason = (errors[0] if errors else message).rsplit(")): ", 1)[-1]
+    where = f" at {', '.join(failing)}" if failing else ""
+    return (
+        f"TFLite cannot convert the student to '{name}'{where} "
+        f"({' '.join(reason.split())[:200]}): {fix}"
+    )
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Discards what is written to file descriptor 2 during the block.
+
+    TFLite's converter logs from C++ straight to it, a dump of the model's
+    MLIR when a conversion fails; its Python error says the same.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _manifest(formats, spec, sample, int8_io, int8_per_channel):
