@@ -357,6 +357,9 @@ def test_cli_exports_and_prints_the_table(student, tmp_path):
     assert "RuntimeWarning" not in result.stderr  # `-m` runs __main__ only once.
     for name in ("savedmodel", "tflite", "tflite_int8"):
         assert re.search(rf"^{name}\s", result.stdout, flags=re.MULTILINE), name
+    assert "int8 calibrated on 160 training images: 16 per class, 10 classes" in (
+        result.stdout
+    )
     written = json.loads((output / export_lib.REPORT_NAME).read_text())
     assert tuple(written["artefacts"]) == ("savedmodel", "tflite", "tflite_int8")
     manifest = json.loads((output / export_lib.MANIFEST_NAME).read_text())

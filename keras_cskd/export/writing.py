@@ -5,7 +5,9 @@ moves it into place when complete (`keras_cskd.files.atomic_path`): a failed
 export leaves no partial files and an earlier export intact; a successful one
 replaces the earlier export as a whole. The SavedModel is written first, through
 `keras.export.ExportArchive`, and every TFLite file is converted from it with
-built-in ops only, so it runs on the plain `ai_edge_litert` interpreter.
+built-in ops only, so it runs on the plain `ai_edge_litert` interpreter. A
+student using an op those lack is refused in one line naming the op (the
+converter's own MLIR dump, written from C++ to stderr, is discarded).
 
 `"tflite_int8"` is calibrated on a class-balanced sample of the training split
 (`keras_cskd.export.calibration`). `Dense` kernels are quantized per output
@@ -76,8 +78,9 @@ def export(
 
     Raises:
         ValueError: for an unknown format, a student with several inputs,
-            `"tflite_int8"` without `representative_data`, or an existing
-            non-empty `directory` that is not an export.
+            `"tflite_int8"` without `representative_data`, an existing
+            non-empty `directory` that is not an export, or a student TFLite
+            cannot convert (one line naming the ops its built-in ops lack).
 
     Example:
 
