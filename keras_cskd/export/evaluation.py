@@ -50,8 +50,8 @@ def evaluate_exports(
         report_path: where to write the JSON report; defaults to
             `export_report.json` inside `exports` when it is a directory.
         safe_mode: passed to `keras_cskd.models.load` when `student` is a path.
-        num_classes: the data's number of classes; `None` takes one more than
-            the largest label.
+        num_classes: the data's number of classes; with `None`, only a
+            student with fewer outputs than the labels need is refused.
 
     Returns:
         The report: a dict with `num_examples`, `keras` (the student's accuracy

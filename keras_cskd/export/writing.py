@@ -227,16 +227,27 @@ def _quiet_stderr():
     TFLite's converter logs from C++ straight to it, a dump of the model's
     MLIR when a conversion fails; its Python error says the same.
     """
-    sys.stderr.flush()
-    saved = os.dup(2)
+    _flush_stderr()
+    try:
+        saved = os.dup(2)
+    except OSError:  # No file descriptor 2: nothing to keep quiet.
+        saved = None
+    if saved is None:
+        yield
+        return
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
             yield
         finally:
-            sys.stderr.flush()
+            _flush_stderr()
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def _flush_stderr():
+    if sys.stderr is not None:
+        sys.stderr.flush()
 
 
 def _manifest(formats, spec, sample, int8_io, int8_per_channel):
