@@ -413,6 +413,31 @@ def test_cli_export_errors_are_one_line(tmp_path, layers, outputs, message, fix)
     assert not output.exists()
 
 
+# The head of TensorFlow 2.21's ConverterError for a model using `tf.math.lgamma`,
+# which fails before the converter lists the ops TFLite lacks.
+_LGAMMA_FAILURE = (
+    "Could not translate MLIR to FlatBuffer.<unknown>:0: error: loc(callsite("
+    'fused["Lgamma:", "functional_1/odd_1/Lgamma@__inference_<lambda>_102"] at '
+    'callsite(fused["StatefulPartitionedCall:", "StatefulPartitionedCall@__infer'
+    'ence_signature_wrapper_<lambda>_112"] at fused["StatefulPartitionedCall:", '
+    '"StatefulPartitionedCall"]))): failed to convert value attribute to tensor '
+    "with error: INVALID_ARGUMENT: Couldn't convert tensor proto to tensor.\n"
+    '<unknown>:0: note: loc(fused["StatefulPartitionedCall:", "StatefulPartitioned'
+    'Call"]): called from\n'
+)
+
+
+def test_a_conversion_failure_names_the_failing_op_in_one_line():
+    from keras_cskd.export import writing
+
+    assert writing._conversion_error("tflite", _LGAMMA_FAILURE) == (
+        "TFLite cannot convert the student to 'tflite' at Lgamma (failed to "
+        "convert value attribute to tensor with error: INVALID_ARGUMENT: Couldn't "
+        "convert tensor proto to tensor.): replace the layer that uses it, or "
+        "export without the TFLite formats (e.g. --formats=savedmodel)."
+    )
+
+
 def test_evaluate_exports_refuses_a_student_with_other_classes(test_split, tmp_path):
     five = _digits_model(outputs=5)
     with pytest.raises(ValueError, match="has 5 outputs but the data has 10 classes"):
