@@ -197,8 +197,8 @@ def _conversion_error(name, message):
         {
             op
             for pattern in _LACKING_OPS
-            for ops in pattern.findall(message)
-            for op in ops.split(", ")
+            for listed in pattern.findall(message)
+            for op in listed.split(", ")
         }
     )
     if ops:
