@@ -448,7 +448,12 @@ def _export(state):
     calibration, test = state.dataset.train, state.test
     if state.streamed:  # the data layer's class-balanced sample of each split
         calibration, test = (
-            _eval_pipeline(state, records.balanced_sample(EXPORT_SAMPLE)).unbatch()
+            imagenet.sample_views(
+                records,
+                EXPORT_SAMPLE,
+                state.config.data.eval_batch_size,
+                normalization=state.dataset.normalization,
+            )
             for records in (state.dataset.train, state.dataset.test)
         )
         test = data_module.to_numpy(test)

@@ -33,17 +33,20 @@ def _write_image(path, rng, fmt):
     Image.fromarray(pixels).save(path, fmt)
 
 
-@pytest.fixture(scope="module")
-def unequal_folder(tmp_path_factory):
-    """`train/<class>/` with 9, 4 and 1 images (JPEG and PNG), `val/` 2 each."""
-    root = tmp_path_factory.mktemp("unequal")
+def _write_folder(root, train_sizes):
+    """`train/<class>/` with `train_sizes` images (JPEG and PNG), `val/` 2 each."""
     rng = np.random.default_rng(0)
-    for split, sizes in (("train", TRAIN_SIZES), ("val", (2, 2, 2))):
+    for split, sizes in (("train", train_sizes), ("val", (2, 2, 2))):
         for name, size in zip(CLASSES, sizes, strict=True):
             for i in range(size):
                 fmt, suffix = ("PNG", "png") if i % 2 else ("JPEG", "JPEG")
                 _write_image(root / split / name / f"{i}.{suffix}", rng, fmt)
     return root
+
+
+@pytest.fixture(scope="module")
+def unequal_folder(tmp_path_factory):
+    return _write_folder(tmp_path_factory.mktemp("unequal"), TRAIN_SIZES)
 
 
 # ------------------------------------------------------------ the choice
@@ -239,3 +242,30 @@ def test_a_streamed_runs_int8_export_records_a_balanced_sample(
     }
     assert report["num_examples"] == 6  # the test split's sample: 2, 2, 2
     assert tf.io.gfile.exists(str(tmp_path / "run" / "export" / "model_int8.tflite"))
+
+
+@pytest.mark.large
+def test_the_export_command_calibrates_a_streamed_folder_evenly(tmp_path):
+    import keras
+    from test_export import _run_cli
+
+    folder = _write_folder(tmp_path / "folder", (40, 20, 2))
+    inputs = keras.Input((224, 224, 3), name="images")
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    keras.Model(inputs, keras.layers.Dense(3)(pooled)).save(tmp_path / "s.keras")
+    result = _run_cli(
+        f"--model={tmp_path / 's.keras'}",
+        f"--dataset=folder:{folder}",
+        "--streaming",
+        "--formats=tflite_int8",
+        "--calibration_batches=1",
+        f"--output={tmp_path / 'export'}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "export" / "export_report.json").read_text())
+    # One batch of 32: the listing's first 32 would all be ants.
+    assert report["calibration"] == {
+        "examples": 32,
+        "examples_per_class": {"0": 15, "1": 15, "2": 2},
+    }
+    assert report["num_examples"] == 6

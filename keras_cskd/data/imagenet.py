@@ -919,6 +919,42 @@ def eval_pipeline(
     return examples.batch(local_batch).prefetch(tf.data.AUTOTUNE)
 
 
+def sample_views(
+    records,
+    count,
+    batch_size=100,
+    image_size=IMAGE_SIZE,
+    normalization=NORMALIZATION,
+    seed=sampling.SEED,
+):
+    """The evaluation views of a class-balanced sample of `records`, unbatched.
+
+    What a streamed split's export is calibrated on and measured on:
+    `records.balanced_sample(count, seed)` (found without reading the whole
+    split) through `eval_pipeline`.
+
+    Args:
+        records: `ImageRecords`.
+        count: the size of the sample.
+        batch_size: images decoded per step.
+        image_size, normalization: as for `eval_pipeline`.
+        seed: seeds the choice of the sample.
+
+    Returns:
+        An unbatched `tf.data.Dataset` of `(float32 image, int32 label)`.
+
+    Example:
+
+    >>> images, labels = keras_cskd.data.to_numpy(sample_views(imagenet.test, 1000))
+    """
+    return eval_pipeline(
+        records.balanced_sample(count, seed),
+        batch_size,
+        image_size=image_size,
+        normalization=normalization,
+    ).unbatch()
+
+
 def _part(batch_size, input_context):
     """`((start, stop), local batch)`: this input pipeline's slice of every
     global batch, and the batch size it yields (per replica, or global)."""
