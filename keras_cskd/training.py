@@ -446,9 +446,14 @@ def _export(state):
 
     directory = state.out / "export"
     calibration, test = state.dataset.train, state.test
-    if state.streamed:  # a sample of each split, as arrays
+    if state.streamed:  # the data layer's class-balanced sample of each split
         calibration, test = (
-            _eval_pipeline(state, records).unbatch().take(EXPORT_SAMPLE)
+            imagenet.sample_views(
+                records,
+                EXPORT_SAMPLE,
+                state.config.data.eval_batch_size,
+                normalization=state.dataset.normalization,
+            )
             for records in (state.dataset.train, state.dataset.test)
         )
         test = data_module.to_numpy(test)
@@ -458,6 +463,8 @@ def _export(state):
         formats=state.config.export.formats,
         representative_data=calibration,
     )
-    report = export.evaluate_exports(state.model, directory, *test)
+    report = export.evaluate_exports(
+        state.model, directory, *test, num_classes=state.dataset.num_classes
+    )
     print(export.format_table(report))
     return report["artefacts"]

@@ -100,6 +100,26 @@ def _snapshot(directory):
     }
 
 
+class UnregisteredScale(keras.layers.Layer):
+    """A custom layer not registered with Keras: a new process cannot load it."""
+
+    def call(self, images):
+        return 2.0 * images
+
+
+def _digits_model(*layers, outputs=10):
+    inputs = keras.Input((8, 8, 1), name="images")
+    hidden = inputs
+    for layer in layers:
+        hidden = layer(hidden)
+    hidden = keras.layers.Flatten()(hidden)
+    return keras.Model(inputs, keras.layers.Dense(outputs)(hidden))
+
+
+# TensorFlow's own start-up log lines (absl's format), not the command's words.
+_TF_LOG = re.compile(r"^(WARNING: All log messages before absl|[IWEF]\d{4} )")
+
+
 def _run_cli(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run(
@@ -337,10 +357,94 @@ def test_cli_exports_and_prints_the_table(student, tmp_path):
     assert "RuntimeWarning" not in result.stderr  # `-m` runs __main__ only once.
     for name in ("savedmodel", "tflite", "tflite_int8"):
         assert re.search(rf"^{name}\s", result.stdout, flags=re.MULTILINE), name
+    assert "int8 calibrated on 160 training images: 16 per class, 10 classes" in (
+        result.stdout
+    )
     written = json.loads((output / export_lib.REPORT_NAME).read_text())
     assert tuple(written["artefacts"]) == ("savedmodel", "tflite", "tflite_int8")
     manifest = json.loads((output / export_lib.MANIFEST_NAME).read_text())
     assert manifest["calibration_examples"] == 5 * 32
+    # 160 images of 10 classes: 16 each, whatever the order of the split.
+    assert written["calibration"] == {
+        "examples": 160,
+        "examples_per_class": {str(label): 16 for label in range(10)},
+    }
+
+
+@pytest.mark.large
+@pytest.mark.parametrize(
+    "layers, outputs, message, fix",
+    [
+        (
+            (),
+            5,
+            "The student has 5 outputs but dataset 'digits' has 10 classes",
+            "(--dataset)",
+        ),
+        (
+            (keras.layers.Resizing(16, 16, interpolation="bicubic"),),
+            10,
+            "TFLite's built-in ops lack ResizeBicubic, which the student uses",
+            "replace the layer that uses it, or export without the TFLite formats",
+        ),
+        (
+            (UnregisteredScale(),),
+            10,
+            "the custom class 'UnregisteredScale', which is not registered",
+            "decorate it with @keras.saving.register_keras_serializable()",
+        ),
+    ],
+    ids=["classes", "tflite_op", "custom_layer"],
+)
+def test_cli_export_errors_are_one_line(tmp_path, layers, outputs, message, fix):
+    _digits_model(*layers, outputs=outputs).save(tmp_path / "student.keras")
+    output = tmp_path / "export"
+    result = _run_cli(
+        f"--model={tmp_path / 'student.keras'}",
+        "--formats=savedmodel,tflite",
+        f"--output={output}",
+    )
+    assert result.returncode == cli.EXIT_ERROR
+    lines = [line for line in result.stderr.splitlines() if not _TF_LOG.match(line)]
+    assert len(lines) == 1 and lines[0].startswith("error: ValueError: "), lines
+    assert message in lines[0] and fix in lines[0]
+    assert len(lines[0]) < 300
+    assert "loc(" not in result.stderr and "func.func" not in result.stderr  # MLIR
+    assert not output.exists()
+
+
+# The head of TensorFlow 2.21's ConverterError for a model using `tf.math.lgamma`,
+# which fails before the converter lists the ops TFLite lacks.
+_LGAMMA_FAILURE = (
+    "Could not translate MLIR to FlatBuffer.<unknown>:0: error: loc(callsite("
+    'fused["Lgamma:", "functional_1/odd_1/Lgamma@__inference_<lambda>_102"] at '
+    'callsite(fused["StatefulPartitionedCall:", "StatefulPartitionedCall@__infer'
+    'ence_signature_wrapper_<lambda>_112"] at fused["StatefulPartitionedCall:", '
+    '"StatefulPartitionedCall"]))): failed to convert value attribute to tensor '
+    "with error: INVALID_ARGUMENT: Couldn't convert tensor proto to tensor.\n"
+    '<unknown>:0: note: loc(fused["StatefulPartitionedCall:", "StatefulPartitioned'
+    'Call"]): called from\n'
+)
+
+
+def test_a_conversion_failure_names_the_failing_op_in_one_line():
+    from keras_cskd.export import writing
+
+    assert writing._conversion_error("tflite", _LGAMMA_FAILURE) == (
+        "TFLite cannot convert the student to 'tflite' at Lgamma (failed to "
+        "convert value attribute to tensor with error: INVALID_ARGUMENT: Couldn't "
+        "convert tensor proto to tensor.): replace the layer that uses it, or "
+        "export without the TFLite formats (e.g. --formats=savedmodel)."
+    )
+
+
+def test_evaluate_exports_refuses_a_student_with_other_classes(test_split, tmp_path):
+    five = _digits_model(outputs=5)
+    with pytest.raises(ValueError, match="has 5 outputs but the data has 10 classes"):
+        export_lib.evaluate_exports(five, tmp_path, *test_split)
+    ten = _digits_model()
+    with pytest.raises(ValueError, match="has 10 outputs but the data has 12 classes"):
+        export_lib.evaluate_exports(ten, tmp_path, *test_split, num_classes=12)
 
 
 @pytest.mark.parametrize("form", ["dataset", "batched", "arrays", "one_hot"])
@@ -363,6 +467,8 @@ def test_calibration_sample_is_class_balanced_whatever_the_order(class_ordered, 
     indices = sample[:, 1, 1, 0].astype(int)
     counts = np.bincount(classes, minlength=3)
     assert counts.min() > 0 and counts.max() - counts.min() <= 1, counts
+    per_class = export_lib.calibration_sample(data, SMALL_IMAGES).examples_per_class
+    assert per_class == dict(enumerate(counts.tolist()))  # what the images hold
     assert set(classes[:32]) == {0, 1, 2}  # Interleaved, not class after class.
     assert len(set(indices)) == len(indices)
     np.testing.assert_array_equal(classes, labels[indices])
@@ -373,6 +479,9 @@ def test_calibration_sample_is_class_balanced_whatever_the_order(class_ordered, 
 
 def test_calibration_samples_unlabelled_images_across_the_data(class_ordered):
     images, _ = class_ordered
+    assert (
+        export_lib.calibration_sample(images, SMALL_IMAGES).examples_per_class is None
+    )
     sample = np.concatenate(export_lib.calibration_batches(images, SMALL_IMAGES))
     assert len(sample) == 640
     assert np.all(np.bincount(sample[:, 0, 0, 0].astype(int), minlength=3) > 150)

@@ -15,7 +15,12 @@ from keras_cskd.data.augment import (
 )
 from keras_cskd.data.dataset import Dataset
 from keras_cskd.data.digits import digits_arrays
-from keras_cskd.data.imagenet import FileRecords, ImageRecords, TFDSRecords
+from keras_cskd.data.imagenet import (
+    EncodedRecords,
+    FileRecords,
+    ImageRecords,
+    TFDSRecords,
+)
 from keras_cskd.data.pipeline import pipeline, to_numpy, with_teacher_logits
 from keras_cskd.data.randaugment import ReferenceRandAugment
 
@@ -95,6 +100,7 @@ def load(
 
 __all__ = [
     "Dataset",
+    "EncodedRecords",
     "FileRecords",
     "ImageRecords",
     "RandomHorizontalFlip",

@@ -72,6 +72,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from keras_cskd.data import sampling
 from keras_cskd.data.dataset import normalize
 from keras_cskd.data.pipeline import WEAK_VIEW, batch_seed
 from keras_cskd.data.stateless import fold_in
@@ -514,6 +515,23 @@ class ImageRecords:
         """`(encoded image, int32 label)` of a key."""
         raise NotImplementedError
 
+    def balanced_sample(self, count, seed=sampling.SEED):
+        """A class-balanced sample of `count` examples, read boundedly.
+
+        What an export is calibrated on and measured against: counts per class
+        differ by at most one (except for classes with too few examples), the
+        classes interleaved (`sampling.balanced_indices`). How the examples are
+        found, without reading the whole split, is each subclass's own.
+
+        Args:
+            count: the number of examples; all of them if fewer exist.
+            seed: seeds the choice.
+
+        Returns:
+            `ImageRecords` of the sample, in a fixed, interleaved order.
+        """
+        raise NotImplementedError
+
     def __repr__(self):
         return f"{type(self).__name__}({self.name!r}, {self.num_examples} examples)"
 
@@ -573,6 +591,20 @@ class FileRecords(ImageRecords):
     def _load(self, index):
         paths, labels = self._table()
         return tf.io.read_file(tf.gather(paths, index)), tf.gather(labels, index)
+
+    def balanced_sample(self, count, seed=sampling.SEED):
+        """A class-balanced sample, chosen from the listing's labels: only the
+        chosen files are ever read (see `ImageRecords.balanced_sample`).
+
+        Example:
+
+        >>> imagenet.train.balanced_sample(1000).num_examples  # one a class
+        1000
+        """
+        chosen = sampling.balanced_indices(self.labels, count, seed)
+        return FileRecords(
+            self.paths[chosen], self.labels[chosen], name=f"{self.name}, balanced"
+        )
 
 
 class TFDSRecords(ImageRecords):
@@ -641,6 +673,95 @@ class TFDSRecords(ImageRecords):
 
     def _load(self, record):
         return record["image"], record["label"]
+
+    def balanced_sample(
+        self, count, seed=sampling.SEED, scan_limit=sampling.SCAN_LIMIT
+    ):
+        """A class-balanced sample from a bounded read of the records.
+
+        The split's files are read in an order seeded by `seed`, interleaved
+        (TFDS reads 16 files at a time), and TFDS shuffled the examples across
+        its files when it prepared them, so the classes come mixed. Each class
+        keeps the first records it meets, up to its share of `count`, and the
+        read stops once the shares are filled (`sampling.fill_quotas`): for
+        ImageNet's 1,000 classes and `count=1000`, about 7,500 records. It
+        stops after `scan_limit` records in any case; a class not met by then
+        is short in the sample, or absent, and the other classes fill its
+        places. At most `2 * count` encoded images are held while reading; the
+        sample's are kept in memory (`EncodedRecords`). See
+        `ImageRecords.balanced_sample`.
+
+        Example:
+
+        >>> imagenet2012.train.balanced_sample(1000).num_examples
+        1000
+        """
+        num_classes = int(self.builder.info.features["label"].num_classes)
+        kept = sampling.fill_quotas(
+            self._records(shuffle_seed=seed).as_numpy_iterator(),
+            lambda record: record["label"],
+            num_classes,
+            count,
+            scan_limit,
+        )
+        labels = np.array([record["label"] for record in kept], np.int32)
+        chosen = sampling.balanced_indices(labels, count, seed)
+        images = [kept[index]["image"] for index in chosen]
+        return EncodedRecords(images, labels[chosen], name=f"{self.name}, balanced")
+
+
+class EncodedRecords(ImageRecords):
+    """Encoded images held in memory with their labels: a sample of a stream.
+
+    Each epoch's order is a full shuffle seeded by `(seed, epoch)`.
+
+    Args:
+        images: the encoded images (JPEG, PNG, ... bytes), a sequence.
+        labels: their int labels.
+        name: a description, for messages.
+
+    Example:
+
+    >>> records = EncodedRecords([Path("a.jpg").read_bytes()], [0])
+    >>> records.num_examples
+    1
+    """
+
+    def __init__(self, images, labels, name="encoded images"):
+        self.images = [bytes(image) for image in images]
+        self.labels = np.asarray(labels, dtype=np.int32).reshape(-1)
+        if len(self.images) != len(self.labels):
+            raise ValueError(
+                f"{len(self.images)} images but {len(self.labels)} labels for {name}."
+            )
+        self.name = name
+        self.num_examples = len(self.images)
+
+    def _keys(self):
+        return tf.data.Dataset.from_tensor_slices(
+            {
+                "image": tf.constant(self.images, tf.string, shape=[len(self.images)]),
+                "label": self.labels,
+            }
+        )
+
+    def _epoch_keys(self, seed, epoch):
+        epoch_seed = seed * 1_000_003 + epoch
+        return self._keys().shuffle(
+            max(self.num_examples, 1), seed=epoch_seed, reshuffle_each_iteration=False
+        )
+
+    def _load(self, record):
+        return record["image"], record["label"]
+
+    def balanced_sample(self, count, seed=sampling.SEED):
+        """A class-balanced sample of the held images (`sampling.balanced_indices`)."""
+        chosen = sampling.balanced_indices(self.labels, count, seed)
+        return EncodedRecords(
+            [self.images[index] for index in chosen],
+            self.labels[chosen],
+            name=f"{self.name}, balanced",
+        )
 
 
 # -------------------------------------------------------------- pipelines
@@ -796,6 +917,42 @@ def eval_pipeline(
         transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
     return examples.batch(local_batch).prefetch(tf.data.AUTOTUNE)
+
+
+def sample_views(
+    records,
+    count,
+    batch_size=100,
+    image_size=IMAGE_SIZE,
+    normalization=NORMALIZATION,
+    seed=sampling.SEED,
+):
+    """The evaluation views of a class-balanced sample of `records`, unbatched.
+
+    What a streamed split's export is calibrated on and measured on:
+    `records.balanced_sample(count, seed)` (found without reading the whole
+    split) through `eval_pipeline`.
+
+    Args:
+        records: `ImageRecords`.
+        count: the size of the sample.
+        batch_size: images decoded per step.
+        image_size, normalization: as for `eval_pipeline`.
+        seed: seeds the choice of the sample.
+
+    Returns:
+        An unbatched `tf.data.Dataset` of `(float32 image, int32 label)`.
+
+    Example:
+
+    >>> images, labels = keras_cskd.data.to_numpy(sample_views(imagenet.test, 1000))
+    """
+    return eval_pipeline(
+        records.balanced_sample(count, seed),
+        batch_size,
+        image_size=image_size,
+        normalization=normalization,
+    ).unbatch()
 
 
 def _part(batch_size, input_context):

@@ -28,7 +28,12 @@ print(export.format_table(report))
 ```
 """
 
-from keras_cskd.export.calibration import balanced_indices, calibration_batches
+from keras_cskd.export.calibration import (
+    CalibrationSample,
+    balanced_indices,
+    calibration_batches,
+    calibration_sample,
+)
 from keras_cskd.export.evaluation import evaluate_exports, tflite_operators
 from keras_cskd.export.layout import (
     DEFAULT_FORMATS,
@@ -62,6 +67,7 @@ def main(argv=None):
 
 
 __all__ = [
+    "CalibrationSample",
     "DEFAULT_FORMATS",
     "FORMATS",
     "INPUT_NAME",
@@ -71,6 +77,7 @@ __all__ = [
     "SIGNATURE_KEY",
     "balanced_indices",
     "calibration_batches",
+    "calibration_sample",
     "evaluate_exports",
     "export",
     "format_table",

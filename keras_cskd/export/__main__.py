@@ -5,7 +5,10 @@ python -m keras_cskd.export --model=workdir/student.keras --dataset=digits \\
     --formats=savedmodel,tflite,tflite_int8 --output=workdir/export
 ```
 
-int8 calibration uses the dataset's training split, the report its test split.
+int8 calibration uses the dataset's training split, the report its test split;
+for a streamed dataset (`tfds:imagenet2012`, or a folder with `--streaming`),
+class-balanced samples of `STREAMED_SAMPLE` images of each
+(`keras_cskd.data.imagenet.sample_views`), found without reading the splits.
 Errors follow `keras_cskd.cli`: one line on stderr and exit code 1, for a usage
 error as for a bad file or format.
 """
@@ -19,11 +22,15 @@ from keras_cskd.export.layout import (
     DEFAULT_FORMATS,
     FORMATS,
     REPORT_NAME,
+    check_num_classes,
     input_spec,
     parse_formats,
 )
 from keras_cskd.export.report import format_table
 from keras_cskd.export.writing import export
+
+# The images of each split a streamed dataset's export decodes (as train.py's).
+STREAMED_SAMPLE = 1000
 
 
 def main(argv=None):
@@ -77,6 +84,12 @@ def _parser():
         help="int8 calibration batches of 32 training images",
     )
     parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="stream an ImageNet-style folder (as data.streaming in train.py): "
+        f"only balanced samples of {STREAMED_SAMPLE} images of each split are read",
+    )
+    parser.add_argument(
         "--int8_io", action="store_true", help="int8 inputs and outputs for tflite_int8"
     )
     parser.add_argument(
@@ -96,23 +109,45 @@ def _export_and_evaluate(args):
     if args.calibration_batches < 1:
         raise ValueError("--calibration_batches must be at least 1.")
     student = models.load(args.model, safe_mode=not args.unsafe_deserialization)
-    dataset = data.load(args.dataset)
+    dataset = data.load(args.dataset, **({"streaming": True} if args.streaming else {}))
     model_shape = tuple(input_spec(student).shape[1:])
     if model_shape != tuple(dataset.input_shape):
         raise ValueError(
             f"The model takes inputs of shape {model_shape} but dataset "
             f"'{args.dataset}' has images of shape {tuple(dataset.input_shape)}."
         )
+    check_num_classes(student, dataset.num_classes, f"dataset '{args.dataset}'")
+    calibration, test = _calibration_and_test(dataset)
     export(
         student,
         args.output,
         formats=formats,
-        representative_data=dataset.train,
+        representative_data=calibration,
         calibration_batches=args.calibration_batches,
         int8_io=args.int8_io,
     )
-    images, labels = data.to_numpy(dataset.test)
-    return evaluate_exports(student, args.output, images, labels)
+    images, labels = data.to_numpy(test)
+    return evaluate_exports(
+        student, args.output, images, labels, num_classes=dataset.num_classes
+    )
+
+
+def _calibration_and_test(dataset):
+    """The data to calibrate on and to measure on: the training and test
+    splits, or class-balanced samples of them when they are streamed."""
+    from keras_cskd.data import imagenet
+
+    if not isinstance(dataset.train, imagenet.ImageRecords):
+        return dataset.train, dataset.test
+    return tuple(
+        imagenet.sample_views(
+            records,
+            STREAMED_SAMPLE,
+            image_size=tuple(dataset.input_shape[:2]),
+            normalization=dataset.normalization,
+        )
+        for records in (dataset.train, dataset.test)
+    )
 
 
 if __name__ == "__main__":

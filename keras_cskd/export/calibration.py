@@ -13,19 +13,85 @@ The data is read twice (labels, then the chosen images), so it must yield its
 examples in the same order each time; a dataset reshuffled on every iteration
 still gives a random sample, but not a balanced one. Unlabelled images are
 sampled uniformly from the examples scanned.
+
+`SCAN_LIMIT` is all 50,000 of CIFAR's training images (two passes, a few
+seconds); a larger split costs no more, but a class that only appears after its
+first `SCAN_LIMIT` examples is not sampled. A streamed split (ImageNet's) is
+not scanned here: its own `balanced_sample` picks a balanced sample from its
+listing or from a bounded read (`keras_cskd.data.imagenet.ImageRecords`), and
+that sample, decoded, is the data given here.
+
+`calibration_sample` also counts the sample's images per class, which the
+export's manifest and report record.
 """
+
+import dataclasses
 
 import numpy as np
 import tensorflow as tf
 
+from keras_cskd.data.sampling import SCAN_LIMIT, SEED, balanced_indices
 from keras_cskd.export.layout import INPUT_NAME
 
-# The most examples read: all 50,000 of CIFAR's training images (two passes, a
-# few seconds). A larger split costs no more, but a class that only appears after
-# its first `SCAN_LIMIT` examples is not sampled.
-SCAN_LIMIT = 50_000
-SEED = 0
 _READ_BATCH = 4096  # Examples per step while reading; bounds memory, not results.
+
+
+@dataclasses.dataclass
+class CalibrationSample:
+    """The int8 calibration images and how many of each class they hold.
+
+    Attributes:
+        batches: a list of NumPy arrays of images.
+        examples_per_class: `{class id: count}`, sorted by class; `None` for
+            unlabelled images.
+    """
+
+    batches: list
+    examples_per_class: dict | None
+
+    @property
+    def num_examples(self):
+        return sum(len(batch) for batch in self.batches)
+
+
+def calibration_sample(
+    representative_data,
+    input_spec,
+    num_batches=20,
+    batch_size=32,
+    scan_limit=SCAN_LIMIT,
+    seed=SEED,
+):
+    """`calibration_batches`' sample, with its count of images per class.
+
+    Takes the arguments of `calibration_batches` and raises what it raises.
+
+    Returns:
+        A `CalibrationSample`.
+
+    Example:
+
+    >>> sample = calibration_sample(digits.train, input_spec(student))
+    >>> sample.num_examples, len(sample.examples_per_class)
+    (640, 10)
+    """
+    count = num_batches * batch_size
+    examples, labelled = _examples(representative_data, input_spec)
+    labels = _read_labels(examples, max(scan_limit, count))
+    if not len(labels):
+        raise ValueError(
+            "`representative_data` is empty; int8 calibration needs images."
+        )
+    chosen = balanced_indices(labels, count, seed)
+    images = _images_at(examples, chosen).astype(input_spec.dtype.as_numpy_dtype)
+    per_class = None
+    if labelled:
+        classes, counts = np.unique(labels[chosen], return_counts=True)
+        per_class = {int(c): int(n) for c, n in zip(classes, counts, strict=True)}
+    return CalibrationSample(
+        [images[i : i + batch_size] for i in range(0, len(images), batch_size)],
+        per_class,
+    )
 
 
 def calibration_batches(
@@ -68,49 +134,14 @@ def calibration_batches(
     >>> len(batches), batches[0].shape
     (20, (32, 8, 8, 1))
     """
-    count = num_batches * batch_size
-    examples = _examples(representative_data, input_spec)
-    labels = _read_labels(examples, max(scan_limit, count))
-    if not len(labels):
-        raise ValueError(
-            "`representative_data` is empty; int8 calibration needs images."
-        )
-    chosen = balanced_indices(labels, count, seed)
-    images = _images_at(examples, chosen).astype(input_spec.dtype.as_numpy_dtype)
-    return [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-
-
-def balanced_indices(labels, count, seed=SEED):
-    """Indices of `count` examples spread evenly over the classes of `labels`.
-
-    Each class's indices are shuffled, then taken round-robin, one per class per
-    round (in a shuffled order of the classes), until `count` are taken. Counts
-    per class differ by at most one, except for classes that run out.
-
-    Args:
-        labels: one integer class per example.
-        count: the number of indices wanted; all of them if fewer exist.
-        seed: seeds both shuffles.
-
-    Returns:
-        An int64 array of distinct indices, classes interleaved.
-
-    Example:
-
-    >>> balanced_indices([0, 0, 0, 0, 1, 1, 2, 2], 6)
-    array([3, 6, 5, 0, 7, 4])
-    """
-    labels = np.asarray(labels).reshape(-1)
-    rng = np.random.default_rng(seed)
-    classes = rng.permutation(np.unique(labels))
-    pools = [rng.permutation(np.flatnonzero(labels == label)) for label in classes]
-    rounds = np.concatenate([np.arange(len(pool)) for pool in pools])
-    order = np.argsort(rounds, kind="stable")  # Keeps the class order per round.
-    return np.concatenate(pools)[order][:count].astype(np.int64)
+    return calibration_sample(
+        representative_data, input_spec, num_batches, batch_size, scan_limit, seed
+    ).batches
 
 
 def _examples(data, input_spec):
-    """`data` as an unbatched dataset of images or of `(image, label, ...)`."""
+    """`(examples, labelled)`: `data` as an unbatched dataset of images or of
+    `(image, label, ...)`, and whether it has integer or one-hot labels."""
     if not isinstance(data, tf.data.Dataset):
         if isinstance(data, (tuple, list)):
             data = tuple(np.asarray(part) for part in data)
@@ -122,14 +153,16 @@ def _examples(data, input_spec):
     spec = data.element_spec
     image_shape = (spec[0] if isinstance(spec, tuple) else spec).shape
     rank = len(input_spec.shape)
-    if len(image_shape) == rank:
-        return data.unbatch()
-    if len(image_shape) != rank - 1:
+    if len(image_shape) not in (rank - 1, rank):
         raise ValueError(
             f"`representative_data` holds images of shape {image_shape}; "
             f"the student takes {input_spec.shape}."
         )
-    return data
+    batched = len(image_shape) == rank
+    label = spec[1] if isinstance(spec, tuple) and len(spec) > 1 else None
+    label_rank = getattr(getattr(label, "shape", None), "rank", None)
+    labelled = label_rank is not None and label_rank - batched in (0, 1)
+    return (data.unbatch() if batched else data), labelled
 
 
 def _read(examples, limit):

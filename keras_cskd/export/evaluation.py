@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from keras_cskd import files, models
-from keras_cskd.export.layout import MANIFEST_NAME, REPORT_NAME, read_manifest
+from keras_cskd.export.layout import (
+    MANIFEST_NAME,
+    REPORT_NAME,
+    check_num_classes,
+    num_outputs,
+    read_manifest,
+)
 from keras_cskd.export.runners import runner
 
 
@@ -27,6 +33,7 @@ def evaluate_exports(
     batch_size=128,
     report_path=None,
     safe_mode=True,
+    num_classes=None,
 ):
     """Runs every exported artefact and compares it with the Keras student.
 
@@ -43,13 +50,19 @@ def evaluate_exports(
         report_path: where to write the JSON report; defaults to
             `export_report.json` inside `exports` when it is a directory.
         safe_mode: passed to `keras_cskd.models.load` when `student` is a path.
+        num_classes: the data's number of classes; with `None`, only a
+            student with fewer outputs than the labels need is refused.
 
     Returns:
         The report: a dict with `num_examples`, `keras` (the student's accuracy
-        and parameter count) and `artefacts` (`{format: measurements}`).
+        and parameter count), `artefacts` (`{format: measurements}`) and, for
+        an export with `"tflite_int8"`, `calibration` (its sample's size,
+        `examples`, and `examples_per_class`, `None` for unlabelled images).
 
     Raises:
-        ValueError: if `exports` holds no export.
+        ValueError: if `exports` holds no export, or the student's outputs are
+            not one per class (when `num_classes` is `None`: fewer outputs
+            than the labels need).
 
     Example:
 
@@ -59,10 +72,15 @@ def evaluate_exports(
     """
     if isinstance(student, (str, os.PathLike)):
         student = models.load(student, safe_mode=safe_mode)
-    paths, default_report_path = _artefact_paths(exports)
-    report_path = default_report_path if report_path is None else report_path
     images = np.asarray(images)
     labels = np.asarray(labels).reshape(-1)
+    outputs = num_outputs(student)
+    if num_classes is None and len(labels) and outputs is not None:
+        num_classes = max(outputs, int(labels.max()) + 1)  # labels it cannot give
+    if num_classes is not None:
+        check_num_classes(student, num_classes, "the data")
+    paths, default_report_path, manifest = _artefact_paths(exports)
+    report_path = default_report_path if report_path is None else report_path
     reference = np.asarray(
         student.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64
     )
@@ -78,6 +96,11 @@ def evaluate_exports(
         },
         "artefacts": artefacts,
     }
+    if manifest and manifest.get("calibration_examples"):
+        report["calibration"] = {
+            "examples": manifest["calibration_examples"],
+            "examples_per_class": manifest.get("calibration_examples_per_class"),
+        }
     if report_path is not None:
         files.write_text(Path(report_path), json.dumps(report, indent=2) + "\n")
     return report
@@ -121,15 +144,16 @@ def tflite_operators(model):
 
 
 def _artefact_paths(exports):
-    """`({format: path}, default report path or None)` of `exports`."""
+    """`({format: path}, default report path, manifest)` of `exports`; the
+    last two are `None` for a dict of paths."""
     if not isinstance(exports, (str, os.PathLike)):
-        return {name: Path(path) for name, path in dict(exports).items()}, None
+        return {name: Path(path) for name, path in dict(exports).items()}, None, None
     directory = Path(exports)
     manifest = read_manifest(directory)
     if manifest is None:
         raise ValueError(f"{directory} holds no export (no {MANIFEST_NAME}).")
     paths = {name: directory / file for name, file in manifest["formats"].items()}
-    return paths, directory / REPORT_NAME
+    return paths, directory / REPORT_NAME, manifest
 
 
 def _measure(name, path, images, labels, reference, batch_size, latency_runs):

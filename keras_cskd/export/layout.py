@@ -104,6 +104,46 @@ def input_spec(student):
     )
 
 
+def num_outputs(student):
+    """The size of the student's one output (its logits), or `None` if unknown.
+
+    Example:
+
+    >>> num_outputs(student)
+    10
+    """
+    outputs = getattr(student, "outputs", None) or []
+    return (
+        int(outputs[0].shape[-1])
+        if len(outputs) == 1 and outputs[0].shape[-1]
+        else None
+    )
+
+
+def check_num_classes(student, num_classes, data_name):
+    """Refuses a student whose logits are not one per class of the data.
+
+    Args:
+        student: a `keras.Model` built on one `keras.Input`.
+        num_classes: the data's number of classes.
+        data_name: the data, for the message (e.g. `"dataset 'digits'"`).
+
+    Raises:
+        ValueError: one line naming both numbers, when they differ.
+
+    Example:
+
+    >>> check_num_classes(student, 10, "dataset 'digits'")
+    """
+    outputs = num_outputs(student)
+    if outputs is not None and outputs != num_classes:
+        raise ValueError(
+            f"The student has {outputs} outputs but {data_name} has "
+            f"{num_classes} classes: measure it on the data it was trained on "
+            f"(--dataset), or export a student with {num_classes} outputs."
+        )
+
+
 def read_manifest(directory):
     """The manifest of the export in `directory` (a `Path`), or `None` if none."""
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):

@@ -21,7 +21,8 @@ def format_table(report):
         A multi-line string: a line on the Keras student, then a header and one
         row per artefact (format; size in bytes; accuracy; agreement with the
         student; largest logit difference; latency in ms; built-in ops only),
-        the format left-aligned, the numbers right-aligned.
+        the format left-aligned, the numbers right-aligned, and a last line on
+        the int8 calibration sample when there is one.
 
     Example:
 
@@ -37,8 +38,22 @@ def format_table(report):
             f"Keras student: {student['parameters']:,} parameters, accuracy "
             f"{100 * student['accuracy']:.2f}% on {report['num_examples']} examples",
             *(_line(row, widths) for row in (HEADER, rule, *rows)),
+            *_calibration_lines(report.get("calibration")),
         ]
     )
+
+
+def _calibration_lines(calibration):
+    """`[the int8 calibration sample's size and spread over the classes]`."""
+    if not calibration:
+        return []
+    line = f"int8 calibrated on {calibration['examples']:,} training images"
+    per_class = calibration.get("examples_per_class")
+    if per_class:
+        low, high = min(per_class.values()), max(per_class.values())
+        spread = f"{low}" if low == high else f"{low} to {high}"
+        line += f": {spread} per class, {len(per_class)} classes"
+    return [line]
 
 
 def _row(name, entry):

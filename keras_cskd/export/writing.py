@@ -5,7 +5,9 @@ moves it into place when complete (`keras_cskd.files.atomic_path`): a failed
 export leaves no partial files and an earlier export intact; a successful one
 replaces the earlier export as a whole. The SavedModel is written first, through
 `keras.export.ExportArchive`, and every TFLite file is converted from it with
-built-in ops only, so it runs on the plain `ai_edge_litert` interpreter.
+built-in ops only, so it runs on the plain `ai_edge_litert` interpreter. A
+student using an op those lack is refused in one line naming the op (the
+converter's own MLIR dump, written from C++ to stderr, is discarded).
 
 `"tflite_int8"` is calibrated on a class-balanced sample of the training split
 (`keras_cskd.export.calibration`). `Dense` kernels are quantized per output
@@ -15,9 +17,13 @@ int64 zero point for its kernel and its bias, a fifth of the int8 file of the
 digits MLP (fan-in 64). Convolutions stay per channel.
 """
 
+import contextlib
 import json
 import os
+import re
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import keras
@@ -72,8 +78,9 @@ def export(
 
     Raises:
         ValueError: for an unknown format, a student with several inputs,
-            `"tflite_int8"` without `representative_data`, or an existing
-            non-empty `directory` that is not an export.
+            `"tflite_int8"` without `representative_data`, an existing
+            non-empty `directory` that is not an export, or a student TFLite
+            cannot convert (one line naming the ops its built-in ops lack).
 
     Example:
 
@@ -91,30 +98,31 @@ def export(
         )
     directory = Path(directory)
     _check_replaceable(directory)
-    batches = None
+    sample = None
     if "tflite_int8" in formats:
-        batches = calibration.calibration_batches(
+        sample = calibration.calibration_sample(
             representative_data, spec, calibration_batches, calibration_batch_size
         )
     with files.atomic_path(directory) as staging:
         _write_artefacts(
-            student, spec, staging, formats, batches, int8_io, int8_per_channel
+            student, spec, staging, formats, sample, int8_io, int8_per_channel
         )
     return {name: directory / FORMATS[name] for name in formats}
 
 
-def _write_artefacts(student, spec, staging, formats, batches, int8_io, per_channel):
+def _write_artefacts(student, spec, staging, formats, sample, int8_io, per_channel):
     """Writes the SavedModel, each TFLite file converted from it, and the manifest."""
     staging.mkdir()
     saved_model = staging / FORMATS["savedmodel"]
     _write_saved_model(student, spec, saved_model)
+    batches = sample.batches if sample is not None else None
     for name in formats:
         if name != "savedmodel":
             flatbuffer = _convert(saved_model, name, batches, int8_io, per_channel)
             (staging / FORMATS[name]).write_bytes(flatbuffer)
     if "savedmodel" not in formats:
         shutil.rmtree(saved_model)
-    manifest = _manifest(formats, spec, batches, int8_io, per_channel)
+    manifest = _manifest(formats, spec, sample, int8_io, per_channel)
     (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -160,10 +168,89 @@ def _convert(saved_model, name, batches, int8_io, int8_per_channel):
         if int8_io:
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
-    return converter.convert()
+    with _quiet_stderr():
+        try:
+            return converter.convert()
+        except Exception as error:
+            # TFLite's `ConverterError` has no public name to catch it by.
+            if type(error).__name__ != "ConverterError":
+                raise
+            raise ValueError(_conversion_error(name, str(error))) from None
 
 
-def _manifest(formats, spec, batches, int8_io, int8_per_channel):
+# The converter's words for TensorFlow ops without a TFLite built-in.
+_LACKING_OPS = (
+    re.compile(r"'tf\.(\w+)' op is neither a custom op nor a flex op"),
+    re.compile(r"TF Select ops: (\w+(?:, \w+)*)"),
+)
+# The op an error is located at, in the converter's MLIR locations.
+_FAILING_OP = re.compile(r'fused\["(\w+):')
+
+
+def _conversion_error(name, message):
+    """One line for the converter's `message`: the ops TFLite lacks, the fix."""
+    fix = (
+        "replace the layer that uses it, or export without the TFLite formats "
+        "(e.g. --formats=savedmodel)."
+    )
+    ops = sorted(
+        {
+            op
+            for pattern in _LACKING_OPS
+            for listed in pattern.findall(message)
+            for op in listed.split(", ")
+        }
+    )
+    if ops:
+        return (
+            f"TFLite's built-in ops lack {', '.join(ops)}, which the student "
+            f"uses, so it cannot be exported as '{name}': {fix}"
+        )
+    failing = sorted(set(_FAILING_OP.findall(message)) - {"StatefulPartitionedCall"})
+    errors = [
+        line.split("error: ", 1)[1]
+        for line in message.splitlines()
+        if "error: " in line
+    ]
+    reason = (errors[0] if errors else message).rsplit(")): ", 1)[-1]
+    where = f" at {', '.join(failing)}" if failing else ""
+    return (
+        f"TFLite cannot convert the student to '{name}'{where} "
+        f"({' '.join(reason.split())[:200]}): {fix}"
+    )
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Discards what is written to file descriptor 2 during the block.
+
+    TFLite's converter logs from C++ straight to it, a dump of the model's
+    MLIR when a conversion fails; its Python error says the same.
+    """
+    _flush_stderr()
+    try:
+        saved = os.dup(2)
+    except OSError:  # No file descriptor 2: nothing to keep quiet.
+        saved = None
+    if saved is None:
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            _flush_stderr()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _flush_stderr():
+    if sys.stderr is not None:
+        sys.stderr.flush()
+
+
+def _manifest(formats, spec, sample, int8_io, int8_per_channel):
     """The contents of `export_manifest.json`: what was written, and how."""
     return {
         "formats": {name: FORMATS[name] for name in formats},
@@ -176,7 +263,10 @@ def _manifest(formats, spec, batches, int8_io, int8_per_channel):
         },
         "int8_io": bool(int8_io and "tflite_int8" in formats),
         "int8_per_channel": bool(int8_per_channel),
-        "calibration_examples": sum(len(batch) for batch in batches or ()),
+        "calibration_examples": 0 if sample is None else sample.num_examples,
+        "calibration_examples_per_class": (
+            None if sample is None else sample.examples_per_class
+        ),
         "keras_version": keras.__version__,
         "tensorflow_version": tf.__version__,
     }

@@ -36,7 +36,7 @@ import sys
 import keras
 import numpy as np
 
-from keras_cskd import cli
+from keras_cskd import cli, files
 
 # (Keras layer name pattern, PyTorch module name) per layout, tried in order.
 _RESNET = (
@@ -346,7 +346,10 @@ def _port(args):
             for key, value in checkpoint.items()
         },
     )
-    model.save(args.output)
+    # Written beside the output and moved onto it when complete: a full disk
+    # or a kill leaves no truncated `.keras` file, and an earlier one intact.
+    with files.atomic_path(args.output) as tmp:
+        model.save(tmp)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """Loading `.keras` model files safely, with clear errors for bad files."""
 
+import re
 import zipfile
 from pathlib import Path
 
 import keras
 
 from keras_cskd import cli
+
+# Keras's words for a class or function its registry does not hold.
+_UNKNOWN_OBJECT = re.compile(r"Could not locate (class|function) '([^']+)'")
 
 
 def load(path, safe_mode=True):
@@ -22,7 +26,8 @@ def load(path, safe_mode=True):
 
     Raises:
         ValueError: one line saying why, if the file is missing, is not a
-            `.keras` zip, is corrupt, or holds code while `safe_mode` is on.
+            `.keras` zip, is corrupt, holds code while `safe_mode` is on, or
+            holds a custom class that is not registered with Keras.
 
     Example:
 
@@ -56,16 +61,29 @@ def load(path, safe_mode=True):
         )
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
-    except ValueError as error:
-        if safe_mode and "safe_mode" in str(error):
-            raise ValueError(
-                f"Refusing to load {path}: it holds a Lambda layer (Python bytecode) "
-                "and deserializing it could execute arbitrary code. If you trust "
-                "this file, pass safe_mode=False (command line: "
-                "--unsafe_deserialization)."
-            ) from None
-        raise ValueError(
-            f"Could not load {path}: {' '.join(str(error).split())}"
-        ) from None
     except Exception as error:  # Keras raises many types for a bad archive.
-        raise ValueError(f"Could not load {path}: {cli.one_line(error)}") from None
+        raise _load_error(path, error, safe_mode) from None
+
+
+def _load_error(path, error, safe_mode):
+    """The one-line `ValueError` for Keras's `error` loading `path`."""
+    if isinstance(error, ValueError) and safe_mode and "safe_mode" in str(error):
+        return ValueError(
+            f"Refusing to load {path}: it holds a Lambda layer (Python bytecode) "
+            "and deserializing it could execute arbitrary code. If you trust "
+            "this file, pass safe_mode=False (command line: "
+            "--unsafe_deserialization)."
+        )
+    # Keras's message for these holds the whole config (over 1,000 characters).
+    unknown = _UNKNOWN_OBJECT.search(str(error))
+    if unknown:
+        kind, name = unknown.groups()
+        return ValueError(
+            f"Could not load {path}: it holds the custom {kind} '{name}', "
+            "which is not registered with Keras; decorate it with "
+            "@keras.saving.register_keras_serializable() and import its "
+            "module before loading."
+        )
+    if isinstance(error, ValueError):
+        return ValueError(f"Could not load {path}: {' '.join(str(error).split())}")
+    return ValueError(f"Could not load {path}: {cli.one_line(error)}")
