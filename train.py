@@ -39,7 +39,7 @@ _LOGICAL_CPUS = flags.DEFINE_integer(
     "logical_cpus",
     0,
     "Split the CPU into this many logical devices (testing "
-    "MirroredStrategy without GPUs).",
+    "MirroredStrategy without GPUs); 0 leaves it whole.",
 )
 _LIST = flags.DEFINE_bool("list", False, "List methods, models and configs, then exit.")
 _OVERWRITE = flags.DEFINE_bool(
@@ -54,10 +54,19 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of errors.")
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines are noise here
+    if _LOGICAL_CPUS.value < 0:
+        fail(
+            ValueError(
+                f"--logical_cpus={_LOGICAL_CPUS.value} is negative: give the number "
+                "of logical CPU devices (e.g. --logical_cpus=2), or 0 to leave the "
+                "CPU whole."
+            )
+        )
     if _LOGICAL_CPUS.value:
         from keras_cskd import distribute
 
         distribute.split_cpu(_LOGICAL_CPUS.value)
+    from keras_cskd import config as config_module
     from keras_cskd import losses, models, training
 
     if _LIST.value:
@@ -67,10 +76,10 @@ def main(argv):
         print("configs:", ", ".join(configs))
         return 0
     try:
-        config = _CONFIG.value
-        config.name  # noqa: B018  a config file that failed to load raises here
+        config = _CONFIG.value  # a config file that failed to load raises here
+        config_module.validate(config)  # names missing keys before any use
     except Exception as error:  # noqa: BLE001
-        fail(error)
+        fail(_explained(error))
     if not config.name:
         config.name = Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
     workdir = _WORKDIR.value or os.path.join("runs", config.name)
@@ -87,7 +96,17 @@ def parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except Exception as error:  # noqa: BLE001  config_flags raises many types
-        fail(error)
+        fail(_explained(error))
+
+
+def _explained(error):
+    """`error`, or what it means and its fix where config_flags's words don't say."""
+    if isinstance(error, AttributeError) and "get_config" in str(error):
+        return ValueError(
+            "The --config file defines no get_config(): define one that returns "
+            "keras_cskd.config.default_config() with your changes."
+        )
+    return error
 
 
 if __name__ == "__main__":

@@ -342,6 +342,8 @@ def _train_pipeline(state, begin, end, skip):
 def _load_options(data):
     """The loader options a config sets (the digits loader takes none)."""
     options = {"manual_dir": data.manual_dir} if data.manual_dir else {}
+    if data.image_size:
+        options["image_size"] = data.image_size
     return {**options, "streaming": True} if data.streaming else options
 
 
