@@ -8,6 +8,10 @@ import keras
 from keras_cskd import cli
 
 
+class CodeInModelError(ValueError):
+    """A `.keras` file holds Python code (a `Lambda` layer) and `safe_mode` is on."""
+
+
 def load(path, safe_mode=True):
     """Loads a model saved as a `.keras` file (a teacher, a student), uncompiled.
 
@@ -22,7 +26,8 @@ def load(path, safe_mode=True):
 
     Raises:
         ValueError: one line saying why, if the file is missing, is not a
-            `.keras` zip, is corrupt, or holds code while `safe_mode` is on.
+            `.keras` zip or is corrupt; `CodeInModelError` (a `ValueError`) if
+            it holds code while `safe_mode` is on.
 
     Example:
 
@@ -58,10 +63,10 @@ def load(path, safe_mode=True):
         return keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
     except ValueError as error:
         if safe_mode and "safe_mode" in str(error):
-            raise ValueError(
+            raise CodeInModelError(
                 f"Refusing to load {path}: it holds a Lambda layer (Python bytecode) "
                 "and deserializing it could execute arbitrary code. If you trust "
-                "this file, pass safe_mode=False (command line: "
+                "this file, pass safe_mode=False (python -m keras_cskd.export: "
                 "--unsafe_deserialization)."
             ) from None
         raise ValueError(
