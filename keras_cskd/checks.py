@@ -67,8 +67,9 @@ def class_labels(labels, num_classes, where="The data"):
     fix = f"labels must be class ids 0..{num_classes - 1} or one-hot/soft rows"
     if labels.dtype.kind not in "biuf":
         example = labels.reshape(-1)[:1].tolist()
+        kind = "string" if labels.dtype.kind in "USO" else str(labels.dtype)
         raise ValueError(
-            f"{where} has {labels.dtype} labels such as {example}, not numbers: "
+            f"{where} has {kind} labels such as {example}, not numbers: "
             f"{fix}; map class names to ids first, e.g. `names, ids = "
             "np.unique(labels, return_inverse=True)`."
         )
