@@ -26,14 +26,29 @@ def fail(error):
     sys.exit(cli.report(error))
 
 
+def _explained(error):
+    """`error`, or what it means and its fix where config_flags's words don't say."""
+    if isinstance(error, AttributeError) and "get_config" in str(error):
+        return ValueError(
+            "The --config file defines no get_config(): define one that returns "
+            "keras_cskd.config.default_config() with your changes."
+        )
+    if isinstance(error, (AttributeError, KeyError)):  # a key the config lacks
+        key = str(error.args[0] if error.args else error).strip("\"'")
+        return ValueError(
+            f"Unknown config key in the --config.* overrides: '{key}'; every key "
+            "is in keras_cskd/config.py, and a --config file's get_config() "
+            "starts from default_config()."
+        )
+    return error
+
+
 try:  # config_flags applies the --config.key=value overrides right here
     _CONFIG = config_flags.DEFINE_config_file(
         "config", "configs/digits_cskd.py", "Experiment config file (get_config())."
     )
-except (AttributeError, KeyError) as error:
-    fail(ValueError(f"Unknown config key in the --config.* overrides: {error}"))
 except Exception as error:  # noqa: BLE001  wrong types, a broken config file, ...
-    fail(error)
+    fail(_explained(error))
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (runs/<config>).")
 _LOGICAL_CPUS = flags.DEFINE_integer(
     "logical_cpus",
@@ -97,16 +112,6 @@ def parse_flags(argv):
         return flags.FLAGS(argv)
     except Exception as error:  # noqa: BLE001  config_flags raises many types
         fail(_explained(error))
-
-
-def _explained(error):
-    """`error`, or what it means and its fix where config_flags's words don't say."""
-    if isinstance(error, AttributeError) and "get_config" in str(error):
-        return ValueError(
-            "The --config file defines no get_config(): define one that returns "
-            "keras_cskd.config.default_config() with your changes."
-        )
-    return error
 
 
 if __name__ == "__main__":

@@ -332,6 +332,7 @@ RESUMABLE_CHANGES = (
     "data.download",
     "data.eval_batch_size",
     "teacher.config",
+    "teacher.allow_untrained",
     "export.formats",
     "save_model_to",
 )
