@@ -5,7 +5,8 @@
 1. `prepare`: validate the config, load and check the data and the teacher.
    Nothing is written, so a run that cannot start leaves no workdir.
 2. `build`: the model, optimizer and trainer inside the strategy's scope,
-   restored from the workdir's checkpoint when there is one.
+   restored from the workdir's checkpoint when there is one; the teacher's
+   outputs and test accuracy are checked before anything is written.
 3. `fit`: the epochs that are left, checkpointed as they go.
 4. `finalise`: save the model, export it, write the summary.
 
