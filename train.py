@@ -26,33 +26,41 @@ def fail(error):
     sys.exit(cli.report(error))
 
 
-def fail_on_flags(error):
-    """`fail` for a flag error; an override of a renamed config key names the
-    key that replaced it."""
+def _explained(error):
+    """`error`, or what it means and its fix where config_flags's words don't
+    say: a renamed config key names the key that replaced it."""
     from keras_cskd.config import RENAMED_KEYS, renamed_key_problem
 
     for key, (new_key, _) in RENAMED_KEYS.items():
         if any(arg.startswith(f"--config.{key}=") for arg in sys.argv):
-            error = ValueError(f"{renamed_key_problem(key)}: pass --config.{new_key}")
-    fail(error)
+            return ValueError(f"{renamed_key_problem(key)}: pass --config.{new_key}")
+    if isinstance(error, AttributeError) and "get_config" in str(error):
+        return ValueError(
+            "The --config file defines no get_config(): define one that returns "
+            "keras_cskd.config.default_config() with your changes."
+        )
+    if isinstance(error, (AttributeError, KeyError)):  # a key the config lacks
+        key = str(error.args[0] if error.args else error).strip("\"'")
+        return ValueError(
+            f"Unknown config key in the --config.* overrides: '{key}'; every key "
+            "is in keras_cskd/config.py, and a --config file's get_config() "
+            "starts from default_config()."
+        )
+    return error
 
 
 try:  # config_flags applies the --config.key=value overrides right here
     _CONFIG = config_flags.DEFINE_config_file(
         "config", "configs/digits_cskd.py", "Experiment config file (get_config())."
     )
-except (AttributeError, KeyError) as error:
-    fail_on_flags(
-        ValueError(f"Unknown config key in the --config.* overrides: {error}")
-    )
 except Exception as error:  # noqa: BLE001  wrong types, a broken config file, ...
-    fail(error)
+    fail(_explained(error))
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (runs/<config>).")
 _LOGICAL_CPUS = flags.DEFINE_integer(
     "logical_cpus",
     0,
     "Split the CPU into this many logical devices (testing "
-    "MirroredStrategy without GPUs).",
+    "MirroredStrategy without GPUs); 0 leaves it whole.",
 )
 _LIST = flags.DEFINE_bool("list", False, "List methods, models and configs, then exit.")
 _OVERWRITE = flags.DEFINE_bool(
@@ -67,10 +75,19 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of errors.")
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines are noise here
+    if _LOGICAL_CPUS.value < 0:
+        fail(
+            ValueError(
+                f"--logical_cpus={_LOGICAL_CPUS.value} is negative: give the number "
+                "of logical CPU devices (e.g. --logical_cpus=2), or 0 to leave the "
+                "CPU whole."
+            )
+        )
     if _LOGICAL_CPUS.value:
         from keras_cskd import distribute
 
         distribute.split_cpu(_LOGICAL_CPUS.value)
+    from keras_cskd import config as config_module
     from keras_cskd import losses, models, training
 
     if _LIST.value:
@@ -80,10 +97,10 @@ def main(argv):
         print("configs:", ", ".join(configs))
         return 0
     try:
-        config = _CONFIG.value
-        config.name  # noqa: B018  a config file that failed to load raises here
+        config = _CONFIG.value  # a config file that failed to load raises here
+        config_module.validate(config)  # names missing keys before any use
     except Exception as error:  # noqa: BLE001
-        fail(error)
+        fail(_explained(error))
     if not config.name:
         config.name = Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
     workdir = _WORKDIR.value or os.path.join("runs", config.name)
@@ -100,7 +117,7 @@ def parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except Exception as error:  # noqa: BLE001  config_flags raises many types
-        fail_on_flags(error)
+        fail(_explained(error))
 
 
 if __name__ == "__main__":

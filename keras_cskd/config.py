@@ -2,6 +2,8 @@
 
 import importlib.util
 import inspect
+import math
+import re
 from pathlib import Path
 
 import ml_collections
@@ -38,6 +40,9 @@ def default_config():
             # datasets of images of varying size are streamed anyway).
             "streaming": False,
             "download": False,  # let TFDS download and prepare missing data
+            # Resize every image to this size (square), for folders and TFDS
+            # datasets of mixed sizes; streamed: the crop size. 0: as stored.
+            "image_size": 0,
             "validation_fraction": 0.0,  # carve a validation split from train
             "batch_size": 64,  # the global batch, split over the replicas
             "eval_batch_size": 256,
@@ -62,6 +67,14 @@ def default_config():
             # config file, that config trains it first and saves it here.
             "path": "saved_models/digits_teacher.keras",
             "config": "configs/digits_teacher.py",
+            # What the teacher's file outputs: "logits", or "probabilities"
+            # (a softmax head) to distil from their log, the logits up to a
+            # per-row constant. A softmax head is refused under "logits".
+            "outputs": "logits",
+            # A teacher near chance accuracy (< 1.5 / num_classes on the test
+            # split) is refused before training unless this is True (an
+            # untrained-teacher ablation).
+            "allow_untrained": False,
         }
     )
     config.loss = loss_config("cskd", temperature=4.0, cswt=True, alpha=2.0)
@@ -124,7 +137,18 @@ def load_config(path):
     spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(argument) if argument else module.get_config()
+    if not callable(getattr(module, "get_config", None)):
+        raise ValueError(
+            f"Config file {path} defines no get_config(): define one that returns "
+            "keras_cskd.config.default_config() with your changes."
+        )
+    config = module.get_config(argument) if argument else module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(
+            f"get_config() in {path} returned a {type(config).__name__}, not a "
+            "ConfigDict: return keras_cskd.config.default_config() with your changes."
+        )
+    return config
 
 
 # (key, check, what it must be) for the keys whose range matters.
@@ -139,6 +163,12 @@ _RANGES = [
     ("data.validation_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("data.mixup_alpha", lambda v: v >= 0, ">= 0"),
     ("data.cache_dtype", lambda v: v in ("float32", "float16"), "float32 or float16"),
+    ("data.image_size", lambda v: v >= 0, "an integer >= 0 (0: as stored)"),
+    (
+        "teacher.outputs",
+        lambda v: v in ("logits", "probabilities"),
+        "logits or probabilities",
+    ),
     ("ce_weight", lambda v: v >= 0, ">= 0"),
     ("distillation_loss_weight", lambda v: v >= 0, ">= 0"),
     ("view_weights", lambda v: len(v) == 2 and min(v) >= 0, "two weights >= 0"),
@@ -167,6 +197,11 @@ def validate(config):
     >>> validate(load_config("configs/digits_cskd.py"))   # passes silently
     """
     problems = _unknown_or_mistyped(config, default_config(), prefix="")
+    if any(problem.startswith("missing key") for problem in problems):
+        raise ValueError(
+            "Invalid config: " + "; ".join(problems) + ". Start get_config() from "
+            "keras_cskd.config.default_config(), which sets every key."
+        )
     for key, check, expected in _RANGES:
         value = _get(config, key)
         try:
@@ -207,7 +242,8 @@ def renamed_key_problem(key):
 
 
 def _unknown_or_mistyped(config, defaults, prefix):
-    problems = []
+    missing = [f"'{prefix}{key}'" for key in defaults if key not in config]
+    problems = [f"missing key(s) {', '.join(missing)}"] if missing else []
     for key, value in config.items():
         name = prefix + key
         if name in RENAMED_KEYS:
@@ -223,7 +259,13 @@ def _unknown_or_mistyped(config, defaults, prefix):
             problems.append(
                 f"{name} must be a {type(defaults[key]).__name__} (got {value!r})"
             )
+        elif not all(map(_finite, value if isinstance(value, tuple) else [value])):
+            problems.append(f"{name} must be finite (got {value!r})")
     return problems
+
+
+def _finite(value):
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 def _same_type(value, default):
@@ -247,12 +289,21 @@ def _loss_problems(loss):
         ]
     accepted = set(inspect.signature(losses_module.get_class(method)).parameters)
     accepted |= {"method", "cswt", "t_min", "t_max"}
-    return [
+    problems = [
         f"unknown key 'loss.{key}' for method {method} (it takes: "
         f"{', '.join(sorted(accepted))})"
         for key in loss
         if key not in accepted
     ]
+    if not problems:  # the loss's own checks: every option's type and range
+        from keras_cskd import builders
+
+        try:
+            builders.build_loss(loss)
+        except (TypeError, ValueError) as error:  # "`alpha` must be" -> loss.alpha
+            message = str(error).rstrip(".")
+            problems.append(re.sub(r"^`(\w+)`", r"loss.\1", message, count=1))
+    return problems
 
 
 def _combination_problems(config):
@@ -313,6 +364,7 @@ RESUMABLE_CHANGES = (
     "data.download",
     "data.eval_batch_size",
     "teacher.config",
+    "teacher.allow_untrained",
     "export.formats",
     "save_model_to",
 )

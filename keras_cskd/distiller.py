@@ -8,7 +8,7 @@ from keras import ops
 
 from keras_cskd import losses as losses_module
 from keras_cskd.callbacks import EpochCounter, RefuseEmptyEpochs
-from keras_cskd.checks import non_negative_number
+from keras_cskd.checks import class_labels, non_negative_number
 from keras_cskd.losses.distillation_loss import spec
 from keras_cskd.metrics import Means
 
@@ -218,6 +218,7 @@ class Distiller(keras.Model):
                 if getattr(callback, "mode", None) == "auto":
                     callback.mode = "max"
         _check_training_data(args[0] if args else kwargs.get("x"))
+        _check_labels(args[1] if len(args) > 1 else kwargs.get("y"), self.student)
         self._in_fit = True
         try:
             return super().fit(*args, callbacks=callbacks, **kwargs)
@@ -547,6 +548,15 @@ def _check_training_data(x):
             "The training data is empty: check the dataset's path, its filters "
             "and its size."
         )
+
+
+def _check_labels(labels, student):
+    """Refuses array labels that are not the student's class ids or one-hot/soft
+    rows before any step: a float id would be truncated, a string or an
+    out-of-range id fail deep in the graph."""
+    shape = _static_shape(student, "output")
+    if labels is not None and shape and hasattr(labels, "__len__"):
+        class_labels(labels, shape[-1], where="fit()'s `y`")
 
 
 def _as_dict(outputs):

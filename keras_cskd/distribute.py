@@ -18,7 +18,13 @@ import os
 import tensorflow as tf
 from keras import ops, tree
 
+from keras_cskd import cli
+
 STRATEGIES = ("auto", "none", "mirrored", "multiworker", "tpu")
+TF_CONFIG_EXAMPLE = (
+    '{"cluster": {"worker": ["host0:12345", "host1:12345"]}, '
+    '"task": {"type": "worker", "index": 0}}'
+)
 
 
 def split_cpu(num_devices):
@@ -44,7 +50,8 @@ def get_strategy(name="auto"):
             cluster resolver).
 
     Raises:
-        ValueError: for an unknown name, or `"multiworker"` without `TF_CONFIG`.
+        ValueError: for an unknown name, a malformed `TF_CONFIG`,
+            `"multiworker"` without `TF_CONFIG`, or `"tpu"` without a TPU.
 
     Example:
 
@@ -56,25 +63,38 @@ def get_strategy(name="auto"):
         raise ValueError(
             f"Unknown strategy '{name}'. Choose one of: {', '.join(STRATEGIES)}."
         )
+    cluster = tf_config()
     # MultiWorkerMirroredStrategy must come before anything that initialises
     # TensorFlow's devices (even listing them).
     if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
+        if not cluster:
             raise ValueError(
                 "strategy 'multiworker' needs the TF_CONFIG environment variable "
-                "(the cluster and this worker's task); see the README."
+                f"(the cluster and this worker's task, e.g. {TF_CONFIG_EXAMPLE}); "
+                "see the README."
             )
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
+        return _tpu_strategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "none" or (name == "auto" and len(gpus) < 2):
         return tf.distribute.get_strategy()
     devices = gpus or tf.config.list_logical_devices("CPU")
     return _mirrored(tuple(d.name for d in devices))
+
+
+def _tpu_strategy():
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+        raise ValueError(
+            f"strategy 'tpu' found no TPU ({cli.one_line(error)}): run on a TPU VM "
+            "(or set TPU_NAME to the TPU's name), or choose strategy auto, "
+            "mirrored or none."
+        ) from None
+    return tf.distribute.TPUStrategy(resolver)
 
 
 @functools.cache
@@ -85,21 +105,75 @@ def _mirrored(devices):
     return tf.distribute.MirroredStrategy(list(devices))
 
 
+def tf_config():
+    """The `TF_CONFIG` environment variable, parsed and checked (`{}` when unset).
+
+    Raises:
+        ValueError: one line naming what is wrong and the expected form, for
+            JSON that does not parse, a `cluster` that is not a dict of lists
+            of `"host:port"` strings, or a `task` that is not in the cluster.
+
+    Example:
+
+    >>> tf_config()["task"]
+    {'type': 'worker', 'index': 0}
+    """
+    text = os.environ.get("TF_CONFIG", "").strip()
+    if not text:
+        return {}
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"TF_CONFIG is not valid JSON ({error}): set it to the cluster and this "
+            f"process's task, e.g. {TF_CONFIG_EXAMPLE}, or unset it."
+        ) from None
+    problem = _tf_config_problem(parsed)
+    if problem:
+        raise ValueError(
+            f"TF_CONFIG {problem}: set it to the cluster and this process's task, "
+            f"e.g. {TF_CONFIG_EXAMPLE}, or unset it."
+        )
+    return parsed
+
+
+def _tf_config_problem(parsed):
+    """What is wrong with a parsed `TF_CONFIG`, or `None`."""
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("cluster"), dict):
+        return "has no 'cluster' object"
+    cluster = parsed["cluster"]
+    for kind, addresses in cluster.items():
+        if not isinstance(addresses, list) or not addresses:
+            return f"lists no addresses for '{kind}' (a list of 'host:port')"
+        if not all(isinstance(a, str) and ":" in a for a in addresses):
+            return f"has '{kind}' addresses that are not 'host:port' strings"
+    task = parsed.get("task")
+    if not isinstance(task, dict) or task.get("type") not in cluster:
+        return f"has a task {task!r} whose 'type' is not one of {sorted(cluster)}"
+    index = task.get("index", 0)
+    if not isinstance(index, int) or not 0 <= index < len(cluster[task["type"]]):
+        return (
+            f"has task index {index!r}, not one of the "
+            f"{len(cluster[task['type']])} '{task['type']}' addresses"
+        )
+    return None
+
+
 def task_name():
     """This process's task in `TF_CONFIG`, e.g. `"worker_1"` (`"chief"` without one)."""
-    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    task = tf_config().get("task", {})
     return f"{task.get('type', 'chief')}_{task.get('index', 0)}"
 
 
 def is_chief():
     """Whether this process writes the run's artefacts: true without `TF_CONFIG`,
     for the chief, and for worker 0 of a cluster that has no chief."""
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    task = tf_config.get("task", {})
+    cluster = tf_config()
+    task = cluster.get("task", {})
     kind, index = task.get("type"), task.get("index", 0)
     if kind in (None, "chief"):
         return True
-    return kind == "worker" and index == 0 and not tf_config["cluster"].get("chief")
+    return kind == "worker" and index == 0 and not cluster["cluster"].get("chief")
 
 
 def num_replicas():

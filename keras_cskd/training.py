@@ -5,7 +5,8 @@
 1. `prepare`: validate the config, load and check the data and the teacher.
    Nothing is written, so a run that cannot start leaves no workdir.
 2. `build`: the model, optimizer and trainer inside the strategy's scope,
-   restored from the workdir's checkpoint when there is one.
+   restored from the workdir's checkpoint when there is one; the teacher's
+   outputs and test accuracy are checked before anything is written.
 3. `fit`: the epochs that are left, checkpointed as they go.
 4. `finalise`: save the model, export it, write the summary.
 
@@ -56,6 +57,7 @@ class Run:
     teacher: object = None
     trainer: object = None
     resumed: tuple = (0, 0, {})  # (epoch, step, history)
+    teacher_accuracy: float | None = None  # on the test split, before training
 
     @property
     def streamed(self):
@@ -180,7 +182,13 @@ def build(state):
             config.model, dataset.num_classes, dataset.input_shape
         )
         if state.teacher_path is not None:
-            state.teacher = builders.load_teacher(state.teacher_path, dataset)
+            state.teacher = builders.load_teacher(
+                state.teacher_path,
+                dataset,
+                config.teacher.outputs,
+                images=_first_test_images(state),
+            )
+            state.teacher_accuracy = _teacher_accuracy(state)
         optimizer = builders.build_optimizer(config, state.steps_per_epoch)
         state.trainer = builders.build_trainer(
             config, state.model, state.teacher, optimizer
@@ -272,7 +280,7 @@ def finalise(state, history):
         **summary_module.epoch_summary(history),
     }
     if state.teacher is not None:
-        summary["teacher_test_accuracy"] = _teacher_accuracy(state)
+        summary["teacher_test_accuracy"] = state.teacher_accuracy
         summary["teacher_params"] = state.teacher.count_params()
     if chief and config.export.formats:
         summary["exports"] = _export(state)
@@ -342,6 +350,8 @@ def _train_pipeline(state, begin, end, skip):
 def _load_options(data):
     """The loader options a config sets (the digits loader takes none)."""
     options = {"manual_dir": data.manual_dir} if data.manual_dir else {}
+    if data.image_size:
+        options["image_size"] = data.image_size
     return {**options, "streaming": True} if data.streaming else options
 
 
@@ -408,17 +418,35 @@ def _teacher_path(config, workdir):
 
 
 def _teacher_accuracy(state):
-    """The teacher's test accuracy; warns when it is near chance (a wrong or
-    untrained teacher would waste the whole run)."""
-    result = callbacks.accuracy(state.teacher, *state.test)
+    """The teacher's test accuracy, measured before training: a teacher near
+    chance (a wrong or untrained one would waste the whole run) is refused
+    unless `teacher.allow_untrained`, which only warns."""
+    result = callbacks.accuracy(
+        state.teacher, *state.test, state.config.data.eval_batch_size
+    )
     chance = 1.0 / state.dataset.num_classes
-    if result < 1.5 * chance:
-        warnings.warn(
-            f"The teacher's test accuracy is {result:.3f}, near chance "
-            f"({chance:.3f}): is it the right, trained teacher?",
-            stacklevel=2,
+    if result >= 1.5 * chance:
+        return result
+    problem = (
+        f"The teacher {state.teacher_path} is near chance on the test split of "
+        f"{state.dataset.name} (accuracy {result:.3f}, chance {chance:.3f})"
+    )
+    if not state.config.teacher.allow_untrained:
+        raise ValueError(
+            f"{problem}: set teacher.path to a teacher trained on this dataset (with "
+            "its normalisation), or teacher.allow_untrained=True to distil from it "
+            "deliberately."
         )
+    warnings.warn(f"{problem}; teacher.allow_untrained is set.", stacklevel=2)
     return result
+
+
+def _first_test_images(state, count=64):
+    """Up to `count` test images, to look at the teacher's outputs."""
+    images = state.test[0]
+    if state.streamed:  # a batched pipeline of (images, labels)
+        images = next(iter(images))[0]
+    return images[:count]
 
 
 def _augmentation(dataset):

@@ -109,6 +109,7 @@ def test_a_cifar_recipe_runs_a_few_steps_end_to_end(method, tmp_path):
     teacher = keras_cskd.models.get("resnet8", 100, (32, 32, 3))
     teacher.save(tmp_path / "teacher.keras")
     config.teacher.path = str(tmp_path / "teacher.keras")
+    config.teacher.allow_untrained = True  # an untrained teacher, on mock data
     config.epochs = 1
     config.data.batch_size = 8
     config.verbose = "0"

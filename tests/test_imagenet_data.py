@@ -686,6 +686,7 @@ def test_train_py_streams_an_imagenet_style_folder(jpeg_folder, tmp_path):
             "data.batch_size": 8,
             "data.eval_batch_size": 4,
             "teacher.path": str(tmp_path / "t.keras"),
+            "teacher.allow_untrained": True,  # an untrained teacher
             "epochs": 1,
             "verbose": "0",
             "export.formats": "",

@@ -54,6 +54,7 @@ def small_run(recipe, tmp_path, strategy="none", formats=""):
     pooled = keras.layers.GlobalAveragePooling2D()(inputs)
     keras.Model(inputs, keras.layers.Dense(1000)(pooled)).save(tmp_path / "t.keras")
     config.teacher.path = str(tmp_path / "t.keras")
+    config.teacher.allow_untrained = True  # an untrained teacher, on mock data
     config.update_from_flattened_dict(
         {
             "epochs": 1,

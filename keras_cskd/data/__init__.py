@@ -42,8 +42,8 @@ def load(
         name: one of
             - `"digits"`: scikit-learn's bundled 8x8 handwritten digits (real
               data, no download), 10 classes, images scaled to [0, 1] as
-              `[8, 8, 1]`, split 70/15/15 (stratified, fixed seed; its own
-              validation split, so `validation_fraction` is ignored).
+              `[8, 8, 1]`, split 70/15/15 (stratified, fixed seed; it has its
+              own validation split, so a `validation_fraction` is refused).
             - `"tfds:<name>[/<config>][:<version>][:<splits>]"`: a TensorFlow
               Datasets image classification dataset, e.g. `"tfds:cifar100"`
               or `"tfds:cifar10:train[:10%],test=test[:5%]"` (see
@@ -64,8 +64,9 @@ def load(
         A `Dataset` of unbatched `(image, label)` splits.
 
     Raises:
-        ValueError: for an unknown name, options given to `digits`, or a
-            source's own errors (see `tfds.load` and `folder.load`).
+        ValueError: for an unknown name, options or a `validation_fraction`
+            given to `digits`, or a source's own errors (see `tfds.load` and
+            `folder.load`).
         TypeError: for options the source does not take.
         FileNotFoundError: for an unprepared TFDS dataset or a missing folder.
 
@@ -77,7 +78,17 @@ def load(
     """
     if name == "digits":
         if options:
-            raise ValueError(f"The digits dataset takes no options, got {options}.")
+            raise ValueError(
+                f"The digits dataset takes no options, got {options}: remove them "
+                "(train.py: leave data.image_size, data.manual_dir and data.streaming "
+                "unset)."
+            )
+        if validation_fraction:
+            raise ValueError(
+                "The digits dataset has its own validation split (15% of the images, "
+                f"stratified), so validation_fraction={validation_fraction} would "
+                "be ignored: leave it at 0 (train.py: data.validation_fraction)."
+            )
         return digits.load()
     if name.startswith(TFDS_PREFIX):
         return tfds.load(

@@ -1,12 +1,15 @@
 """Checks of a loaded `Dataset` before any training: empty splits, bad labels."""
 
-import tensorflow as tf
+import numpy as np
 
+from keras_cskd import checks
 from keras_cskd.data.imagenet import ImageRecords
 
 
 def check_dataset(dataset):
-    """Raises `ValueError` for an empty split or labels outside the classes.
+    """Raises `ValueError` for an empty split, labels that are not integer
+    class ids of the dataset's classes, or a training split of fewer than 2
+    classes (where any classifier is 100% accurate).
 
     Example:
 
@@ -21,29 +24,36 @@ def check_dataset(dataset):
             if examples.num_examples == 0:
                 raise ValueError(f"{where} is empty.")
             continue
-        low, high, count = _label_range(examples)
-        if count == 0:
+        labels = _labels(examples)
+        if labels.size == 0:
             raise ValueError(f"{where} is empty.")
-        if low < 0 or high >= dataset.num_classes:
+        _check_labels(labels, dataset.num_classes, where)
+        classes = np.unique(labels)
+        if split == "train" and len(classes) < 2:
             raise ValueError(
-                f"{where} has labels in [{low}, {high}], outside the "
-                f"{dataset.num_classes} classes [0, {dataset.num_classes - 1}]."
+                f"{where} holds {dataset.num_classes} class(es) but only images of "
+                f"class {int(classes[0])}: a classifier of one class is 100% "
+                "accurate by construction; give it images of at least 2 classes."
             )
 
 
-def _label_range(examples):
-    """`(lowest label, highest label, count)` of an unbatched split."""
-    labels = examples.map(lambda x, y: tf.cast(y, tf.int64)).batch(8192)
-    low, high, count = labels.reduce(
-        (
-            tf.constant(2**62, tf.int64),
-            tf.constant(-(2**62), tf.int64),
-            tf.constant(0, tf.int64),
-        ),
-        lambda state, y: (
-            tf.minimum(state[0], tf.reduce_min(y)),
-            tf.maximum(state[1], tf.reduce_max(y)),
-            state[2] + tf.size(y, tf.int64),
-        ),
-    )
-    return int(low), int(high), int(count)
+def _check_labels(labels, num_classes, where):
+    """A dataset's labels are scalar integer class ids (its pipelines one-hot
+    them for mixup); the ids themselves are checked by `checks.class_labels`."""
+    if labels.ndim != 1:
+        raise ValueError(
+            f"{where} has labels of shape {labels.shape[1:]} per image: a dataset's "
+            f"labels are scalar class ids 0..{num_classes - 1}."
+        )
+    checks.class_labels(labels, num_classes, where)
+    if labels.dtype.kind != "i" and labels.dtype.kind != "u":
+        raise ValueError(
+            f"{where} has {labels.dtype} labels: a dataset's labels are integer "
+            "class ids; cast them to int32 where the data is read."
+        )
+
+
+def _labels(examples):
+    """The labels of an unbatched `(image, label)` split, as one NumPy array."""
+    batches = list(examples.map(lambda x, y: y).batch(8192).as_numpy_iterator())
+    return np.concatenate(batches) if batches else np.zeros((0,), "int32")

@@ -298,7 +298,8 @@ def _decode_all(paths, root, image_size):
             )
             raise ValueError(
                 f"The images of image folder '{root}' differ in size: {examples}. "
-                "Pass `image_size` to resize them to one size."
+                "Resize them to one size with `image_size` (train.py: "
+                "--config.data.image_size=SIZE)."
             )
 
     def to_array(images):

@@ -369,7 +369,8 @@ def _input_shape(feature_shape, image_size, name):
     if height is None or width is None or channels is None:
         raise ValueError(
             f"TFDS dataset '{name}' has images of varying shape {feature_shape}; "
-            "pass `image_size` to resize them to one size."
+            "resize them to one size with `image_size` (train.py: "
+            "--config.data.image_size=SIZE)."
         )
     return (int(height), int(width), int(channels))
 

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_cskd.checks import positive_number
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.feature_distillation import check_named_layers
 
@@ -80,11 +81,9 @@ class AttentionTransfer(DistillationLoss):
                     f"AttentionTransfer needs `{what}_layer_name`, the name of a "
                     f"layer with [B, H, W, C] outputs; got {name!r}."
                 )
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or p <= 0:
-            raise ValueError(f"`p` must be a positive number, got {p!r}.")
         self.teacher_layer_name = teacher_layer_name
         self.student_layer_name = student_layer_name
-        self.p = float(p)
+        self.p = positive_number("p", p)
 
     def build(self, teacher_shape, student_shape):
         """Checks the feature shapes (the loss has no layers)."""

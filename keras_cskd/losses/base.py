@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_cskd.checks import positive_number
 from keras_cskd.losses.cswt import CSWT
 from keras_cskd.losses.distillation_loss import DistillationLoss
 
@@ -36,9 +37,7 @@ class LogitsDistillationLoss(DistillationLoss):
                     f"`temperature` must be a positive number or a CSWT, got "
                     f"{temperature!r}."
                 )
-            if temperature <= 0:
-                raise ValueError(f"`temperature` must be positive, got {temperature}.")
-            temperature = float(temperature)
+            temperature = positive_number("temperature", temperature)
         self.temperature = temperature
         self.global_batch = bool(global_batch)
 

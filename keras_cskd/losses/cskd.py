@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_cskd.checks import non_negative_number
 from keras_cskd.losses.base import LogitsDistillationLoss
 from keras_cskd.losses.cswt import CSWT
 from keras_cskd.losses.functional import cosine_similarity
@@ -59,7 +60,7 @@ class CSKD(LogitsDistillationLoss):
         if cswt is not None and not isinstance(cswt, CSWT):
             raise ValueError(f"`cswt` must be a CSWT or None, got {cswt!r}.")
         self.cswt = cswt
-        self.alpha = float(alpha)
+        self.alpha = non_negative_number("alpha", alpha)
         self.multi_level = bool(multi_level)
 
     def call(self, teacher_logits, student_logits, labels=None, **kwargs):

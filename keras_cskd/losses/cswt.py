@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_cskd.checks import is_finite_number
 from keras_cskd.losses.functional import cosine_similarity
 
 # Spreads of the per-sample cosines at or below this are float32 noise (identical
@@ -38,9 +39,12 @@ class CSWT:
     """
 
     def __init__(self, t_min=2.0, t_max=6.0):
-        if not 0 < t_min <= t_max:
+        if not (is_finite_number(t_min) and is_finite_number(t_max)) or not (
+            0 < t_min <= t_max
+        ):
             raise ValueError(
-                f"CSWT needs 0 < t_min <= t_max, got t_min={t_min}, t_max={t_max}."
+                f"CSWT needs finite 0 < t_min <= t_max, got t_min={t_min!r}, "
+                f"t_max={t_max!r}."
             )
         self.t_min = float(t_min)
         self.t_max = float(t_max)

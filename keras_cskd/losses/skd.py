@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_cskd.checks import positive_number
 from keras_cskd.losses.base import LogitsDistillationLoss
 from keras_cskd.losses.functional import kl_divergence_from_logits
 
@@ -55,13 +56,7 @@ class SKD(LogitsDistillationLoss):
         global_batch=True,
     ):
         super().__init__(temperature=temperature, global_batch=global_batch)
-        if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)):
-            raise ValueError(
-                f"`multiplier` must be a positive number, got {multiplier!r}."
-            )
-        if multiplier <= 0:
-            raise ValueError(f"`multiplier` must be positive, got {multiplier}.")
-        self.multiplier = float(multiplier)
+        self.multiplier = positive_number("multiplier", multiplier)
         self.normalize_student_ce = bool(normalize_student_ce)
 
     def call(self, teacher_logits, student_logits, labels=None, **kwargs):

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_cskd.checks import non_negative_number
 from keras_cskd.losses.base import LogitsDistillationLoss
 from keras_cskd.losses.cskd import (
     batch_gram_distance,
@@ -62,7 +63,7 @@ class TwoViewCSKD(LogitsDistillationLoss):
                 "TwoViewCSKD takes a float `temperature` and a CSWT `cswt`, got "
                 f"temperature={temperature!r}, cswt={cswt!r}."
             )
-        self.alpha = float(alpha)
+        self.alpha = non_negative_number("alpha", alpha)
 
     def compute_loss(self, teacher_logits, student_logits, labels=None, **kwargs):
         terms = self.terms(teacher_logits, student_logits)

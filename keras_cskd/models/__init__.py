@@ -11,6 +11,6 @@ from keras_cskd.models import (
     imagenet_resnet,  # noqa: F401
 )
 from keras_cskd.models.registry import get, names, register
-from keras_cskd.models.saving import load
+from keras_cskd.models.saving import CodeInModelError, load
 
-__all__ = ["get", "load", "names", "register"]
+__all__ = ["CodeInModelError", "get", "load", "names", "register"]

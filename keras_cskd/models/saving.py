@@ -12,6 +12,10 @@ from keras_cskd import cli
 _UNKNOWN_OBJECT = re.compile(r"Could not locate (class|function) '([^']+)'")
 
 
+class CodeInModelError(ValueError):
+    """A `.keras` file holds Python code (a `Lambda` layer) and `safe_mode` is on."""
+
+
 def load(path, safe_mode=True):
     """Loads a model saved as a `.keras` file (a teacher, a student), uncompiled.
 
@@ -68,10 +72,10 @@ def load(path, safe_mode=True):
 def _load_error(path, error, safe_mode):
     """The one-line `ValueError` for Keras's `error` loading `path`."""
     if isinstance(error, ValueError) and safe_mode and "safe_mode" in str(error):
-        return ValueError(
+        return CodeInModelError(
             f"Refusing to load {path}: it holds a Lambda layer (Python bytecode) "
             "and deserializing it could execute arbitrary code. If you trust "
-            "this file, pass safe_mode=False (command line: "
+            "this file, pass safe_mode=False (python -m keras_cskd.export: "
             "--unsafe_deserialization)."
         )
     # Keras's message for these holds the whole config (over 1,000 characters).
