@@ -1,0 +1,212 @@
+"""A run stopped right after any of its checkpoints, or killed at any file
+operation of a save, resumes and ends as the uninterrupted run: the same
+student bit for bit, the same CSV log, history and summary."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import workers
+
+from keras_cskd import checkpointing, files, training
+from keras_cskd import config as config_module
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER = ROOT / "saved_models" / "digits_teacher.keras"
+STEPS = 5  # steps an epoch: 1257 digits in batches of 256
+
+
+class Killed(Exception):
+    """Stands in for the SIGKILL of `checkpointing.KILL_AFTER_SAVE` in-process."""
+
+
+def digits_config(**overrides):
+    """Two deterministic epochs of 5 steps, a checkpoint after every step."""
+    config = config_module.load_config(ROOT / "configs" / "digits_cskd.py")
+    config.update(
+        epochs=2,
+        deterministic=True,
+        checkpoint_every_steps=1,
+        verbose="0",
+    )
+    config.export.formats = ""
+    config.data.batch_size = 256
+    config.update(overrides)
+    return config
+
+
+def run_until_save(config, workdir, saves, monkeypatch):
+    """Runs `config` until its `saves`th checkpoint is written, then stops as
+    the `KILL_AFTER_SAVE` hook does; returns the checkpoint's (epoch, step)."""
+
+    def kill():
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setenv(checkpointing.KILL_AFTER_SAVE, str(saves))
+        patch.setattr(checkpointing, "_saves", 0)
+        patch.setattr(checkpointing, "_kill", kill)
+        with pytest.raises(Killed):
+            training.run(config, workdir)
+    return position(workdir)
+
+
+def position(workdir):
+    metadata, _ = checkpointing.load(Path(workdir) / "checkpoint")
+    return metadata["epoch"], metadata["step"]
+
+
+def assert_same_run(workdir, reference):
+    """The same student bitwise, CSV log and summary (but the wall time)."""
+    weights = [
+        keras.saving.load_model(Path(w) / "student.keras").get_weights()
+        for w in (workdir, reference)
+    ]
+    for resumed, uninterrupted in zip(*weights, strict=True):
+        np.testing.assert_array_equal(resumed, uninterrupted)
+    logs = [(Path(w) / "log.csv").read_text() for w in (workdir, reference)]
+    assert logs[0] == logs[1]
+    summaries = [json.loads((Path(w) / "summary.json").read_text()) for w in (workdir, reference)]
+    for summary in summaries:
+        del summary["wall_time_s"]
+    assert summaries[0] == summaries[1]
+    assert not (Path(workdir) / "checkpoint").exists()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run of `digits_config()`."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    training.run(digits_config(), workdir)
+    return workdir
+
+
+@pytest.mark.large
+def test_a_run_resumes_from_a_checkpoint_at_every_position(
+    tmp_path, monkeypatch, reference
+):
+    """One run stopped after a checkpoint at each position in turn, resuming
+    from each: the first, a middle and the last step of an epoch, and the end
+    of an epoch with and without step checkpoints (and of the last epoch)."""
+    workdir, every_step = tmp_path / "run", digits_config()
+    assert run_until_save(every_step, workdir, 1, monkeypatch) == (0, 1)
+    assert run_until_save(every_step, workdir, 2, monkeypatch) == (0, 3)
+    assert run_until_save(every_step, workdir, 3, monkeypatch) == (1, 0)
+    assert run_until_save(every_step, workdir, STEPS, monkeypatch) == (1, STEPS)
+    epoch_ends = digits_config(checkpoint_every_steps=0)
+    assert run_until_save(epoch_ends, workdir, 1, monkeypatch) == (2, 0)
+    training.run(epoch_ends, workdir)
+    assert_same_run(workdir, reference)
+
+
+@pytest.mark.large
+def test_a_resume_after_the_last_step_does_the_end_of_the_epoch_once(
+    tmp_path, monkeypatch, reference
+):
+    """A kill after the epoch's log row but before its checkpoint: the row is
+    not logged twice."""
+    workdir = tmp_path / "run"
+    assert run_until_save(digits_config(), workdir, STEPS, monkeypatch) == (0, STEPS)
+    rows = (reference / "log.csv").read_text().splitlines(keepends=True)
+    (workdir / "log.csv").write_text("".join(rows[:2]))  # as if logged, then killed
+    training.run(digits_config(), workdir)
+    assert_same_run(workdir, reference)
+
+
+SETUPS = {
+    "teacher_cache": {"augment": True, "cache_teacher_logits": True},
+    "two_views": {"two_views": True},
+}
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("setup", sorted(SETUPS))
+def test_a_run_on_other_inputs_resumes_mid_epoch(tmp_path, monkeypatch, setup):
+    teacher = shutil.copy(TEACHER, tmp_path / "teacher.keras")  # its cache beside it
+
+    def config():
+        config = digits_config()
+        config.teacher.path = str(teacher)
+        config.data.update(SETUPS[setup])
+        return config
+
+    training.run(config(), tmp_path / "uninterrupted")
+    workdir = tmp_path / "run"
+    assert run_until_save(config(), workdir, 3, monkeypatch) == (0, 3)
+    training.run(config(), workdir)
+    assert_same_run(workdir, tmp_path / "uninterrupted")
+
+
+def train_cli(workdir, *args, kill_after_save=None):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if kill_after_save:
+        env[checkpointing.KILL_AFTER_SAVE] = str(kill_after_save)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), f"--workdir={workdir}", *args]
+        + ["--config.data.batch_size=256", "--config.checkpoint_every_steps=1"]
+        + ["--config.deterministic=True", "--config.epochs=2", "--config.verbose=0"]
+        + ["--config.export.formats="],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.large
+def test_a_mirrored_run_killed_after_its_last_and_middle_steps_resumes(tmp_path):
+    """`kill -9` (the hook's SIGKILL) right after a checkpoint, under
+    MirroredStrategy on two logical CPUs."""
+    mirrored = ["--logical_cpus=2", "--config.strategy=mirrored"]
+    workdir = tmp_path / "run"
+    for saves, expected in ((STEPS, (0, STEPS)), (4, (1, 3))):
+        killed = train_cli(workdir, *mirrored, kill_after_save=saves)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        assert position(workdir) == expected
+    resumed = train_cli(workdir, *mirrored)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming from" in resumed.stdout
+    uninterrupted = train_cli(tmp_path / "uninterrupted", *mirrored)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
+    assert_same_run(workdir, tmp_path / "uninterrupted")
+
+
+def multiworker_cli(workdir, kill_after_save=None):
+    """Two train.py workers of one MultiWorkerMirroredStrategy on 127.0.0.1."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if kill_after_save:
+        env[checkpointing.KILL_AFTER_SAVE] = str(kill_after_save)
+    return workers.start(
+        [sys.executable, ROOT / "train.py", f"--workdir={workdir}"]
+        + ["--config.data.batch_size=256", "--config.checkpoint_every_steps=1"]
+        + ["--config.deterministic=True", "--config.epochs=2", "--config.verbose=0"]
+        + ["--config.export.formats=", "--config.strategy=multiworker"],
+        cwd=ROOT,
+        env=env,
+    )
+
+
+@pytest.mark.large
+def test_a_multiworker_run_killed_after_a_checkpoint_resumes(tmp_path):
+    """Both workers killed right after their 3rd checkpoint (mid-epoch) resume
+    from the chief's and end with the uninterrupted student."""
+    workdir = tmp_path / "run"
+    killed = multiworker_cli(workdir, kill_after_save=3)
+    for process in killed:
+        process.communicate(timeout=600)
+    assert [p.returncode for p in killed] == [-signal.SIGKILL] * 2
+    assert position(workdir) == (0, 3)
+    workers.finish(multiworker_cli(workdir), timeout=600)
+    workers.finish(multiworker_cli(tmp_path / "uninterrupted"), timeout=600)
+    assert json.loads((workdir / "summary.json").read_text())["replicas"] == 2
+    assert_same_run(workdir, tmp_path / "uninterrupted")
+    for run in (workdir, tmp_path / "uninterrupted"):  # no worker scratch left
+        assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
