@@ -21,6 +21,7 @@ from keras_cskd import config as config_module
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "saved_models" / "digits_teacher.keras"
 STEPS = 5  # steps an epoch: 1257 digits in batches of 256
+WRITE = checkpointing.write  # unpatched
 
 
 class Killed(Exception):
@@ -210,3 +211,89 @@ def test_a_multiworker_run_killed_after_a_checkpoint_resumes(tmp_path):
     assert_same_run(workdir, tmp_path / "uninterrupted")
     for run in (workdir, tmp_path / "uninterrupted"):  # no worker scratch left
         assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+
+
+def write_killed_at(number, directory, arrays, metadata):
+    """`checkpointing.write` in a forked child that `files.KILL_AT_FILE_OP`
+    kills right before its `number`th file operation; whether it was killed."""
+    child = os.fork()
+    if child == 0:  # no TensorFlow here: the arrays are NumPy already
+        status = 1
+        try:
+            os.environ[files.KILL_AT_FILE_OP] = str(number)
+            files._operation_counts.clear()
+            WRITE(directory, arrays, metadata)
+            status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(child, 0)
+    if os.WIFSIGNALED(status):
+        assert os.WTERMSIG(status) == signal.SIGKILL
+        return True
+    assert os.WEXITSTATUS(status) == 0
+    return False
+
+
+def file_operations(directory, arrays, metadata, monkeypatch):
+    """The kinds of the file operations of one save, in order (on a copy)."""
+    kinds = []
+    copy = directory.with_name("dry_run")
+    shutil.copytree(directory, copy)
+    with monkeypatch.context() as patch:
+        patch.setattr(files, "_file_operation", kinds.append)
+        WRITE(copy, arrays, metadata)
+    shutil.rmtree(copy)
+    return kinds
+
+
+@pytest.mark.large
+def test_a_kill_at_any_file_operation_of_a_save_resumes_from_the_newest_checkpoint(
+    tmp_path, monkeypatch, reference
+):
+    """The save at the end of epoch 1 (its log row written, its checkpoint
+    not) is killed at each of its writes, fsyncs, renames and removals in
+    turn: the checkpoint after the kill is the step-5 one until the pointer
+    moves, then the epoch's; never none, never another. Runs resumed from the
+    last kill before and the last kill after the pointer's move end as the
+    uninterrupted run."""
+    workdir = tmp_path / "run"
+    assert run_until_save(digits_config(), workdir, STEPS, monkeypatch) == (0, STEPS)
+    old_metadata, old_arrays = checkpointing.load(workdir / "checkpoint")
+    killed = []
+
+    def write(directory, arrays, metadata):
+        if not killed:  # the first save of the resumed run: (1, 0)
+            kinds = file_operations(directory, arrays, metadata, monkeypatch)
+            assert {"write", "fsync", "rename", "remove"} <= set(kinds)
+            before = tmp_path / "before"
+            shutil.copytree(workdir, before)
+            for number in range(1, len(kinds) + 2):
+                was_killed = write_killed_at(number, directory, arrays, metadata)
+                assert was_killed == (number <= len(kinds))
+                killed.append(tmp_path / f"killed_at_{number}")
+                shutil.copytree(workdir, killed[-1])
+                shutil.rmtree(workdir)
+                shutil.copytree(before, workdir)
+            new = (metadata, arrays)
+            killed.append(new)
+        WRITE(directory, arrays, metadata)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpointing, "write", write)
+        training.run(digits_config(), workdir)
+    assert_same_run(workdir, reference)
+    new_metadata, new_arrays = killed.pop()
+    positions = []
+    for copy in killed:
+        metadata, arrays = checkpointing.load(copy / "checkpoint")
+        positions.append((metadata["epoch"], metadata["step"]))
+        expected = old_arrays if positions[-1] == (0, STEPS) else new_arrays
+        for value, saved in zip(arrays, expected, strict=True):
+            np.testing.assert_array_equal(value, saved)
+    moved = positions.index((1, 0))
+    assert moved > 0 and positions == [(0, STEPS)] * moved + [(1, 0)] * (
+        len(positions) - moved
+    )
+    for resumed in (killed[moved - 1], killed[-2]):
+        training.run(digits_config(), resumed)
+        assert_same_run(resumed, reference)
