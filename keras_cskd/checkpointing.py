@@ -134,7 +134,8 @@ def restore(directory, trainer, frozen=(), config=None, teacher_file=None):
             belongs to another model; the message says how to start over.
         ValueError: if `config` differs from the checkpoint's in a key that
             changes training (see `config.changed_keys`; the keys are named),
-            or `teacher_file` is not the teacher the checkpoint was made with.
+            its `epochs` are fewer than the checkpoint has started, or
+            `teacher_file` is not the teacher the checkpoint was made with.
     """
     loaded = load(directory)
     if loaded is None:
@@ -142,6 +143,7 @@ def restore(directory, trainer, frozen=(), config=None, teacher_file=None):
     metadata, values = loaded
     _check_same_config(directory, metadata.get("config"), config)
     _check_same_teacher(directory, metadata.get("teacher_sha256"), teacher_file)
+    _check_epochs_left(directory, metadata, (config or {}).get("epochs"))
     if trainer.optimizer is not None and not trainer.optimizer.built:
         trainer.optimizer.build(trainer.trainable_variables)
     variables = trained_variables(trainer, frozen)
@@ -274,6 +276,17 @@ def _check_same_config(directory, saved, current):
             f"The checkpoint {directory} was made with another config ({listed}). "
             "Resume with the same config, or start over with --overwrite or "
             "another --workdir."
+        )
+
+
+def _check_epochs_left(directory, metadata, epochs):
+    """Refuses a checkpoint past the configured end of training."""
+    started = metadata["epoch"] + (1 if metadata["step"] else 0)
+    if epochs is not None and started > epochs:
+        raise ValueError(
+            f"The checkpoint {directory} is {started} epochs in, more than "
+            f"epochs={epochs}: resume with --config.epochs={started} or more, or "
+            "start over with --overwrite or another --workdir."
         )
 
 

@@ -195,7 +195,6 @@ def build(state):
             teacher_file=state.teacher_path,
         )
     if resumed:
-        _check_epochs_left(resumed, config.epochs, state.workdir / "checkpoint")
         state.resumed = resumed
         print(
             f"Resuming from {state.workdir / 'checkpoint'}: epoch "
@@ -293,17 +292,6 @@ def _keep_logged_epochs(path, history):
         files.remove_tree(path)
     elif len(lines) > done + 1:
         files.write_text(path, "".join(lines[: done + 1]))
-
-
-def _check_epochs_left(resumed, epochs, directory):
-    """Refuses a checkpoint past the configured end of training."""
-    started = resumed.epoch + (1 if resumed.step else 0)
-    if started > epochs:
-        raise ValueError(
-            f"The checkpoint {directory} is {started} epochs in, more than "
-            f"epochs={epochs}: resume with --config.epochs={started} or more, or "
-            "start over with --overwrite or another --workdir."
-        )
 
 
 def finalise(state, history):

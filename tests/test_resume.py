@@ -74,7 +74,9 @@ def assert_same_run(workdir, reference):
         np.testing.assert_array_equal(resumed, uninterrupted)
     logs = [(Path(w) / "log.csv").read_text() for w in (workdir, reference)]
     assert logs[0] == logs[1]
-    summaries = [json.loads((Path(w) / "summary.json").read_text()) for w in (workdir, reference)]
+    summaries = [
+        json.loads((Path(w) / "summary.json").read_text()) for w in (workdir, reference)
+    ]
     for summary in summaries:
         del summary["wall_time_s"]
     assert summaries[0] == summaries[1]
