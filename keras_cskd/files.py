@@ -3,11 +3,14 @@ half of one, and a written file survives a crash), exclusive locks, file
 checksums, and the fault-injection hook that tests crash consistency with."""
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import hashlib
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -54,15 +57,7 @@ def atomic_path(path):
         yield tmp
         fsync_tree(tmp)
         if path.is_dir() and not path.is_symlink():
-            # A directory cannot be replaced in one step: move the old one
-            # aside first, and put it back if the swap fails.
-            old = staging / "old"
-            replace(path, old)
-            try:
-                replace(tmp, path)
-            except BaseException:
-                replace(old, path)
-                raise
+            _replace_directory(tmp, path)
         else:
             replace(tmp, path)
         fsync_directory(path.parent)
@@ -99,6 +94,36 @@ def replace(source, target):
     """`os.replace`, counted by the fault-injection hook."""
     _file_operation("rename")
     os.replace(source, target)
+
+
+def _replace_directory(new, path):
+    """Puts the directory `new` at `path` in one step where the system can
+    swap two paths (Linux's `renameat2(RENAME_EXCHANGE)`); elsewhere it moves
+    the old one aside first, and back if the second move fails."""
+    _file_operation("rename")
+    if _exchange(new, path):
+        return
+    old = new.with_name("old")
+    os.replace(path, old)
+    try:
+        os.replace(new, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+
+
+def _exchange(a, b):
+    """Swaps the paths `a` and `b` atomically; False where unsupported."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not sys.platform.startswith("linux") or not hasattr(libc, "renameat2"):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if libc.renameat2(at_fdcwd, bytes(a), at_fdcwd, bytes(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False  # a filesystem or kernel without the exchange
+    raise OSError(code, os.strerror(code), str(b))
 
 
 def remove_tree(path):

@@ -299,3 +299,45 @@ def test_a_kill_at_any_file_operation_of_a_save_resumes_from_the_newest_checkpoi
     for resumed in (killed[moved - 1], killed[-2]):
         training.run(digits_config(), resumed)
         assert_same_run(resumed, reference)
+
+
+def replace_directory_killed_at(number, path, files_in_it):
+    """Replaces the directory `path` through `files.atomic_path` in a forked
+    child killed right before its `number`th file operation; whether killed."""
+    child = os.fork()
+    if child == 0:
+        status = 1
+        try:
+            os.environ[files.KILL_AT_FILE_OP] = str(number)
+            files._operation_counts.clear()
+            with files.atomic_path(path) as staging:
+                staging.mkdir()
+                for name, text in files_in_it.items():
+                    files.write_new(staging / name, text)
+            status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(child, 0)
+    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def test_a_directory_replaced_atomically_is_never_missing_when_killed(tmp_path):
+    """At every file operation of `atomic_path` over a directory (an export),
+    a kill leaves the old directory whole or the new one, nothing else."""
+    old, new = {"a": "old a", "b": "old b"}, {"a": "new a", "c": "new c"}
+    outcomes = []
+    for number in range(1, 20):
+        path = tmp_path / str(number) / "export"
+        path.mkdir(parents=True)
+        for name, text in old.items():
+            (path / name).write_text(text)
+        killed = replace_directory_killed_at(number, path, new)
+        found = {p.name: p.read_text() for p in path.iterdir()}
+        assert found in (old, new), found
+        outcomes.append(("old" if found == old else "new", killed))
+        if not killed:
+            break
+    assert outcomes[0] == ("old", True) and outcomes[-1] == ("new", False)
+    kinds = [kind for kind, _ in outcomes]
+    swapped = kinds.index("new")
+    assert kinds == ["old"] * swapped + ["new"] * (len(kinds) - swapped)
