@@ -194,6 +194,13 @@ def build(state):
             config=_config_dict(config),
             teacher_file=state.teacher_path,
         )
+    if resumed and resumed.step > state.steps_per_epoch:
+        raise ValueError(
+            f"The checkpoint {state.workdir / 'checkpoint'} is at step "
+            f"{resumed.step} of an epoch of {state.steps_per_epoch} steps: resume "
+            "with the training data it was made with, or start over with "
+            "--overwrite or another --workdir."
+        )
     if resumed:
         state.resumed = resumed
         print(
