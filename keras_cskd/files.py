@@ -1,21 +1,48 @@
-"""Atomic file writes (a reader sees the old file or the new one, never half of
-one), exclusive locks and file checksums."""
+"""Durable, atomic file writes (a reader sees the old file or the new one, never
+half of one, and a written file survives a crash), exclusive locks, file
+checksums, and the fault-injection hook that tests crash consistency with."""
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import hashlib
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
+
+# `KIND:N` (or `N`, any kind) kills this process with SIGKILL right before its
+# Nth file operation of that kind; the kinds are `FILE_OPERATIONS`. For tests.
+KILL_AT_FILE_OP = "KERAS_CSKD_KILL_AT_FILE_OP"
+FILE_OPERATIONS = ("write", "fsync", "rename", "remove")
+_operation_counts = {}
+
+
+def _file_operation(kind):
+    """Counts a file operation about to happen; the `KILL_AT_FILE_OP` hook."""
+    target = os.environ.get(KILL_AT_FILE_OP)
+    if not target:
+        return
+    target_kind, _, number = target.rpartition(":")
+    key = target_kind or "any"
+    if target_kind and target_kind != kind:
+        return
+    _operation_counts[key] = _operation_counts.get(key, 0) + 1
+    if _operation_counts[key] == int(number):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextlib.contextmanager
 def atomic_path(path):
     """Yields a temporary path beside `path`; moves it onto `path` on success.
 
-    Works for a file or a directory. If the block raises, the temporary is
-    removed and whatever was at `path` before is left as it was.
+    Works for a file or a directory. What the block wrote is flushed to disk
+    (`fsync`) before the move, and the move itself after it. If the block
+    raises, the temporary is removed and whatever was at `path` before is
+    left as it was.
 
     Example:
 
@@ -28,26 +55,114 @@ def atomic_path(path):
     tmp = staging / path.name
     try:
         yield tmp
+        fsync_tree(tmp)
         if path.is_dir() and not path.is_symlink():
-            # A directory cannot be replaced in one step: move the old one
-            # aside first, and put it back if the swap fails.
-            old = staging / "old"
-            os.replace(path, old)
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                os.replace(old, path)
-                raise
+            _replace_directory(tmp, path)
         else:
-            os.replace(tmp, path)
+            replace(tmp, path)
+        fsync_directory(path.parent)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
 
 
 def write_text(path, text):
-    """Writes `text` to `path` atomically."""
+    """Writes `text` to `path` atomically and durably."""
+    write_bytes(path, text.encode())
+
+
+def write_bytes(path, data):
+    """Writes `data` to `path` atomically and durably.
+
+    Example:
+
+    >>> write_bytes("workdir/state.npz", buffer.getvalue())
+    """
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        write_new(tmp, data)
+
+
+def write_new(path, data):
+    """Writes `data` (bytes or text) to the new file `path`, as part of what an
+    `atomic_path` block stages (which flushes it to disk and moves it in)."""
+    data = data.encode() if isinstance(data, str) else data
+    _file_operation("write")
+    with open(path, "wb") as file:
+        file.write(data)
+
+
+def replace(source, target):
+    """`os.replace`, counted by the fault-injection hook."""
+    _file_operation("rename")
+    os.replace(source, target)
+
+
+def _replace_directory(new, path):
+    """Puts the directory `new` at `path` in one step where the system can
+    swap two paths (Linux's `renameat2(RENAME_EXCHANGE)`); elsewhere it moves
+    the old one aside first, and back if the second move fails."""
+    _file_operation("rename")
+    if _exchange(new, path):
+        return
+    old = new.with_name("old")
+    os.replace(path, old)
+    try:
+        os.replace(new, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+
+
+def _exchange(a, b):
+    """Swaps the paths `a` and `b` atomically; False where unsupported."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not sys.platform.startswith("linux") or not hasattr(libc, "renameat2"):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if libc.renameat2(at_fdcwd, bytes(a), at_fdcwd, bytes(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False  # a filesystem or kernel without the exchange
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def remove_tree(path):
+    """Removes a file or directory tree if it exists (a killed removal leaves
+    part of it, which the next removal finishes)."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    _file_operation("remove")
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def fsync_tree(path):
+    """Flushes a file, or every file and directory under `path`, to disk."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        for entry in sorted(path.iterdir()):
+            fsync_tree(entry)
+        fsync_directory(path)
+    elif path.is_file():
+        _fsync(path, os.O_RDONLY)
+
+
+def fsync_directory(path):
+    """Flushes a directory's entries (files created, renamed or removed in
+    it) to disk."""
+    _fsync(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _fsync(path, flags):
+    _file_operation("fsync")
+    descriptor = os.open(path, flags)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 @contextlib.contextmanager

@@ -56,7 +56,9 @@ class Run:
     model: object = None
     teacher: object = None
     trainer: object = None
-    resumed: tuple = (0, 0, {})  # (epoch, step, history)
+    resumed: checkpointing.Resumed = dataclasses.field(
+        default_factory=lambda: checkpointing.Resumed(0, 0, {})
+    )
     teacher_accuracy: float | None = None  # on the test split, before training
 
     @property
@@ -198,12 +200,20 @@ def build(state):
             state.trainer,
             _frozen(state),
             config=_config_dict(config),
+            teacher_file=state.teacher_path,
+        )
+    if resumed and resumed.step > state.steps_per_epoch:
+        raise ValueError(
+            f"The checkpoint {state.workdir / 'checkpoint'} is at step "
+            f"{resumed.step} of an epoch of {state.steps_per_epoch} steps: resume "
+            "with the training data it was made with, or start over with "
+            "--overwrite or another --workdir."
         )
     if resumed:
         state.resumed = resumed
         print(
-            f"Resuming from {state.workdir / 'checkpoint'}: epoch {resumed[0] + 1}, "
-            f"step {resumed[1]}."
+            f"Resuming from {state.workdir / 'checkpoint'}: epoch "
+            f"{resumed.epoch + 1}, step {resumed.step}."
         )
     chief = distribute.is_chief()
     if chief and state.overwrite and state.workdir.exists():
@@ -218,29 +228,38 @@ def build(state):
 
 def fit(state):
     """Step 3: trains the epochs left. A resumed run first finishes its
-    interrupted epoch; each epoch's batches and augmentations depend on
-    (seed, epoch, step) alone, resumed or not. Returns the per-epoch history."""
-    config = state.config
-    first_epoch, first_step, history = state.resumed
+    interrupted epoch (its steps left, or, when all ran, the end of the epoch:
+    validation, test accuracy, logs); each epoch's batches and augmentations
+    depend on (seed, epoch, step) alone, resumed or not. Returns the per-epoch
+    history."""
+    config, resumed = state.config, state.resumed
+    steps_done = resumed.step == state.steps_per_epoch  # but not the epoch's end
     checkpointer = checkpointing.Checkpointer(
         state.out / "checkpoint",
         every_steps=config.checkpoint_every_steps,
         frozen=_frozen(state),
-        history=history,
+        history=resumed.history,
         config=_config_dict(config),
+        teacher_file=state.teacher_path,
+        metrics=None if steps_done else resumed.metrics,
     )
     fit_callbacks = [
         callbacks.TestAccuracy(state.model, *state.test, config.data.eval_batch_size),
         callbacks.StopOnNonFiniteLoss(),
-        checkpointer,
         keras.callbacks.CSVLogger(str(state.out / "log.csv"), append=True),
         keras.callbacks.TensorBoard(str(state.out / "tensorboard")),
+        checkpointer,  # last: an epoch's checkpoint follows its logs
     ]
+    _keep_logged_epochs(state.out / "log.csv", resumed.history)
     validation = state.dataset.validation and (
         _eval_pipeline(state, state.dataset.validation)
         if state.streamed
         else data_module.pipeline(state.dataset.validation, config.data.eval_batch_size)
     )
+    first_epoch, first_step = resumed.epoch, resumed.step
+    if steps_done:
+        _end_epoch(state, first_epoch, resumed.logs, fit_callbacks, validation)
+        first_epoch, first_step = first_epoch + 1, 0
     segments = [(first_epoch, first_epoch + 1, first_step)] if first_step else []
     segments.append((first_epoch + (1 if first_step else 0), config.epochs, 0))
     for begin, end, skip in segments:
@@ -257,6 +276,37 @@ def fit(state):
             verbose=config.verbose if config.verbose == "auto" else int(config.verbose),
         )
     return checkpointer.history
+
+
+def _end_epoch(state, epoch, logs, fit_callbacks, validation):
+    """What Keras's `fit` does after an epoch's last step, for an epoch whose
+    steps all ran before its checkpoint: the epoch's logs (saved with the
+    checkpoint), validation, and the callbacks' end of the epoch, once."""
+    trainer = state.trainer
+    callback_list = keras.callbacks.CallbackList(fit_callbacks, model=trainer)
+    callback_list.on_train_begin()
+    callback_list.on_epoch_begin(epoch)
+    logs = dict(logs)
+    if validation:
+        results = trainer.evaluate(
+            validation, callbacks=callback_list, return_dict=True, verbose=0
+        )
+        logs.update({f"val_{name}": value for name, value in results.items()})
+    callback_list.on_epoch_end(epoch, logs)
+    callback_list.on_train_end(logs)
+
+
+def _keep_logged_epochs(path, history):
+    """Keeps the CSV log's header and the rows of the epochs the checkpoint
+    holds: a row logged after it, before a kill, is logged again."""
+    done = len(next(iter(history.values()), []))
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    if not done:
+        files.remove_tree(path)
+    elif len(lines) > done + 1:
+        files.write_text(path, "".join(lines[: done + 1]))
 
 
 def finalise(state, history):
