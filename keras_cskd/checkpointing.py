@@ -106,7 +106,8 @@ def write(directory, arrays, metadata):
     crash-consistently (see the module's docstring); no TensorFlow involved."""
     directory = Path(directory)
     current = _pointed(directory)
-    _remove_all_but(directory, current)
+    if current is not None:  # else keep an unversioned (0.1) checkpoint till then
+        _remove_all_but(directory, current)
     name = f"{int(current or 0) + 1:08d}"
     buffer = io.BytesIO()
     np.savez(buffer, *arrays)
@@ -170,13 +171,21 @@ def load(directory):
     (3, 20)
     """
     directory = Path(directory)
-    if (directory / METADATA_FILE).exists():
-        raise CorruptCheckpointError(
-            f"The checkpoint {directory} was written by an older keras-cskd, "
-            f"whose checkpoints are not crash-safe. {_hint(directory)}"
-        )
     name = _pointed(directory)
+    if name is None and (directory / METADATA_FILE).exists():
+        return _read_unversioned(directory)
     return None if name is None else _read(directory / name, _hint(directory))
+
+
+def _read_unversioned(directory):
+    """A checkpoint written by keras-cskd 0.1: its files directly in
+    `directory`, with no metadata checksum and no metric state. It resumes
+    (the epoch's logged means then cover the resumed steps only), and the next
+    save writes the numbered layout."""
+    metadata, values = _read(directory, _hint(directory), unversioned=True)
+    metadata.setdefault("logs", None)
+    metadata.setdefault("metrics", [])
+    return metadata, values
 
 
 def merge_metrics(trainer, saved):
@@ -195,11 +204,13 @@ def merge_metrics(trainer, saved):
         variable.assign(variable.numpy() + value)
 
 
-def _read(checkpoint, hint):
-    """The metadata and arrays of `checkpoint`, both checked by checksum."""
+def _read(checkpoint, hint, unversioned=False):
+    """The metadata and arrays of `checkpoint`, both checked by checksum (the
+    metadata's own unless `unversioned`: 0.1's had none)."""
     try:
         metadata = json.loads((checkpoint / METADATA_FILE).read_text())
-        if metadata.pop("metadata_sha256", None) != _digest(metadata):
+        digest = metadata.pop("metadata_sha256", None)
+        if not unversioned and digest != _digest(metadata):
             raise CorruptCheckpointError(
                 f"The checkpoint {checkpoint} is corrupt: {METADATA_FILE} does "
                 f"not match its checksum. {hint}"

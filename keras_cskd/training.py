@@ -209,6 +209,12 @@ def build(state):
             "with the training data it was made with, or start over with "
             "--overwrite or another --workdir."
         )
+    if resumed and resumed.step == state.steps_per_epoch and resumed.logs is None:
+        raise ValueError(
+            f"The checkpoint {state.workdir / 'checkpoint'} was written by keras-cskd "
+            "0.1 after an epoch's last step, without the epoch's logs its end "
+            "needs: delete it to start over (or resume from an earlier copy)."
+        )
     if resumed:
         state.resumed = resumed
         print(

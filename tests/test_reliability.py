@@ -129,11 +129,35 @@ def test_a_checkpoint_no_save_completed_is_no_checkpoint(tmp_path):
     assert checkpointing.load(tmp_path / "checkpoint") is None
 
 
-def test_a_checkpoint_in_the_old_layout_is_refused(tmp_path):
-    (tmp_path / "checkpoint").mkdir()
-    (tmp_path / "checkpoint" / "state.json").write_text("{}")
-    with pytest.raises(checkpointing.CorruptCheckpointError, match="older keras-cskd"):
-        checkpointing.load(tmp_path / "checkpoint")
+def unversioned_checkpoint(directory, arrays, epoch, step):
+    """A checkpoint as keras-cskd 0.1 wrote it: its two files in `directory`,
+    the arrays' checksum in the metadata, no metadata checksum."""
+    directory.mkdir(parents=True)
+    np.savez(directory / "state.npz", *arrays)
+    metadata = {"epoch": epoch, "step": step, "history": {}, "variables": []}
+    metadata["sha256"] = files.sha256(directory / "state.npz")
+    (directory / "state.json").write_text(json.dumps(metadata))
+
+
+def test_a_checkpoint_of_keras_cskd_0_1_resumes_and_the_next_save_migrates_it(
+    tmp_path,
+):
+    checkpoint = tmp_path / "checkpoint"
+    unversioned_checkpoint(checkpoint, [np.arange(3.0)], epoch=2, step=5)
+    metadata, arrays = checkpointing.load(checkpoint)
+    assert (metadata["epoch"], metadata["step"], metadata["metrics"]) == (2, 5, [])
+    np.testing.assert_array_equal(arrays[0], np.arange(3.0))
+    checkpointing.write(checkpoint, [np.ones(2)], {"epoch": 3})
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["00000001", "latest"]
+    assert checkpointing.load(checkpoint)[0]["epoch"] == 3
+
+
+def test_a_corrupt_checkpoint_of_keras_cskd_0_1_is_refused(tmp_path):
+    checkpoint = tmp_path / "checkpoint"
+    unversioned_checkpoint(checkpoint, [np.arange(3.0)], epoch=2, step=5)
+    np.savez(checkpoint / "state.npz", np.zeros(3))
+    with pytest.raises(checkpointing.CorruptCheckpointError, match="checksum"):
+        checkpointing.load(checkpoint)
 
 
 @pytest.mark.large
