@@ -2,6 +2,7 @@
 
 import importlib.util
 import inspect
+import json
 import math
 import re
 from pathlib import Path
@@ -374,7 +375,8 @@ def changed_keys(saved, current):
     """The dotted keys whose values differ between two configs (as dicts),
     except `RESUMABLE_CHANGES`: `{key: (saved value, current value)}`. A key
     of `saved` that has since been renamed (`RENAMED_KEYS`) is compared under
-    its new name, so a checkpoint made before the rename resumes.
+    its new name, and a key added since has its default there, so a
+    checkpoint made by an earlier version resumes.
 
     Example:
 
@@ -383,6 +385,9 @@ def changed_keys(saved, current):
     """
     saved, current = _flatten(saved), _flatten(current)
     saved = {RENAMED_KEYS.get(key, (key,))[0]: value for key, value in saved.items()}
+    # A key added since the checkpoint was made had its default then.
+    defaults = _flatten(json.loads(default_config().to_json_best_effort()))
+    saved = {**{k: v for k, v in defaults.items() if k in current}, **saved}
     return {
         key: (saved.get(key), current.get(key))
         for key in sorted(saved.keys() | current.keys())

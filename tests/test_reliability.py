@@ -430,3 +430,14 @@ def test_the_cli_turns_a_flag_error_into_a_nonzero_exit():
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "no_such_key" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_config_key_added_since_a_checkpoint_counts_as_its_default():
+    current = json.loads(config_module.default_config().to_json_best_effort())
+    saved = json.loads(config_module.default_config().to_json_best_effort())
+    del saved["teacher"]["outputs"]  # made before the key existed
+    assert config_module.changed_keys(saved, current) == {}
+    current["teacher"]["outputs"] = "probabilities"
+    assert config_module.changed_keys(saved, current) == {
+        "teacher.outputs": ("logits", "probabilities")
+    }
