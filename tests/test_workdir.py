@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from keras_cskd import callbacks, checkpointing, training, workdir
+from keras_cskd import callbacks, training, workdir
 from keras_cskd import config as config_module
+from keras_cskd import summary as summary_module
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--config.epochs=1", "--config.export.formats=", "--config.verbose=0"]
@@ -39,7 +40,7 @@ def refusal(result):
 
 def digits_config(**overrides):
     config = config_module.load_config(ROOT / "configs" / "digits_cskd.py")
-    config.update(epochs=1, verbose="0", **overrides)
+    config.update({"epochs": 1, "verbose": "0", **overrides})
     config.export.formats = ""
     return config
 
@@ -149,6 +150,35 @@ def test_repeated_seeds_are_refused_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "w").exists()
 
 
+def plant_finished_seed(work, seed, accuracy, **overrides):
+    seed_dir = work / f"seed_{seed}"
+    seed_dir.mkdir(parents=True)
+    config = digits_config(seed=seed, **overrides)
+    (seed_dir / "config.json").write_text(config.to_json_best_effort())
+    metrics = dict.fromkeys(summary_module.SEED_METRICS, accuracy)
+    summary = {"seed": seed, "epochs": config.epochs, **metrics}
+    (seed_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def test_a_rerun_of_finished_seeds_reads_their_summaries(tmp_path, capsys):
+    for seed, accuracy in ((0, 0.5), (1, 0.75)):
+        plant_finished_seed(tmp_path, seed, accuracy)
+    aggregate = training.run_seeds(digits_config(), tmp_path, [0, 1])
+    stats = aggregate["metrics"]["student_test_accuracy"]
+    assert stats["values"] == [0.5, 0.75] and stats["mean"] == 0.625
+    assert capsys.readouterr().out.count("finished before: keeping") == 2
+    assert json.loads((tmp_path / workdir.MANIFEST).read_text())["runs"] == [
+        "seed_0",
+        "seed_1",
+    ]
+
+
+def test_a_finished_seed_of_another_config_is_refused_naming_the_key(tmp_path):
+    plant_finished_seed(tmp_path, 0, 0.5, epochs=2)
+    with pytest.raises(ValueError, match=r"another config \(epochs: 2 then, 1 now\)"):
+        training.run_seeds(digits_config(), tmp_path, [0])
+
+
 # Through the command line.
 
 
@@ -192,37 +222,35 @@ class _Killed(RuntimeError):
     pass
 
 
+SEEDS = ("seed_0", "seed_1")
+
+
 @pytest.mark.large
 def test_a_killed_multi_seed_run_keeps_finished_seeds_and_resumes(
     tmp_path, monkeypatch, capsys
 ):
-    """Seed 0 finishes and seed 1 stops right after its first checkpoint; the
+    """Seed 0 finishes and seed 1 stops right after its step-2 checkpoint; the
     rerun keeps seed 0 and resumes seed 1; --overwrite starts both over."""
     work, resumable = tmp_path / "work", ["--config.checkpoint_every_steps=2"]
-    seed_1_checkpoint = work / "seed_1" / "checkpoint" / checkpointing.METADATA_FILE
 
-    def stop_after_seed_1_checkpoint(self, batch, logs=None):
-        if seed_1_checkpoint.exists():
+    def stop_seed_1_at_step_3(self, batch, logs=None):
+        if batch == 2 and (work / "seed_0" / "summary.json").exists():
             raise _Killed
 
     with monkeypatch.context() as patch:
         patch.setattr(
-            callbacks.StopOnNonFiniteLoss,
-            "on_train_batch_end",
-            stop_after_seed_1_checkpoint,
+            callbacks.StopOnNonFiniteLoss, "on_train_batch_end", stop_seed_1_at_step_3
         )
         with pytest.raises(_Killed):
             training.run_seeds(digits_config(checkpoint_every_steps=2), work, [0, 1])
     seed_0 = tree(work / "seed_0")
-    stopped = json.loads(seed_1_checkpoint.read_text())
+    assert (work / "seed_1" / "checkpoint").is_dir()
 
     result = run_cli(f"--workdir={work}", "--seeds=0,1", *resumable)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Seed 0 finished before: keeping" in result.stdout
-    assert (
-        f"Resuming from {work / 'seed_1' / 'checkpoint'}: epoch "
-        f"{stopped['epoch'] + 1}, step {stopped['step']}." in result.stdout
-    )
+    checkpoint = work / "seed_1" / "checkpoint"
+    assert f"Resuming from {checkpoint}: epoch 1, step 2." in result.stdout
     assert tree(work / "seed_0") == seed_0  # kept, not retrained
     accuracies = json.loads((work / "seeds.json").read_text())["metrics"]
     summary_0 = json.loads(seed_0["summary.json"])
@@ -230,13 +258,16 @@ def test_a_killed_multi_seed_run_keeps_finished_seeds_and_resumes(
         accuracies["student_test_accuracy"]["values"][0]
         == (summary_0["student_test_accuracy"])
     )
-    assert not seed_1_checkpoint.exists()  # seed 1 finished
+    assert not checkpoint.exists()  # seed 1 finished
 
+    finished = {seed: (work / seed / "summary.json").stat() for seed in SEEDS}
     capsys.readouterr()
     training.run_seeds(digits_config(checkpoint_every_steps=2), work, [0, 1], True)
     output = capsys.readouterr().out
     assert "keeping" not in output and "Resuming" not in output
-    assert tree(work / "seed_0")["summary.json"] != seed_0["summary.json"]
+    for seed in SEEDS:  # both trained again
+        again = (work / seed / "summary.json").stat()
+        assert again.st_mtime_ns > finished[seed].st_mtime_ns
 
 
 @pytest.mark.large
