@@ -3,7 +3,8 @@ a second run out, and `--overwrite`, which deletes a run's own files only.
 
 A directory is a run's workdir when it holds a run's `manifest.json` (a run
 writes it before anything else), or, for one written before manifests existed,
-when it holds a keras-cskd `config.json` and nothing but names a run writes.
+when it holds nothing but names a run writes (and, for `--overwrite`, a
+keras-cskd `config.json`).
 `--overwrite` deletes what the manifest lists, nested runs (`seed_<n>/`,
 `teacher/`) through their own manifests, and refuses a workdir that holds
 anything else; a run never writes into a non-empty directory that holds no
@@ -106,7 +107,7 @@ def check(workdir, overwrite=False, layout="run", probe_lock=True):
     if recorded:
         held, foreign = recorded, _foreign(names, recorded)
     else:
-        held, foreign = _recognised(workdir, names, layout)
+        held, foreign = _recognised(workdir, names, layout, strict=overwrite)
     if foreign and (overwrite or not recorded):
         fix = (
             f"--overwrite deletes only a run's own files; move {foreign[0]!r} "
@@ -258,21 +259,29 @@ def _recorded(workdir):
     return {"layout": record["layout"], "entries": entries, "runs": runs}
 
 
-def _recognised(workdir, names, layout):
+def _recognised(workdir, names, layout, strict):
     """For a workdir without a manifest: the manifest its entries show, and the
     entries it does not account for (fewest first, `layout` on a tie).
 
-    Plain run files count as a run's only beside a keras-cskd `config.json`
-    (a single run) or a `seed_<n>` run (seeds); nested runs must be runs too.
-    The rest (the lock, the temporaries, worker scratch) is a run's by name:
-    a new run's teacher and workers may write before its chief claims it.
+    A run's entries are recognised by name; nested runs must be runs too.
+    `strict` (before deleting) counts plain run files as a run's only beside
+    a keras-cskd `config.json` (a single run) or a `seed_<n>` run (seeds), so
+    another program's `log.csv` is never deleted. The rest (the lock, the
+    temporaries, worker scratch) is distinctive, and a new run's teacher and
+    workers may write it before its chief claims the workdir.
     """
-    nested = [n for n in names if _NESTED_RUN.fullmatch(n) and _is_run(workdir / n)]
+    nested = [
+        name
+        for name in names
+        if _NESTED_RUN.fullmatch(name) and _is_run(workdir / name, strict)
+    ]
     candidates = []
     for candidate in sorted(LAYOUTS, key=lambda kind: kind != layout):
         runs = [n for n in nested if (n == "teacher") == (candidate == "run")]
         held = manifest(candidate, runs)
-        evidence = _is_config(workdir / "config.json") if candidate == "run" else runs
+        evidence = not strict or (
+            _is_config(workdir / "config.json") if candidate == "run" else runs
+        )
         written = RUN_FILES if candidate == "run" else SEEDS_FILES
         unowned = [MANIFEST] + ([] if evidence else list(written))
         owned = [entry for entry in held["entries"] if entry not in unowned]
@@ -280,11 +289,13 @@ def _recognised(workdir, names, layout):
     return min(candidates, key=lambda pair: len(pair[1]))
 
 
-def _is_run(path):
+def _is_run(path, strict):
     """Whether `path` is a run's workdir (an empty directory counts)."""
     if not _is_dir(path):
         return False
-    return _recorded(path) is not None or not _recognised(path, _names(path), "run")[1]
+    if _recorded(path) is not None:
+        return True
+    return not _recognised(path, _names(path), "run", strict)[1]
 
 
 def _is_config(path):

@@ -81,9 +81,9 @@ def test_a_new_or_empty_workdir_is_a_new_run(tmp_path):
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_a_directory_holding_no_run_is_refused_naming_a_file(tmp_path, overwrite):
     plant_foreign_files(tmp_path)
-    (tmp_path / "log.csv").write_text("a spreadsheet\n")  # a run's name, not a run's
+    (tmp_path / "summary.json").write_text("{}")  # a run's name, not a run
     before = tree(tmp_path)
-    with pytest.raises(workdir.WorkdirError, match="holds 'log.csv', which no"):
+    with pytest.raises(workdir.WorkdirError, match="holds 'photos', which no"):
         workdir.claim(tmp_path, overwrite=overwrite)
     assert tree(tmp_path) == before
 
@@ -97,8 +97,10 @@ def test_a_workdir_from_before_manifests_is_recognised_and_overwritten(tmp_path)
     assert os.listdir(tmp_path / "run") == []  # the new run wrote nothing
 
 
-def test_a_config_json_of_another_program_is_not_a_run(tmp_path):
+def test_overwrite_needs_a_runs_config_json_beside_files_named_as_a_runs(tmp_path):
     (tmp_path / "config.json").write_text('{"theme": "dark"}')
+    (tmp_path / "log.csv").write_text("a spreadsheet\n")
+    workdir.check(tmp_path)  # nothing would be deleted: recognised by the names
     with pytest.raises(workdir.WorkdirError, match="holds 'config.json'"):
         workdir.check(tmp_path, overwrite=True)
 
