@@ -6,7 +6,9 @@
     python train.py --list                            # methods, models, configs
 
 Everything goes under --workdir (default runs/<config name>): config.json,
-log.csv, tensorboard/, student.keras, export/ and summary.json.
+log.csv, tensorboard/, student.keras, export/, summary.json and manifest.json
+(what the run wrote: all that --overwrite deletes). docs/workdir.md says what
+each is and what is safe to delete.
 """
 
 import os
@@ -64,10 +66,16 @@ _LOGICAL_CPUS = flags.DEFINE_integer(
 )
 _LIST = flags.DEFINE_bool("list", False, "List methods, models and configs, then exit.")
 _OVERWRITE = flags.DEFINE_bool(
-    "overwrite", False, "Replace a finished run in --workdir (else refused)."
+    "overwrite",
+    False,
+    "Replace the run in --workdir, deleting only the files a run writes (a "
+    "workdir holding anything else is refused); with --seeds, every seed.",
 )
 _SEEDS = flags.DEFINE_list(
-    "seeds", [], "Run once per seed (workdir/seed_<n>) and aggregate: --seeds=0,1,2."
+    "seeds",
+    [],
+    "Run once per seed (workdir/seed_<n>) and aggregate: --seeds=0,1,2. Run "
+    "again, finished seeds are kept and an interrupted one resumes.",
 )
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of errors.")
 
@@ -103,7 +111,7 @@ def main(argv):
         fail(_explained(error))
     if not config.name:
         config.name = Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
-    workdir = _WORKDIR.value or os.path.join("runs", config.name)
+    workdir = os.path.expanduser(_WORKDIR.value or os.path.join("runs", config.name))
     try:
         seeds = [int(seed) for seed in _SEEDS.value]
     except ValueError as error:

@@ -187,6 +187,53 @@ def exclusive(path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def exclusive_nowait(path, create=True):
+    """Like `exclusive`, but never waits: raises `BlockingIOError` at once when
+    another process holds the lock. Yields the file, open for reading and
+    writing, so that a holder can leave a note in it (who it is).
+
+    The kernel releases the lock of a process that dies, even by `kill -9`, so
+    a lock left by a killed process is simply free. A holder may remove `path`
+    before it leaves the block: a process that opened the removed file and
+    locks it after the holder left tries again on the current file, so two
+    processes never both hold the lock of one path.
+
+    Args:
+        path: the lock file.
+        create: whether to create a missing file; if False, a missing file
+            raises `FileNotFoundError` (a probe that must write nothing).
+
+    Example:
+
+    >>> with exclusive_nowait("runs/kd/.lock") as note:
+    ...     note.write(f"PID {os.getpid()}")
+    ...     note.flush()
+    """
+    flags = os.O_RDWR | (os.O_CREAT if create else 0)
+    while True:
+        handle = os.fdopen(os.open(path, flags, 0o644), "r+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise BlockingIOError(
+                errno.EWOULDBLOCK, f"{path} is locked by another process"
+            ) from None
+        try:
+            current = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        handle.close()  # locked a file its holder had just removed
+    try:
+        yield handle
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
 def sha256(path):
     """The hex SHA-256 of a file, read in 1 MiB blocks.
 

@@ -2,11 +2,14 @@
 
 `run` is four steps, each with one job:
 
-1. `prepare`: validate the config, load and check the data and the teacher.
-   Nothing is written, so a run that cannot start leaves no workdir.
+1. `prepare`: validate the config and the workdir, load and check the data
+   and the teacher. Nothing is written, so a run that cannot start leaves no
+   workdir.
 2. `build`: the model, optimizer and trainer inside the strategy's scope,
    restored from the workdir's checkpoint when there is one; the teacher's
-   outputs and test accuracy are checked before anything is written.
+   outputs and test accuracy are checked before anything is written; then
+   the workdir is claimed (`keras_cskd.workdir`: locked, cleared for
+   `overwrite`).
 3. `fit`: the epochs that are left, checkpointed as they go.
 4. `finalise`: save the model, export it, write the summary.
 
@@ -32,6 +35,7 @@ from keras_cskd import config as config_module
 from keras_cskd import data as data_module
 from keras_cskd import models as models_module
 from keras_cskd import summary as summary_module
+from keras_cskd import workdir as workdir_module
 from keras_cskd.data import augment, imagenet, teacher_cache
 from keras_cskd.data.checks import check_dataset
 
@@ -60,6 +64,7 @@ class Run:
         default_factory=lambda: checkpointing.Resumed(0, 0, {})
     )
     teacher_accuracy: float | None = None  # on the test split, before training
+    claim: object = None  # the chief's lock on the workdir (workdir.claim)
 
     @property
     def streamed(self):
@@ -104,21 +109,57 @@ def run_seeds(config, workdir, seeds, overwrite=False):
     """Runs `config` once per seed (in `workdir/seed_<n>`) and writes the mean
     and standard deviation of the test accuracies to `workdir/seeds.json`.
 
+    Run again, it keeps the seeds that finished (their `summary.json`),
+    resumes an interrupted one from its checkpoint and runs the rest;
+    `overwrite=True` starts every seed over.
+
     Example:
 
     >>> aggregate = run_seeds(config, "runs/kd", seeds=[0, 1, 2, 3, 4])
     >>> aggregate["metrics"]["student_test_accuracy"]["mean"]
     """
-    summaries = []
-    for seed in seeds:
-        seeded = copy.deepcopy(config)
-        seeded.seed = int(seed)
-        summaries.append(run(seeded, Path(workdir) / f"seed_{seed}", overwrite))
-    aggregate = summary_module.aggregate(seeds, summaries)
-    files.write_text(
-        Path(workdir) / "seeds.json", json.dumps(aggregate, indent=2) + "\n"
-    )
+    repeated = sorted({seed for seed in seeds if list(seeds).count(seed) > 1})
+    if repeated:
+        raise ValueError(
+            f"--seeds lists seed {repeated[0]} more than once: give each seed "
+            "once, e.g. --seeds=0,1,2."
+        )
+    workdir, chief = Path(workdir), distribute.is_chief()
+    workdir_module.check(workdir, overwrite, "seeds", probe_lock=chief)
+    runs = [f"seed_{seed}" for seed in seeds]
+    with workdir_module.claim(workdir, overwrite, "seeds", runs, chief=chief):
+        summaries = [_seed_summary(config, workdir, seed) for seed in seeds]
+        aggregate = summary_module.aggregate(seeds, summaries)
+        if chief:
+            files.write_text(
+                workdir / "seeds.json", json.dumps(aggregate, indent=2) + "\n"
+            )
     return aggregate
+
+
+def _seed_summary(config, workdir, seed):
+    """One seed's summary: a finished seed's is read back (if it ran this
+    config), any other seed is run, or resumed from its checkpoint."""
+    seeded = copy.deepcopy(config)
+    seeded.seed = int(seed)
+    seed_dir = workdir / f"seed_{seed}"
+    if not (seed_dir / "summary.json").exists():
+        return run(seeded, seed_dir)
+    summary = json.loads((seed_dir / "summary.json").read_text())
+    saved = json.loads((seed_dir / "config.json").read_text())
+    changes = config_module.changed_keys(saved, _config_dict(seeded))
+    if summary["epochs"] != seeded.epochs:
+        changes["epochs"] = (summary["epochs"], seeded.epochs)
+    if changes:
+        listed = "; ".join(
+            f"{k}: {old!r} then, {new!r} now" for k, (old, new) in changes.items()
+        )
+        raise ValueError(
+            f"{seed_dir} holds a finished run of another config ({listed}): pass "
+            "--overwrite to start every seed over, or choose another --workdir."
+        )
+    print(f"Seed {seed} finished before: keeping {seed_dir / 'summary.json'}.")
+    return summary
 
 
 def run(config, workdir, overwrite=False):
@@ -128,7 +169,9 @@ def run(config, workdir, overwrite=False):
     so a bad config, dataset or teacher leaves nothing behind. A run that
     finds a checkpoint in `workdir` resumes from it, on any strategy, if its
     config is the checkpoint's (up to `config.RESUMABLE_CHANGES`); a finished
-    run (one with a `summary.json`) is only replaced with `overwrite=True`.
+    run (one with a `summary.json`) is only replaced with `overwrite=True`,
+    which deletes the files a run writes and nothing else. The workdir is
+    locked while the run writes it (`keras_cskd.workdir`).
 
     Returns the summary dict (also written as `workdir/summary.json`).
     """
@@ -140,17 +183,15 @@ def run(config, workdir, overwrite=False):
     finally:
         if state.out is not None and state.out != state.workdir:
             shutil.rmtree(state.out, ignore_errors=True)  # a non-chief's scratch
+        if state.claim is not None:
+            state.claim.close()  # the workdir's lock
 
 
 def prepare(config, workdir, overwrite=False):
     """Step 1: checks everything that can be checked; writes nothing."""
     state = Run(config, Path(workdir), overwrite, time.time())
     config_module.validate(config)
-    if (state.workdir / "summary.json").exists() and not overwrite:
-        raise ValueError(
-            f"{workdir} holds a finished run; pass --overwrite to replace it, or "
-            "choose another --workdir."
-        )
+    workdir_module.check(state.workdir, overwrite, probe_lock=distribute.is_chief())
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
@@ -176,8 +217,10 @@ def prepare(config, workdir, overwrite=False):
 
 def build(state):
     """Step 2: every variable (the teacher's too) is created and restored in
-    the strategy's scope; non-chief workers resume from the chief's checkpoint
-    and write to a scratch directory, `workdir/.<task>`, removed at the end."""
+    the strategy's scope; then the chief claims the workdir (a model that
+    cannot be built has cleared nothing). Non-chief workers resume from the
+    chief's checkpoint and write to a scratch directory, `workdir/.<task>`,
+    removed at the end."""
     config, dataset = state.config, state.dataset
     with state.strategy.scope():
         state.model = models_module.get(
@@ -221,9 +264,10 @@ def build(state):
             f"Resuming from {state.workdir / 'checkpoint'}: epoch "
             f"{resumed.epoch + 1}, step {resumed.step}."
         )
-    chief = distribute.is_chief()
-    if chief and state.overwrite and state.workdir.exists():
-        _clear(state.workdir)
+    chief = distribute.is_chief()  # it claims (locks, clears) the workdir
+    state.claim = workdir_module.claim(
+        state.workdir, state.overwrite, runs=["teacher"], chief=chief
+    )
     state.out = state.workdir
     if not chief:  # a killed worker's scratch is replaced
         state.out = state.workdir / f".{distribute.task_name()}"
@@ -437,15 +481,6 @@ def _eval_pipeline(state, records):
         state.config.data.eval_batch_size,
         normalization=state.dataset.normalization,
     )
-
-
-def _clear(workdir):
-    """Removes a finished run's files; other workers' `.<task>` scratch stays."""
-    for entry in workdir.iterdir():
-        if entry.is_dir() and not entry.name.startswith("."):
-            shutil.rmtree(entry)
-        elif not entry.is_dir():
-            entry.unlink()
 
 
 def _frozen(state):
