@@ -369,8 +369,8 @@ def test_get_config_returns_every_init_argument(loss_class):
         (lambda: FeatureDistillation(3), "callable"),
         (lambda: AttentionTransfer(None, "s"), "teacher_layer_name"),
         (lambda: AttentionTransfer("t", ""), "student_layer_name"),
-        (lambda: AttentionTransfer("t", "s", p=0), "positive"),
-        (lambda: AttentionTransfer("t", "s", p=True), "positive"),
+        (lambda: AttentionTransfer("t", "s", p=0), "must be a finite number > 0"),
+        (lambda: AttentionTransfer("t", "s", p=True), "must be a finite number > 0"),
     ],
 )
 def test_bad_arguments_are_refused(make, match):
