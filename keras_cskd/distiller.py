@@ -329,9 +329,14 @@ class Distiller(keras.Model):
             # One loss logs unweighted, like the cross-entropy.
             distillation_loss = next(iter(values.values()))
         regularization = ops.sum(self.losses) if self.losses else ops.zeros(())
-        correct = ops.equal(
-            ops.argmax(students[0][LOGITS], axis=-1),
-            ops.cast(_class_ids(labels[0]), "int32"),
+        logits = students[0][LOGITS]
+        # A row with a NaN or infinite logit predicts nothing: it is wrong on
+        # every backend, whatever the class its argmax picks.
+        correct = ops.logical_and(
+            ops.equal(
+                ops.argmax(logits, axis=-1), ops.cast(_class_ids(labels[0]), "int32")
+            ),
+            ops.all(ops.isfinite(logits), axis=-1),
         )
         return {
             **values,
