@@ -150,10 +150,7 @@ def _nonfinite_term(logs):
 
 
 def _nonfinite_weights(weights):
-    counts = {
-        v.path: int(np.sum(~np.isfinite(keras.ops.convert_to_numpy(v))))
-        for v in weights
-    }
+    counts = {v.path: int(np.sum(~np.isfinite(v.numpy()))) for v in weights}
     bad = {path: count for path, count in counts.items() if count}
     listed = ", ".join(f"{count} in {path}" for path, count in bad.items())
     return f"The weights became NaN or infinite ({listed}) while the loss was finite"
