@@ -5,8 +5,6 @@ of the corrupted weights, naming the term and the step."""
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -15,7 +13,8 @@ import pytest
 import tensorflow as tf
 
 import keras_cskd
-from keras_cskd import callbacks, checkpointing
+from keras_cskd import callbacks, checkpointing, training
+from keras_cskd import config as config_module
 from keras_cskd.metrics import Means
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,37 +204,31 @@ def test_the_mean_of_no_samples_is_nan_not_zero():
     assert np.isnan(float(Means(("loss",)).result()["loss"]))
 
 
+def digits_config(learning_rate):
+    config = config_module.load_config(ROOT / "configs" / "digits_cskd.py")
+    config.update(
+        {"epochs": 1, "checkpoint_every_steps": 1, "verbose": "0"},
+    )
+    config.export.formats = ""
+    config.optimizer.learning_rate = learning_rate
+    return config
+
+
 @pytest.mark.large
-def test_train_py_stops_before_checkpointing_corrupted_weights(tmp_path):
-    """An overflowing learning rate: exit code 1, one line naming the term,
-    the step and the last good checkpoint, which holds finite weights; a rerun
+def test_train_py_stops_before_checkpointing_corrupted_weights(tmp_path, capsys):
+    """An overflowing learning rate (`--config.optimizer.learning_rate=1e30`,
+    through what train.py runs): exit code 1, one line naming the term, the
+    step and the last good checkpoint, which holds finite weights; a rerun
     with a sane learning rate is refused (a resume keeps its config)."""
     workdir = tmp_path / "run"
-    common = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "--config=configs/digits_cskd.py",
-        f"--workdir={workdir}",
-        "--config.epochs=1",
-        "--config.checkpoint_every_steps=1",
-        "--config.export.formats=",
-        "--config.verbose=0",
-    ]
-    result = subprocess.run(
-        [*common, "--config.optimizer.learning_rate=1e30"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
-    assert errors == [result.stderr.strip().splitlines()[-1]]
-    assert errors[0].startswith(
+    assert training.main(digits_config(1e30), workdir) == 1
+    stderr = capsys.readouterr().err.strip()
+    assert len(stderr.splitlines()) == 1
+    assert stderr.startswith(
         "error: NonFiniteLossError: The ce_loss became nan at epoch 1, step 2: "
     )
-    assert (
-        f"The last good checkpoint, {workdir / 'checkpoint'} (epoch 1, step 1)"
-        in (errors[0])
+    assert f"The last good checkpoint, {workdir / 'checkpoint'} (epoch 1, step 1)" in (
+        stderr
     )
     metadata = json.loads((workdir / "checkpoint" / "state.json").read_text())
     assert (metadata["epoch"], metadata["step"]) == (0, 1)
@@ -245,13 +238,7 @@ def test_train_py_stops_before_checkpointing_corrupted_weights(tmp_path):
                 assert np.isfinite(arrays[name]).all(), name
     assert not (workdir / "summary.json").exists()
 
-    rerun = subprocess.run(
-        [*common, "--config.optimizer.learning_rate=0.05"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert rerun.returncode == 1
+    assert training.main(digits_config(0.05), workdir) == 1
     assert "optimizer.learning_rate: 1e+30 in the checkpoint, 0.05 now" in (
-        rerun.stderr
+        capsys.readouterr().err
     )
