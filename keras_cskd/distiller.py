@@ -242,13 +242,37 @@ class Distiller(keras.Model):
         teacher_outputs = [self._teacher_outputs(view) for view in views]
         terms = self._combined_terms(y, teacher_outputs, student_outputs)
         self.term_means.update_state(
-            dict(terms, accuracy=ops.mean(terms["correct"])),
+            dict(
+                self._logged(terms, [x, y, self._trained_weights()]),
+                accuracy=ops.mean(terms["correct"]),
+            ),
             num_samples=ops.shape(terms["correct"])[0],
         )
         # Under tf.distribute each replica differentiates the global objective
         # through its own student outputs only, and the optimizer sums the
         # replicas' gradients. Regularisation is the same on every replica.
         return terms["objective"] + terms["regularization"] / _num_replicas()
+
+    def _logged(self, terms, sources):
+        """The loss terms as logged: NaN where `sources` (the batch, the
+        weights) hold a NaN or an infinity. XLA's max (ReLU, pooling, the
+        softmax's) drops NaN, so a compiled step can compute a finite loss from
+        a NaN pixel or weight (whose gradient is NaN all the same); the logs
+        then show what IEEE arithmetic gives, NaN, on every compiler."""
+        checks = [
+            ops.all(ops.isfinite(value))
+            for value in keras.tree.flatten(sources)
+            if "float" in keras.backend.standardize_dtype(value.dtype)
+        ]
+        finite = ops.all(ops.stack(checks))
+        return {
+            name: ops.where(finite, value, float("nan"))
+            for name, value in terms.items()
+        }
+
+    def _trained_weights(self):
+        """The student's (and loss layers') floating-point variables."""
+        return [*self.trainable_variables, *self.student.non_trainable_variables]
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         first_view = y_pred[0] if isinstance(y_pred, list) else y_pred

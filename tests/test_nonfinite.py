@@ -83,6 +83,36 @@ def test_a_non_finite_pixel_shows_in_fit_evaluate_compute_loss_and_the_logs(
         assert not np.isfinite(evaluated[term]), term
 
 
+def max_pooling_model(seed):
+    """Convolution, ReLU and a global max: XLA's max drops a NaN."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 1))
+    features = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    pooled = keras.layers.GlobalMaxPooling2D()(features)
+    return keras.Model(inputs, keras.layers.Dense(10)(pooled))
+
+
+def test_a_nan_pixel_is_nan_in_the_logs_of_a_compiled_step_that_drops_it(digits):
+    """Under XLA (`jit_compile=True`, Keras's default on GPUs and on JAX) the
+    max pooling drops the NaN pixel, so the step computes finite terms while
+    its gradient writes NaN into the convolution; the logs still say NaN."""
+    images, labels = digits
+    teacher = max_pooling_model(seed=1)
+    distiller = keras_cskd.Distiller(teacher, max_pooling_model(seed=2), "cskd")
+    distiller.compile("sgd", jit_compile=True)
+    history = distiller.fit(
+        with_pixel(images, np.nan), labels, batch_size=64, epochs=1, verbose=0
+    )
+    for term in TERMS:
+        assert np.isnan(history.history[term][0]), term
+    kernel = keras.ops.convert_to_numpy(distiller.student.weights[0])
+    assert np.isnan(kernel).any()
+    # Its evaluation is compiled too, and its weights are NaN.
+    evaluated = distiller.evaluate(images, labels, verbose=0, return_dict=True)
+    for term in TERMS:
+        assert np.isnan(evaluated[term]), term
+
+
 def tensorboard_epoch_values(directory):
     """{tag: last value} of the scalars Keras's TensorBoard callback wrote."""
     values = {}
