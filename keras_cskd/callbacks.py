@@ -116,7 +116,7 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._weights = _trained_weights(self.model)
-        self._weights_are_finite = _all_finite_function(self._weights)
+        self._weights_are_finite = _all_finite_function(self.model, self._weights)
         self._skipped = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -165,10 +165,10 @@ def _trained_weights(model):
     return list(unique.values())
 
 
-def _all_finite_function(weights):
+def _all_finite_function(model, weights):
     """A function that says, as one device scalar, whether every value of
-    `weights` is finite; compiled where the backend compiles, so that a step
-    costs one reduction and one scalar read."""
+    `weights` (of `model`) is finite; compiled where the backend compiles,
+    so that a step costs one reduction and one scalar read."""
 
     def all_finite(values):
         checks = [keras.ops.all(keras.ops.isfinite(v)) for v in values]
@@ -183,5 +183,10 @@ def _all_finite_function(weights):
         import jax
 
         compiled = jax.jit(all_finite)
-        return lambda: compiled([v.value for v in weights])
+
+        def check():
+            model.jax_state_sync()  # JAX's fit keeps the step's state apart
+            return compiled([v.value for v in weights])
+
+        return check
     return lambda: all_finite(weights)
