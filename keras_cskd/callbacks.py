@@ -115,7 +115,7 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         self._epoch = 0
 
     def on_train_begin(self, logs=None):
-        self._weights = _trained_weights(self.model)
+        self._weights = trained_weights(self.model)
         self._weights_are_finite = _all_finite_function(self.model, self._weights)
         self._skipped = None
 
@@ -156,9 +156,15 @@ def _nonfinite_weights(weights):
     return f"The weights became NaN or infinite ({listed}) while the loss was finite"
 
 
-def _trained_weights(model):
+def trained_weights(model):
     """The floating-point variables training changes: the trainable ones and
-    the student's statistics (BatchNorm's), not a frozen teacher's."""
+    the student's statistics (BatchNorm's), not a frozen teacher's.
+
+    Example:
+
+    >>> [v.path for v in trained_weights(distiller)][:2]
+    ['hidden/kernel', 'hidden/bias']
+    """
     owner = getattr(model, "student", model)
     variables = [*model.trainable_variables, *owner.non_trainable_variables]
     unique = {id(v): v for v in variables if "float" in str(v.dtype)}

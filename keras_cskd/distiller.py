@@ -7,7 +7,7 @@ import keras
 from keras import ops
 
 from keras_cskd import losses as losses_module
-from keras_cskd.callbacks import EpochCounter, RefuseEmptyEpochs
+from keras_cskd.callbacks import EpochCounter, RefuseEmptyEpochs, trained_weights
 from keras_cskd.checks import non_negative_number
 from keras_cskd.losses.distillation_loss import spec
 from keras_cskd.metrics import Means
@@ -243,7 +243,7 @@ class Distiller(keras.Model):
         terms = self._combined_terms(y, teacher_outputs, student_outputs)
         self.term_means.update_state(
             dict(
-                self._logged(terms, [x, y, self._trained_weights()]),
+                self._logged(terms, [x, y, trained_weights(self)]),
                 accuracy=ops.mean(terms["correct"]),
             ),
             num_samples=ops.shape(terms["correct"])[0],
@@ -268,11 +268,8 @@ class Distiller(keras.Model):
         return {
             name: ops.where(finite, value, float("nan"))
             for name, value in terms.items()
+            if name in self.term_means.names
         }
-
-    def _trained_weights(self):
-        """The student's (and loss layers') floating-point variables."""
-        return [*self.trainable_variables, *self.student.non_trainable_variables]
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         first_view = y_pred[0] if isinstance(y_pred, list) else y_pred
