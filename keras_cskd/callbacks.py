@@ -1,7 +1,5 @@
 """The callbacks a training run uses: the epoch counter, test accuracy, NaN stop."""
 
-import math
-
 import keras
 import numpy as np
 
@@ -89,26 +87,112 @@ class TestAccuracy(keras.callbacks.Callback):
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stops training at the first step whose loss terms are not finite,
-    naming the term (cross-entropy, distillation loss, or the total with its
-    regularisation) and the step.
+    """Stops training at the first step that leaves a loss term or a trained
+    weight NaN or infinite, naming it, the epoch and the step.
+
+    After every step it reads the logged loss terms (each distillation loss,
+    `ce_loss`, `distillation_loss`, then `loss`, the total with the
+    regularisation) and checks on the device that the trained weights are
+    finite. The weights need their own check: a compiled forward pass can drop
+    a NaN input (XLA's max, in ReLU and pooling, ignores NaN) that the
+    backward pass still multiplies into the first layer's gradient, so the
+    loss stays finite while the update writes NaN into the weights. Put it
+    before any checkpointing callback: its error then comes before the
+    corrupted weights are written.
+
+    Args:
+        first_step: the step within the first epoch this `fit` starts at (a
+            resumed run's), so that steps are numbered within the epoch.
 
     Example:
 
     >>> trainer.fit(data, callbacks=[StopOnNonFiniteLoss()])   # may raise
     """
 
-    TERMS = ("ce_loss", "distillation_loss", "loss")
+    def __init__(self, first_step=0):
+        super().__init__()
+        self.first_step = first_step
+        self._epoch = 0
+
+    def on_train_begin(self, logs=None):
+        self._weights = trained_weights(self.model)
+        self._weights_are_finite = _all_finite_function(self.model, self._weights)
+        self._skipped = None
 
     def on_epoch_begin(self, epoch, logs=None):
+        # Only the first epoch of a resumed fit starts after step 0.
+        self._skipped = self.first_step if self._skipped is None else 0
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        for term in self.TERMS:
-            if term in (logs or {}) and not math.isfinite(float(logs[term])):
-                raise NonFiniteLossError(
-                    f"The {term} became {float(logs[term])} at epoch "
-                    f"{self._epoch + 1}, step {batch + 1}: lower the learning "
-                    "rate, check the data for NaN or infinite values, or (mixed "
-                    "precision) check the loss scale."
-                )
+        problem = _nonfinite_term(logs or {})
+        if problem is None and not bool(self._weights_are_finite()):
+            problem = _nonfinite_weights(self._weights)
+        if problem is not None:
+            raise NonFiniteLossError(
+                f"{problem} at epoch {self._epoch + 1}, step "
+                f"{self._skipped + batch + 1}: lower the learning rate, check the "
+                "data for NaN or infinite values, or (mixed precision) check the "
+                "loss scale."
+            )
+
+
+def _nonfinite_term(logs):
+    """`"The <term> became <value>"` for the first non-finite loss term, the
+    individual terms before their total `loss`; `None` if all are finite."""
+    terms = [key for key in logs if key.endswith("_loss")] + ["loss"]
+    for term in terms:
+        if term in logs:
+            value = np.ravel(np.asarray(logs[term], dtype="float64"))
+            if not np.all(np.isfinite(value)):
+                return f"The {term} became {value[0]}"
+    return None
+
+
+def _nonfinite_weights(weights):
+    counts = {v.path: int(np.sum(~np.isfinite(v.numpy()))) for v in weights}
+    bad = {path: count for path, count in counts.items() if count}
+    listed = ", ".join(f"{count} in {path}" for path, count in bad.items())
+    return f"The weights became NaN or infinite ({listed}) while the loss was finite"
+
+
+def trained_weights(model):
+    """The floating-point variables training changes: the trainable ones and
+    the student's statistics (BatchNorm's), not a frozen teacher's.
+
+    Example:
+
+    >>> [v.path for v in trained_weights(distiller)][:2]
+    ['hidden/kernel', 'hidden/bias']
+    """
+    owner = getattr(model, "student", model)
+    variables = [*model.trainable_variables, *owner.non_trainable_variables]
+    unique = {id(v): v for v in variables if "float" in str(v.dtype)}
+    return list(unique.values())
+
+
+def _all_finite_function(model, weights):
+    """A function that says, as one device scalar, whether every value of
+    `weights` (of `model`) is finite; compiled where the backend compiles,
+    so that a step costs one reduction and one scalar read."""
+
+    def all_finite(values):
+        checks = [keras.ops.all(keras.ops.isfinite(v)) for v in values]
+        return keras.ops.all(keras.ops.stack(checks)) if checks else True
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(lambda: all_finite(weights))
+    if backend == "jax":
+        import jax
+
+        compiled = jax.jit(all_finite)
+
+        def check():
+            model.jax_state_sync()  # JAX's fit keeps the step's state apart
+            return compiled([v.value for v in weights])
+
+        return check
+    return lambda: all_finite(weights)

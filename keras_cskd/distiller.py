@@ -7,7 +7,7 @@ import keras
 from keras import ops
 
 from keras_cskd import losses as losses_module
-from keras_cskd.callbacks import EpochCounter, RefuseEmptyEpochs
+from keras_cskd.callbacks import EpochCounter, RefuseEmptyEpochs, trained_weights
 from keras_cskd.checks import class_labels, non_negative_number
 from keras_cskd.losses.distillation_loss import spec
 from keras_cskd.metrics import Means
@@ -265,13 +265,34 @@ class Distiller(keras.Model):
         teacher_outputs = [self._teacher_outputs(view) for view in views]
         terms = self._combined_terms(y, teacher_outputs, student_outputs)
         self.term_means.update_state(
-            dict(terms, accuracy=ops.mean(terms["correct"])),
+            dict(
+                self._logged(terms, [x, y, trained_weights(self)]),
+                accuracy=ops.mean(terms["correct"]),
+            ),
             num_samples=ops.shape(terms["correct"])[0],
         )
         # Under tf.distribute each replica differentiates the global objective
         # through its own student outputs only, and the optimizer sums the
         # replicas' gradients. Regularisation is the same on every replica.
         return terms["objective"] + terms["regularization"] / _num_replicas()
+
+    def _logged(self, terms, sources):
+        """The loss terms as logged: NaN where `sources` (the batch, the
+        weights) hold a NaN or an infinity. XLA's max (ReLU, pooling, the
+        softmax's) drops NaN, so a compiled step can compute a finite loss from
+        a NaN pixel or weight (whose gradient is NaN all the same); the logs
+        then show what IEEE arithmetic gives, NaN, on every compiler."""
+        checks = [
+            ops.all(ops.isfinite(value))
+            for value in keras.tree.flatten(sources)
+            if "float" in keras.backend.standardize_dtype(value.dtype)
+        ]
+        finite = ops.all(ops.stack(checks))
+        return {
+            name: ops.where(finite, value, float("nan"))
+            for name, value in terms.items()
+            if name in self.term_means.names
+        }
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         first_view = y_pred[0] if isinstance(y_pred, list) else y_pred
@@ -353,9 +374,14 @@ class Distiller(keras.Model):
             # One loss logs unweighted, like the cross-entropy.
             distillation_loss = next(iter(values.values()))
         regularization = ops.sum(self.losses) if self.losses else ops.zeros(())
-        correct = ops.equal(
-            ops.argmax(students[0][LOGITS], axis=-1),
-            ops.cast(_class_ids(labels[0]), "int32"),
+        logits = students[0][LOGITS]
+        # A row with a NaN or infinite logit predicts nothing: it is wrong on
+        # every backend, whatever the class its argmax picks.
+        correct = ops.logical_and(
+            ops.equal(
+                ops.argmax(logits, axis=-1), ops.cast(_class_ids(labels[0]), "int32")
+            ),
+            ops.all(ops.isfinite(logits), axis=-1),
         )
         return {
             **values,

@@ -10,7 +10,9 @@ class Means(keras.metrics.Metric):
     One update per step for all of the `Distiller`'s logged terms: separate
     `Mean` trackers cost a few ops each, a visible share of a small model's
     step. It is named `loss`, its first value, so that `evaluate` lists the
-    loss first. Its variables sum over replicas like any Keras metric's.
+    loss first. Its variables sum over replicas like any Keras metric's. Each
+    mean is the true one: a NaN or infinite value in any step leaves its
+    term NaN or infinite for the rest of the epoch.
 
     Args:
         names: the names of the scalars, in order.
@@ -40,7 +42,9 @@ class Means(keras.metrics.Metric):
         self.count.assign_add(num_samples)
 
     def result(self):
-        means = ops.divide_no_nan(self.totals, self.count)
+        # A plain division: a NaN or infinite term stays one, and the mean of
+        # no samples is NaN, not a made-up 0.
+        means = self.totals / self.count
         return {name: means[i] for i, name in enumerate(self.names)}
 
     def reset_state(self):

@@ -293,9 +293,13 @@ def fit(state):
         teacher_file=state.teacher_path,
         metrics=None if steps_done else resumed.metrics,
     )
+    # First: a non-finite step stops the run before any other callback, so
+    # before the checkpointer writes its weights (at that step or at the end of
+    # its epoch) and before the logs record an epoch that did not finish.
+    stop_on_non_finite = callbacks.StopOnNonFiniteLoss()
     fit_callbacks = [
+        stop_on_non_finite,
         callbacks.TestAccuracy(state.model, *state.test, config.data.eval_batch_size),
-        callbacks.StopOnNonFiniteLoss(),
         keras.callbacks.CSVLogger(str(state.out / "log.csv"), append=True),
         keras.callbacks.TensorBoard(str(state.out / "tensorboard")),
         checkpointer,  # last: an epoch's checkpoint follows its logs
@@ -315,16 +319,23 @@ def fit(state):
     for begin, end, skip in segments:
         if begin >= end:
             continue
-        checkpointer.first_step = skip
-        state.trainer.fit(
-            _train_pipeline(state, begin, end, skip),
-            epochs=end,
-            initial_epoch=begin,
-            steps_per_epoch=state.steps_per_epoch - skip,
-            validation_data=validation,
-            callbacks=fit_callbacks,
-            verbose=config.verbose if config.verbose == "auto" else int(config.verbose),
-        )
+        checkpointer.first_step = stop_on_non_finite.first_step = skip
+        try:
+            state.trainer.fit(
+                _train_pipeline(state, begin, end, skip),
+                epochs=end,
+                initial_epoch=begin,
+                steps_per_epoch=state.steps_per_epoch - skip,
+                validation_data=validation,
+                callbacks=fit_callbacks,
+                verbose=config.verbose
+                if config.verbose == "auto"
+                else int(config.verbose),
+            )
+        except callbacks.NonFiniteLossError as error:
+            raise callbacks.NonFiniteLossError(
+                f"{error} {_last_good_checkpoint(checkpointer.directory)}"
+            ) from None
     return checkpointer.history
 
 
@@ -357,6 +368,26 @@ def _keep_logged_epochs(path, history):
         files.remove_tree(path)
     elif len(lines) > done + 1:
         files.write_text(path, "".join(lines[: done + 1]))
+
+
+def _last_good_checkpoint(directory):
+    """What a rerun of a run stopped by a non-finite step starts from."""
+    try:
+        loaded = checkpointing.load(directory)
+    except checkpointing.CorruptCheckpointError as error:
+        return str(error)
+    if loaded is None:
+        return (
+            "No checkpoint was written, so a rerun starts from the beginning once "
+            "the cause is fixed."
+        )
+    metadata = loaded[0]
+    return (
+        f"The last good checkpoint, {directory} (epoch {metadata['epoch'] + 1}, "
+        f"step {metadata['step']}), is kept: a rerun with the same config resumes "
+        "from it; to change the config (e.g. the learning rate), start over with "
+        "--overwrite."
+    )
 
 
 def finalise(state, history):

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_backends import skip_unless_installed
 
 import keras_cskd
 from keras_cskd.losses import AttentionTransfer, FeatureDistillation
@@ -458,6 +459,7 @@ print(json.dumps({"values": [float(v) for v in values], "weights": kernel}))
 @pytest.mark.large
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_losses_match_the_reference_on_other_backends(backend):
+    skip_unless_installed(backend)
     env = dict(os.environ, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="")
     result = subprocess.run(
         [sys.executable, "-c", _BACKEND_SCRIPT],

@@ -8,7 +8,6 @@ means of the reference on two seeded images with a seeded NumPy state dict
 No torch here (the command-line test runs it in a subprocess).
 """
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 from golden.make_imagenet_zoo import random_images, random_state_dict
+from test_backends import skip_unless_installed
 
 import keras_cskd.models
 from keras_cskd.models import porting
@@ -268,10 +268,8 @@ torch.save({k: torch.from_numpy(v) for k, v in state.items()}, sys.argv[1])
 
 
 @pytest.mark.large
-@pytest.mark.skipif(
-    importlib.util.find_spec("torch") is None, reason="needs PyTorch to write a .pth"
-)
 def test_command_line_ports_a_checkpoint(tmp_path):
+    skip_unless_installed("torch")  # to write the .pth
     checkpoint, output = tmp_path / "resnet18.pth", tmp_path / "teacher.keras"
     tests = Path(__file__).parent
     subprocess.run(
