@@ -4,7 +4,6 @@ in `fit`, `evaluate`, `compute_loss` and the CSV and TensorBoard logs, and
 of the corrupted weights, naming the term and the step."""
 
 import csv
-import json
 from pathlib import Path
 
 import keras
@@ -260,12 +259,11 @@ def test_train_py_stops_before_checkpointing_corrupted_weights(tmp_path, capsys)
     assert f"The last good checkpoint, {workdir / 'checkpoint'} (epoch 1, step 1)" in (
         stderr
     )
-    metadata = json.loads((workdir / "checkpoint" / "state.json").read_text())
+    metadata, arrays = checkpointing.load(workdir / "checkpoint")
     assert (metadata["epoch"], metadata["step"]) == (0, 1)
-    with np.load(workdir / "checkpoint" / checkpointing.STATE_FILE) as arrays:
-        for name in arrays.files:
-            if np.issubdtype(arrays[name].dtype, np.floating):
-                assert np.isfinite(arrays[name]).all(), name
+    for index, array in enumerate(arrays):
+        if np.issubdtype(array.dtype, np.floating):
+            assert np.isfinite(array).all(), metadata["variables"][index]
     assert not (workdir / "summary.json").exists()
 
     assert training.main(digits_config(0.05), workdir) == 1
