@@ -460,6 +460,7 @@ def test_train_refuses_a_corrupt_cache_in_one_line(teacher_path, tmp_path, capsy
     assert not (tmp_path / "run" / "summary.json").exists()
 
 
+@pytest.mark.large  # a subprocess: its own TensorFlow start-up
 def test_the_command_line_checks_its_arguments_before_writing(tmp_path):
     output = tmp_path / "b0.npy"
     completed = subprocess.run(
