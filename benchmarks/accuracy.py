@@ -1,7 +1,7 @@
 """Does distillation help? Every method on the digits pair, over seeds.
 
     python benchmarks/accuracy.py                    # the full table (~25 min, 2 cores)
-    python benchmarks/accuracy.py --quick            # seconds: a smoke test
+    python benchmarks/accuracy.py --smoke            # seconds: a smoke test
 
 Protocol: the shipped digits CNN teacher (95k parameters) and the digits MLP
 student (1.2k parameters), the default digits recipe (30 epochs of SGD with
@@ -29,7 +29,7 @@ from absl import app, flags  # noqa: E402
 
 _OUTPUT = flags.DEFINE_string("output", "docs", "Where the table and chart go.")
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds per method (0..seeds-1).")
-_QUICK = flags.DEFINE_bool("quick", False, "One epoch, one seed, no tuning.")
+_SMOKE = flags.DEFINE_bool("smoke", False, "One epoch, one seed, no tuning.")
 
 ROOT = Path(__file__).resolve().parents[1]
 # name: (config file, {loss overrides}, {config path: values tried on the
@@ -92,15 +92,15 @@ def tune(config_name, overrides, grid, workdir, epochs):
 
 def main(argv):
     del argv
-    quick = _QUICK.value
-    seeds = range(1 if quick else _SEEDS.value)
-    methods = dict(list(METHODS.items())[:2]) if quick else METHODS
-    epochs = 1 if quick else None
+    smoke = _SMOKE.value
+    seeds = range(1 if smoke else _SEEDS.value)
+    methods = dict(list(METHODS.items())[:2]) if smoke else METHODS
+    epochs = 1 if smoke else None
     results = {}
     with tempfile.TemporaryDirectory(prefix="accuracy_") as scratch:
         scratch_dir = Path(scratch)
         for name, (config_name, overrides, grid) in methods.items():
-            if quick:
+            if smoke:
                 grid = {key: values[:1] for key, values in grid.items()}
             chosen = tune(config_name, overrides, grid, scratch_dir / "tune", epochs)
             runs = [

@@ -16,7 +16,7 @@ all-reduce, two half-batch steps), not a speed-up.
 
     python benchmarks/distributed_overhead.py              # digits and cifar
     python benchmarks/distributed_overhead.py --pair=digits --batch_size=128
-    python benchmarks/distributed_overhead.py --quick      # smoke test, seconds
+    python benchmarks/distributed_overhead.py --smoke      # smoke test, seconds
 
 The digits pair trains at `--batch_size` (default 64); the cifar pair
 (resnet32x4 -> resnet8x4) at `--cifar_batch_size` (default 16).
@@ -57,7 +57,7 @@ def main(argv):
     del argv
     distribute.split_cpu(NUM_DEVICES)
     values = timing.settings()
-    pair = timing.quick_or(_PAIR, "digits")
+    pair = timing.smoke_or(_PAIR, "digits")
     pair_names = ["digits", "cifar"] if pair == "both" else [pair]
     # One set of strategies for all pairs: two MirroredStrategy objects in one
     # process hand out the same collective keys, and their all-gathers clash.

@@ -25,7 +25,7 @@ not inflate: it is the figure that says how many cores feed an accelerator.
 
     python benchmarks/imagenet_input.py                    # 512 images, batch 64
     python benchmarks/imagenet_input.py --repeats=7 --steps=6
-    python benchmarks/imagenet_input.py --quick            # smoke test, seconds
+    python benchmarks/imagenet_input.py --smoke            # smoke test, seconds
 """
 
 import os
@@ -58,7 +58,7 @@ _GPU_IMAGES_PER_SECOND = flags.DEFINE_float(
 CLASSES = 10
 # (height, width) of the images, cycled: ImageNet's common shapes.
 SHAPES = ((375, 500), (500, 375), (333, 500), (500, 500), (281, 500), (400, 500))
-QUICK = {"num_images": 24, "batch_size": 8, "shape": (120, 160), "image_size": 64}
+SMOKE = {"num_images": 24, "batch_size": 8, "shape": (120, 160), "image_size": 64}
 CONFIGURATIONS = {
     "baseline": "plain tf.data, the usual way (decode, crop, resize, flip)",
     "train": "keras_cskd imagenet.train_pipeline",
@@ -70,11 +70,11 @@ CONFIGURATIONS = {
 def main(argv):
     del argv
     values = timing.settings()
-    num_images = timing.quick_or(_NUM_IMAGES, QUICK["num_images"])
-    batch_size = timing.quick_or(_BATCH_SIZE, QUICK["batch_size"])
-    image_size = QUICK["image_size"] if values.quick else imagenet.IMAGE_SIZE
-    shapes = (QUICK["shape"],) if values.quick else SHAPES
-    steps = values.steps or (2 if values.quick else 4)
+    num_images = timing.smoke_or(_NUM_IMAGES, SMOKE["num_images"])
+    batch_size = timing.smoke_or(_BATCH_SIZE, SMOKE["batch_size"])
+    image_size = SMOKE["image_size"] if values.smoke else imagenet.IMAGE_SIZE
+    shapes = (SMOKE["shape"],) if values.smoke else SHAPES
+    steps = values.steps or (2 if values.smoke else 4)
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
         mean_bytes = write_jpegs(root, num_images, shapes)

@@ -32,7 +32,7 @@ slots, activations and gradients of the warm-up and timed steps).
     python benchmarks/step_time.py --jit_compile   # every step with XLA
     python benchmarks/step_time.py --mixed_precision
     python benchmarks/step_time.py --nomemory --json=step_time.json
-    python benchmarks/step_time.py --quick         # smoke test: digits, seconds
+    python benchmarks/step_time.py --smoke         # smoke test: digits, seconds
 
 `--pair=cifar` is resnet32x4 -> resnet8x4 on random 32x32x3 images (100
 classes); `--pair=digits` is digits_cnn -> digits_mlp on 8x8x1 (10 classes).
@@ -83,7 +83,7 @@ _MEMORY = flags.DEFINE_bool(
     "memory",
     True,
     "Measure each configuration's memory in a subprocess of its own (off under "
-    "--quick unless given).",
+    "--smoke unless given).",
 )
 _MEMORY_PROBE = flags.DEFINE_enum(
     "memory_probe",
@@ -131,7 +131,7 @@ _ANSWER = "step_time_worker: "
 def main(argv):
     del argv
     values = timing.settings()
-    pair = timing.quick_or(_PAIR, "digits")
+    pair = timing.smoke_or(_PAIR, "digits")
     pair_names = ["digits", "cifar"] if pair == "both" else [pair]
     if _MEMORY_PROBE.value:
         print(json.dumps(probe_memory(_MEMORY_PROBE.value, pair_names[0], values)))
@@ -183,7 +183,7 @@ def measure(pair_name, values):
         steps, num_steps, values.warmup, values.repeats
     )
     memory = {}
-    if timing.quick_or(_MEMORY, False):
+    if timing.smoke_or(_MEMORY, False):
         with futures.ThreadPoolExecutor(_MEMORY_JOBS) as pool:
             memory = dict(
                 zip(

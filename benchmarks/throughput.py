@@ -14,7 +14,7 @@ size over the median time per step.
     python benchmarks/throughput.py                  # batch 64, CPU (+ GPU)
     python benchmarks/throughput.py --batch_size=128 --jit_compile
     python benchmarks/throughput.py --mixed_precision --json=throughput.json
-    python benchmarks/throughput.py --quick          # smoke test: batch 8
+    python benchmarks/throughput.py --smoke          # smoke test: batch 8
 """
 
 import os
@@ -34,13 +34,13 @@ CONFIGURATIONS = {
     "student": "student training, CE",
     "cskd_cswt": "distillation, CSKD+CSWT",
 }
-QUICK_BATCH_SIZE = 8
+SMOKE_BATCH_SIZE = 8
 
 
 def main(argv):
     del argv
     values = timing.settings()
-    batch_size = timing.quick_or(_BATCH_SIZE, QUICK_BATCH_SIZE)
+    batch_size = timing.smoke_or(_BATCH_SIZE, SMOKE_BATCH_SIZE)
     devices = ["/CPU:0", *timing.gpu_devices()[:1]]
     results = {device: measure(device, batch_size, values) for device in devices}
     print(report(results, batch_size, values))

@@ -2,7 +2,7 @@
 timing, peak memory and Markdown tables.
 
 The scripts next to this file import it as `timing`; run them from the
-repository root, for example `python benchmarks/step_time.py --quick`.
+repository root, for example `python benchmarks/step_time.py --smoke`.
 
 A *workload* is one configuration on one teacher/student pair, for example
 `"cskd_cswt"` on `PAIRS["digits"]`: `build()` makes its (compiled) model and
@@ -60,13 +60,13 @@ _MIXED_PRECISION = flags.DEFINE_bool(
     False,
     "Use the mixed_float16 policy (mixed_bfloat16 when there is no GPU).",
 )
-_QUICK = flags.DEFINE_bool(
-    "quick", False, "A smoke run in seconds (for tests): numbers mean nothing."
+_SMOKE = flags.DEFINE_bool(
+    "smoke", False, "A smoke run in seconds (for tests): numbers mean nothing."
 )
 _JSON = flags.DEFINE_string("json", None, "Also write the results to this file.")
 
-# `--quick` replaces the defaults of the flags not given on the command line.
-QUICK_VALUES = {"steps": 3, "warmup": 1, "repeats": 2}
+# `--smoke` replaces the defaults of the flags not given on the command line.
+SMOKE_VALUES = {"steps": 2, "warmup": 1, "repeats": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +78,7 @@ class Settings:
     repeats: int
     jit_compile: bool
     mixed_precision: bool
-    quick: bool
+    smoke: bool
     json_path: str | None
 
     def steps_for(self, pair):
@@ -89,12 +89,12 @@ class Settings:
 def settings():
     """Returns the common flags' values and applies `--mixed_precision`."""
     values = Settings(
-        steps=quick_or(_STEPS, QUICK_VALUES["steps"]),
-        warmup=quick_or(_WARMUP, QUICK_VALUES["warmup"]),
-        repeats=quick_or(_REPEATS, QUICK_VALUES["repeats"]),
+        steps=smoke_or(_STEPS, SMOKE_VALUES["steps"]),
+        warmup=smoke_or(_WARMUP, SMOKE_VALUES["warmup"]),
+        repeats=smoke_or(_REPEATS, SMOKE_VALUES["repeats"]),
         jit_compile=_JIT_COMPILE.value,
         mixed_precision=_MIXED_PRECISION.value,
-        quick=_QUICK.value,
+        smoke=_SMOKE.value,
         json_path=_JSON.value,
     )
     if values.mixed_precision:
@@ -104,10 +104,10 @@ def settings():
     return values
 
 
-def quick_or(flag, quick_value):
-    """`flag`'s value, or `quick_value` under `--quick` if `flag` was not given."""
-    if _QUICK.value and not flags.FLAGS[flag.name].present:
-        return quick_value
+def smoke_or(flag, smoke_value):
+    """`flag`'s value, or `smoke_value` under `--smoke` if `flag` was not given."""
+    if _SMOKE.value and not flags.FLAGS[flag.name].present:
+        return smoke_value
     return flag.value
 
 

@@ -1,7 +1,8 @@
-"""The benchmark scripts run in `--quick` mode and print well-formed tables.
+"""Every benchmark script runs with `--smoke` and prints well-formed tables.
 
 The scripts run at once, in subprocesses (most of their time is importing
-TensorFlow and tracing); each test then reads one script's output.
+TensorFlow and tracing); each test then reads one script's output. A script
+in benchmarks/ without a command here fails `test_every_script_is_run`.
 """
 
 import json
@@ -46,11 +47,13 @@ def runs(tmp_path_factory):
     """`{name: (return code, stdout, stderr)}` of every benchmark run."""
     tmp = tmp_path_factory.mktemp("benchmarks")
     commands = {
-        "step_time": ["step_time.py", "--quick", f"--json={tmp / 'step.json'}"],
-        "memory_probe": ["step_time.py", "--quick", "--memory_probe=cskd_cswt"],
-        "distributed_overhead": ["distributed_overhead.py", "--quick"],
-        "throughput": ["throughput.py", "--quick"],
-        "accuracy": ["accuracy.py", "--quick", f"--output={tmp / 'accuracy'}"],
+        "step_time": ["step_time.py", "--smoke", f"--json={tmp / 'step.json'}"],
+        "memory_probe": ["step_time.py", "--smoke", "--memory_probe=cskd_cswt"],
+        "distributed_overhead": ["distributed_overhead.py", "--smoke"],
+        "throughput": ["throughput.py", "--smoke"],
+        "accuracy": ["accuracy.py", "--smoke", f"--output={tmp / 'accuracy'}"],
+        "teacher_cache": ["teacher_cache.py", "--smoke"],
+        "imagenet_input": ["imagenet_input.py", "--smoke"],
     }
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     processes = {}
@@ -74,7 +77,13 @@ def runs(tmp_path_factory):
         results[name] = (process.returncode, *outputs)
     results["step_time_json"] = tmp / "step.json"
     results["accuracy_output"] = tmp / "accuracy"
+    results["scripts"] = {script for script, *_ in commands.values()}
     return results
+
+
+def test_every_script_is_run(runs):
+    scripts = {path.name for path in (ROOT / "benchmarks").glob("*.py")}
+    assert scripts - {"timing.py"} == runs["scripts"]
 
 
 def output_of(runs, name):
@@ -99,7 +108,7 @@ def check_table(table, header, labels):
     """Checks the header, the rule and the row labels; returns the body rows."""
     assert table[0] == header
     assert len(table[1]) == len(header)
-    assert all(re.fullmatch(r":?-{3,}:?", cell) for cell in table[1])
+    assert all(re.fullmatch(r":?-+:?", cell) for cell in table[1])
     body = table[2:]
     assert [row[0] for row in body] == labels
     assert all(len(row) == len(header) for row in body)
@@ -114,7 +123,7 @@ def positive(cell):
 
 def test_step_time_prints_every_configuration_with_ratios(runs):
     tables = tables_in(output_of(runs, "step_time"))
-    assert len(tables) == 1  # --quick: the digits pair only
+    assert len(tables) == 1  # --smoke: the digits pair only
     header = [
         "configuration",
         "median ms/step",
@@ -133,7 +142,7 @@ def test_step_time_prints_every_configuration_with_ratios(runs):
             assert all(positive(ratio) for ratio in ratios)
         else:
             assert ratios == ["-", "-", "-"]
-        assert (peak, growth) == ("n/a", "n/a")  # --quick skips memory
+        assert (peak, growth) == ("n/a", "n/a")  # --smoke skips memory
     assert body[-1][5] == "1.00"  # (d) ÷ (d)
 
 
@@ -152,7 +161,7 @@ def test_step_time_writes_json(runs):
         "cskd_cswt_cached",
         "keras_kd",
     }
-    assert all(summary["count"] == 3 * 2 for summary in step_ms.values())
+    assert all(summary["count"] == 1 * 2 for summary in step_ms.values())
 
 
 def test_memory_probe_reports_peak_and_growth(runs):
@@ -200,7 +209,7 @@ def test_accuracy_writes_the_table_the_json_and_the_chart(runs):
         "test accuracy, val-selected epoch (%)",
         "test accuracy, last epoch (%)",
     ]
-    # --quick: the first two methods, one seed, one epoch, the grid's first value.
+    # --smoke: the first two methods, one seed, one epoch, the grid's first value.
     body = check_table(tables[0], header, ["scratch (CE only)", "KD"])
     assert [row[1] for row in body] == ["-", "T 2"]
     for _, _, *accuracies in body:
@@ -214,35 +223,50 @@ def test_accuracy_writes_the_table_the_json_and_the_chart(runs):
     assert (output / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_teacher_cache_benchmark_quick():
-    """`benchmarks/teacher_cache.py --quick` prints its table (kept apart from
-    `runs`: it builds caches, which the other scripts do not)."""
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "teacher_cache.py"), "--quick"],
-        cwd=ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    rows = [line for line in completed.stdout.splitlines() if line.startswith("| ")]
-    assert [row.split("|")[1].strip() for row in rows[1:]] == ["digits", "cifar"]
+def test_teacher_cache_prints_the_cost_model_and_the_disk_sizes(runs):
+    stdout = output_of(runs, "teacher_cache")
+    tables = tables_in(stdout)
+    assert len(tables) == 3
+    labels = [
+        "T: teacher inference",
+        "S: student step, CE",
+        "online step (Distiller, CSKD)",
+        "cached step (Distiller, CSKD, cached logits)",
+        "B: build, per variant image",
+    ]
+    header = ["cost", "ms per image", "against its bound"]
+    costs = check_table(tables[0], header, labels)
+    ms = {row[0][:2]: positive(row[1]) for row in costs}
+    teacher, student = ms["T:"], ms["S:"]
+    for row, bound, expected in (
+        (costs[2], " x (T + S)", ms["on"] / (teacher + student)),
+        (costs[3], " x S", ms["ca"] / student),
+        (costs[4], " x T", ms["B:"] / teacher),
+    ):
+        assert row[2].endswith(bound)
+        assert float(row[2].removesuffix(bound)) == pytest.approx(expected, rel=0.05)
+    header = [
+        "k runs, 240 epochs, V = 9",
+        "measured: (V/E x B/k + cached step) / online step",
+        "projected: (V/E x T/k + S) / (T + S)",
+    ]
+    for k, measured, projected in check_table(tables[1], header, ["1", "3", "5"]):
+        share = 9 / 240 / int(k)
+        expected = (share * teacher + student) / (teacher + student)
+        assert float(projected) == pytest.approx(expected, rel=0.05)  # cells rounded
+        expected = (share * ms["B:"] + ms["ca"]) / ms["on"]
+        assert float(measured) == pytest.approx(expected, rel=0.05)  # cells rounded
+    header = ["dataset", "examples x variants x classes"]
+    header += ["float32 on disk", "float16 on disk"]
+    sizes = check_table(tables[2], header, ["digits", "CIFAR-10", "CIFAR-100"])
+    assert sizes[2][2:] == ["3,089.9 MiB", "1,545.0 MiB"]  # 50000 x 162 x 100 x 4, 2
+    # The formula against the digits caches the script built: a 128-byte header.
+    assert "float32 452648 bytes = 128 (header) + formula" in stdout
 
 
-def test_imagenet_input_benchmark_quick():
-    """`benchmarks/imagenet_input.py --quick` prints its table, every rate
-    positive and the ratios against the baseline, and the projection."""
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "imagenet_input.py"), "--quick"],
-        cwd=ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    tables = tables_in(completed.stdout)
+def test_imagenet_input_prints_rates_and_the_projection(runs):
+    stdout = output_of(runs, "imagenet_input")
+    tables = tables_in(stdout)
     assert len(tables) == 1
     header = ["pipeline", "median images/s", "IQR", "÷ baseline", "images/CPU-s"]
     labels = [
@@ -258,4 +282,4 @@ def test_imagenet_input_benchmark_quick():
         )
         assert float(iqr) >= 0 and positive(per_cpu_second)
     assert body[0][3] == "1.00"
-    assert re.search(r"takes \d+\.\d cores of this CPU", completed.stdout)
+    assert re.search(r"takes \d+\.\d cores of this CPU", stdout)

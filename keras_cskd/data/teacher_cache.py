@@ -11,14 +11,18 @@ teacher's logits at `[example, variant]`: the student trains as it would with
 the teacher online, without running it.
 
 Files, next to the teacher (`default_path`): `<name>.npy` (the logits),
-`<name>.npy.json` (the key and the completion marker, written atomically last:
-a cache without it is never read) and, while a build runs,
+`<name>.npy.json` (the key, a SHA-256 of every chunk of examples and the
+completion marker, written atomically last: a cache without it is never read)
+and, while a build runs,
 `<name>.npy.progress.json` (the chunks written so far, so a killed build
 resumes); `<name>.npy.lock` makes builds of one cache take turns, so workers
 sharing the directory build it once. The key records what the logits depend
 on: the teacher file's SHA-256, the dataset, split, examples (a SHA-256 of
 images and labels), normalisation, variant space and dtype; `load` refuses
-any other.
+any other. The first `load` of a cache checks every chunk against its SHA-256
+and records that it did (with the file's size, inode and change times), so
+later runs read only what they train on; a cache whose bytes changed since is
+checked again, and a corrupt one is refused.
 
     python -m keras_cskd.data.teacher_cache \\
         --teacher=saved_models/digits_teacher.keras --dataset=digits
@@ -31,6 +35,7 @@ Example:
 """
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -44,14 +49,14 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_cskd import files
+from keras_cskd import cli, files
 from keras_cskd.data import augment
 
 # The module, not the function `keras_cskd.data.pipeline` that shadows it.
 pipeline_module = importlib.import_module("keras_cskd.data.pipeline")
 
 DTYPES = ("float32", "float16")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a SHA-256 per chunk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,13 +243,14 @@ def build(
     """Runs `teacher` on every variant of every example and writes the cache.
 
     The examples are processed in chunks of `chunk_size`; after each chunk
-    the file is flushed and the chunk recorded, so a build that is killed
-    continues where it stopped when called again with the same key. The
-    cache counts as complete only once its metadata (`<path>.json`) is
-    written, atomically, at the end. A complete cache with the same key is
-    left as it is; one with another key is rebuilt from scratch. Builds of
-    one path take turns (a lock on `<path>.lock`): workers that share the
-    directory wait for the first, then find its cache complete.
+    the file is flushed and the chunk's SHA-256 recorded, so a build that is
+    killed continues where it stopped when called again with the same key.
+    The cache counts as complete only once its metadata (`<path>.json`, with
+    every chunk's SHA-256) is written, atomically, at the end. A complete
+    cache with the same key is checked (`load`) and left as it is; one with
+    another key, or truncated, is rebuilt from scratch. Builds of one path
+    take turns (a lock on `<path>.lock`): workers that share the directory
+    wait for the first, then find its cache complete.
 
     Args:
         path: the `.npy` file to write (`default_path`).
@@ -254,17 +260,24 @@ def build(
         augmentation: the training augmentation (`variant_space`).
         split: the split's attribute on `dataset`.
         batch_size: the teacher's batch size.
-        chunk_size: examples per chunk (a progress line and a resume point).
+        chunk_size: examples per chunk (a progress line, a resume point and
+            a checksum).
         progress: called with one line per chunk (`print`), or `None`.
 
     Returns:
         `path`, as a `Path`.
+
+    Raises:
+        ValueError: for a `batch_size` or `chunk_size` below 1 (before any
+            file is written), or a complete cache with this key that is
+            corrupt (`load`).
 
     Example:
 
     >>> key = cache_key(teacher_path, digits, augmentation)
     >>> build(default_path(teacher_path, "digits"), key, teacher, digits, augmentation)
     """
+    _check_positive(batch_size=batch_size, chunk_size=chunk_size)
     path = Path(path)
     with files.exclusive(path.with_name(f"{path.name}.lock")):
         return _build(
@@ -280,55 +293,97 @@ def build(
         )
 
 
+def _check_positive(**sizes):
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
 def _build(
     path, key, teacher, dataset, augmentation, split, batch_size, chunk_size, report
 ):
     space = variant_space(augmentation)
     examples = getattr(dataset, split)
     shape = (key["num_examples"], space.size, key["num_classes"])
-    if _metadata(path).get("key") == key and _intact(path, shape, key["dtype"]):
+    metadata = _metadata(path)
+    if metadata.get("key") == key and _whole(path, metadata):
+        _verify(path, metadata)  # corrupt: refused, never silently replaced
         return path
-    done = _start(path, key, shape, report)
+    done = _start(path, key, shape, chunk_size, report)
     logits = np.load(path, mmap_mode="r+")
-    forward = tf.function(lambda x: teacher(x, training=False))
+    forward = _variant_logits(teacher, space, examples.element_spec[0].shape)
     chunks = math.ceil(shape[0] / chunk_size)
     batches = examples.map(lambda x, y: x).batch(chunk_size)
     for number, images in enumerate(batches):
         if number in done:
             continue
         start, began = number * chunk_size, time.perf_counter()
-        chunk = _chunk_logits(forward, images, space, batch_size)
-        logits[start : start + len(chunk)] = chunk.astype(key["dtype"])
+        chunk = _chunk_logits(forward, images, space, batch_size).astype(key["dtype"])
+        logits[start : start + len(chunk)] = chunk
         logits.flush()
-        done.add(number)
-        _write_json(_progress_path(path), {"key": key, "chunks": sorted(done)})
+        done[number] = _sha256_array(chunk)
+        _write_progress(path, key, chunk_size, done)
         report(
             f"teacher cache {path.name}: chunk {number + 1}/{chunks} "
             f"({len(chunk) * space.size} images, "
             f"{time.perf_counter() - began:.1f} s)"
         )
     del logits
-    _write_json(_metadata_path(path), {"key": key, "shape": list(shape)})
+    _write_json(
+        _metadata_path(path),
+        {
+            "key": key,
+            "shape": list(shape),
+            "bytes": os.path.getsize(path),
+            "chunk_size": chunk_size,
+            "chunk_sha256": [done[number] for number in range(chunks)],
+        },
+    )
     _progress_path(path).unlink(missing_ok=True)
     report(f"teacher cache {path} complete: {shape[0]} x {shape[1]} x {shape[2]}")
     return path
 
 
-def _start(path, key, shape, report):
-    """The chunks already written for `key` (resuming), or a fresh file."""
+def _start(path, key, shape, chunk_size, report):
+    """`{chunk: sha256}` already written for `key` (resuming), or a fresh file."""
     progress = _read_json(_progress_path(path))
-    if progress.get("key") == key and _intact(path, shape, key["dtype"]):
+    resumable = progress.get("key") == key and progress.get("chunk_size") == chunk_size
+    if resumable and _intact(path, shape, key["dtype"]):
         report(f"teacher cache {path.name}: resuming ({len(progress['chunks'])} done)")
-        return set(progress["chunks"])
+        return {int(number): sha for number, sha in progress["chunks"].items()}
     old = _metadata(path).get("key")
     if old is not None:
-        report(f"teacher cache {path.name}: rebuilding, {_changes(old, key)}")
+        why = _changes(old, key) or "the file is truncated"
+        report(f"teacher cache {path.name}: rebuilding, {why}")
     _metadata_path(path).unlink(missing_ok=True)  # never complete while rewritten
     _progress_path(path).unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.lib.format.open_memmap(path, mode="w+", dtype=key["dtype"], shape=shape)
-    _write_json(_progress_path(path), {"key": key, "chunks": []})
-    return set()
+    _write_progress(path, key, chunk_size, {})
+    return {}
+
+
+def _write_progress(path, key, chunk_size, done):
+    chunks = {str(number): sha for number, sha in sorted(done.items())}
+    _write_json(
+        _progress_path(path), {"key": key, "chunk_size": chunk_size, "chunks": chunks}
+    )
+
+
+def _variant_logits(teacher, space, image_shape):
+    """A `tf.function` of `(images, flat)`: the teacher's logits on variant
+    `flat % V` of image `flat // V`, made and run in one graph (one trace)."""
+    signature = [
+        tf.TensorSpec([None, *image_shape], tf.float32),
+        tf.TensorSpec([None], tf.int32),
+    ]
+
+    @tf.function(input_signature=signature)
+    def forward(images, flat):
+        batch = tf.gather(images, flat // space.size)
+        return teacher(space.apply(batch, flat % space.size), training=False)
+
+    return forward
 
 
 def _chunk_logits(forward, images, space, batch_size):
@@ -337,13 +392,18 @@ def _chunk_logits(forward, images, space, batch_size):
     outputs = []
     for start in range(0, count, batch_size):
         flat = tf.range(start, min(start + batch_size, count))
-        batch = tf.gather(images, flat // space.size)
-        outputs.append(forward(space.apply(batch, flat % space.size)).numpy())
+        outputs.append(forward(images, flat).numpy())
     return np.concatenate(outputs).reshape(int(images.shape[0]), space.size, -1)
 
 
 def load(path, key):
     """The cached logits, memory-mapped read-only, after checking the cache.
+
+    The first `load` of a complete cache checks every chunk against the
+    SHA-256 its build recorded, and records in the metadata that it did,
+    with the file's size, inode and modification and change times; later
+    loads of the unchanged file skip the check (they read only what they
+    train on), and a file changed since is checked again.
 
     Args:
         path: the cache's `.npy` file.
@@ -354,8 +414,9 @@ def load(path, key):
 
     Raises:
         ValueError: for a missing, incomplete (an interrupted build),
-            truncated or stale cache (its key differs: the message names
-            what changed), each with the command that rebuilds it.
+            truncated, stale (its key differs: the message names what
+            changed) or corrupt cache (a chunk's bytes do not match their
+            SHA-256), each in one line with the fix.
 
     Example:
 
@@ -377,9 +438,62 @@ def load(path, key):
             f"The teacher-logit cache {path} is stale: "
             f"{_changes(metadata['key'], key)}. {fix}"
         )
-    if not _intact(path, tuple(metadata["shape"]), key["dtype"]):
+    if not _whole(path, metadata):
         raise ValueError(f"The teacher-logit cache {path} is truncated. {fix}")
+    _verify(path, metadata)
     return np.load(path, mmap_mode="r")
+
+
+def _whole(path, metadata):
+    """Whether `path` has the size its complete build wrote."""
+    return path.is_file() and os.path.getsize(path) == metadata.get("bytes")
+
+
+def _verify(path, metadata):
+    """Checks each chunk of a complete cache against its SHA-256, unless the
+    file is unchanged since the last check; records a passed check."""
+    stamp = _stamp(path)
+    if metadata.get("verified") == stamp:
+        return
+    try:
+        logits = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as error:
+        raise _corrupt(path, f"its header is unreadable ({error})") from None
+    if list(logits.shape) != metadata["shape"]:
+        raise _corrupt(path, f"it holds {logits.shape} logits")
+    size, count = metadata["chunk_size"], len(metadata["chunk_sha256"])
+    for number, expected in enumerate(metadata["chunk_sha256"]):
+        rows = logits[number * size : (number + 1) * size]
+        if _sha256_array(rows) != expected:
+            last = number * size + len(rows) - 1
+            raise _corrupt(
+                path,
+                f"examples {number * size}-{last} (chunk {number + 1} of {count}) "
+                "do not match their SHA-256",
+            )
+    del logits, rows
+    # A read-only directory cannot record it: the check then runs each time.
+    with contextlib.suppress(OSError):
+        _write_json(_metadata_path(path), {**metadata, "verified": stamp})
+
+
+def _stamp(path):
+    """What changes whenever the file's bytes change (as far as `stat` tells)."""
+    stat = os.stat(path)
+    return [stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns]
+
+
+def _corrupt(path, why):
+    return ValueError(
+        f"The teacher-logit cache {path} is corrupt: {why}. Delete it (rm "
+        f"{path} {_metadata_path(path)}) and the next run, or python -m "
+        "keras_cskd.data.teacher_cache, rebuilds it."
+    )
+
+
+def _sha256_array(array):
+    """The hex SHA-256 of a C-ordered array's bytes (a memmap's, as on disk)."""
+    return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
 
 
 def ensure(teacher_path, teacher, dataset, augmentation, dtype="float32", **options):
@@ -569,19 +683,55 @@ def _sha256_examples(examples):
 
 
 def main(argv=None):
-    """`python -m keras_cskd.data.teacher_cache --teacher=... --dataset=...`."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    """`python -m keras_cskd.data.teacher_cache --teacher=... --dataset=...`.
+
+    Returns the exit code: 0, or 1 after one line on stderr (`keras_cskd.cli`)
+    for a bad argument (checked before anything is written), a teacher or
+    dataset that cannot be loaded, or a corrupt cache.
+
+    Example:
+
+    >>> main(["--teacher=saved_models/digits_teacher.keras", "--dataset=digits"])
+    0
+    """
+    args = _parser().parse_args(argv)
+    try:
+        path = _build_from_args(args)
+    except (ValueError, OSError) as error:
+        return cli.report(error)
+    print(f"Teacher-logit cache: {path}")
+    return 0
+
+
+def _parser():
+    parser = cli.ArgumentParser(
+        prog="python -m keras_cskd.data.teacher_cache",
+        description=__doc__.split("\n")[0],
+    )
     parser.add_argument("--teacher", required=True, help="the teacher .keras file")
     parser.add_argument("--dataset", default="digits", help="a data.load name")
     parser.add_argument("--split", default="train")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--chunk_size", type=int, default=256)
+    parser.add_argument("--batch_size", type=_positive_int, default=256)
+    parser.add_argument("--chunk_size", type=_positive_int, default=256)
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--validation_fraction", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0, help="the run's seed")
     parser.add_argument("--output", default=None, help="default: beside the teacher")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _build_from_args(args):
     from keras_cskd import builders, data, training  # heavy; not at import
 
     dataset = data.load(
@@ -596,7 +746,7 @@ def main(argv=None):
     path = args.output or default_path(
         args.teacher, dataset.name, args.dtype, args.split
     )
-    build(
+    return build(
         path,
         key,
         teacher,
@@ -606,8 +756,6 @@ def main(argv=None):
         args.batch_size,
         args.chunk_size,
     )
-    print(f"Teacher-logit cache: {path}")
-    return 0
 
 
 if __name__ == "__main__":
