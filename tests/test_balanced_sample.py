@@ -226,6 +226,7 @@ def test_a_streamed_runs_int8_export_records_a_balanced_sample(
             "data.batch_size": 7,
             "data.eval_batch_size": 4,
             "teacher.path": str(tmp_path / "t.keras"),
+            "teacher.allow_untrained": True,  # an untrained teacher, on purpose
             "epochs": 1,
             "verbose": "0",
             "export.formats": "tflite_int8",

@@ -316,7 +316,7 @@ def test_corrupt_keras_files_give_a_clear_error(student, tmp_path):
         (["--model=missing.keras"], "No such file"),
         (["--model={good}", "--formats=tflite,onnx"], "Unknown export format 'onnx'"),
         (["--model={corrupt}"], "is corrupt"),
-        (["--model={code}"], "error: ValueError: Refusing to load"),
+        (["--model={code}"], "error: CodeInModelError: Refusing to load"),
         (["--formats=tflite"], "the following arguments are required: --model"),
     ],
 )

@@ -370,7 +370,7 @@ def train_py_refusals(tmp_path):
         "logical_cpus": (["--logical_cpus=-1"], "--logical_cpus=-1 is negative"),
         "missing_keys": (
             [f"--config={tmp_path / 'partial.py'}"],
-            "missing key(s) 'checkpoint_every_steps'",
+            "'checkpoint_every_steps'",
         ),
         "no_get_config": ([f"--config={tmp_path / 'empty.py'}"], "no get_config()"),
         "override_of_a_missing_key": (
