@@ -227,7 +227,7 @@ def build(state):
             config.model, dataset.num_classes, dataset.input_shape
         )
         if state.teacher_path is not None:
-            state.teacher = builders.load_teacher(
+            state.teacher = models_module.load_teacher(
                 state.teacher_path,
                 dataset,
                 config.teacher.outputs,
@@ -438,7 +438,9 @@ def _train_pipeline(state, begin, end, skip):
             )
         )
     cached = state.teacher is not None and config.data.cache_teacher_logits
-    augmentation = _augmentation(dataset) if config.data.augment else None
+    augmentation = (
+        augment.standard_augmentation(dataset) if config.data.augment else None
+    )
     if cached and augmentation is not None:  # every crop/flip variant, cached
         logits = teacher_cache.ensure(
             state.teacher_path,
@@ -466,7 +468,7 @@ def _train_pipeline(state, begin, end, skip):
         seed=config.seed,
         augmentation=augmentation,
         strong_augmentation=(
-            _strong_augmentation(dataset, config.seed)
+            augment.strong_augmentation(dataset, config.seed)
             if config.data.two_views
             else None
         ),
@@ -569,25 +571,6 @@ def _first_test_images(state, count=64):
     if state.streamed:  # a batched pipeline of (images, labels)
         images = next(iter(images))[0]
     return images[:count]
-
-
-def _augmentation(dataset):
-    """The standard view: the CSKD code's black-padded crop and flip (CIFAR)."""
-    if tuple(dataset.input_shape[:2]) == (8, 8):
-        return augment.digits_augmentation()
-    return augment.cifar_augmentation(
-        dataset.input_shape[:2], normalization=dataset.normalization
-    )
-
-
-def _strong_augmentation(dataset, seed):
-    """The CSKD code's strong view: its own crop and flip, `RandAugment(2, 10)`
-    and `Cutout` (`augment.cifar_strong_augmentation`); the 8x8 digits are
-    padded by 1 pixel, as their standard view shifts them."""
-    padding = 1 if tuple(dataset.input_shape[:2]) == (8, 8) else 4
-    return augment.cifar_strong_augmentation(
-        dataset.normalization, dataset.input_shape[:2], padding=padding, seed=seed
-    )
 
 
 def _export(state):

@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 
 import keras_cskd
-from keras_cskd import builders, checks, distribute, training
+from keras_cskd import checks, distribute, models, training
 from keras_cskd import config as config_module
 from keras_cskd import data as data_module
 from keras_cskd.data import Dataset
@@ -278,7 +278,7 @@ def test_a_teacher_that_outputs_probabilities_is_refused(head, tmp_path):
     path = with_head(make, tmp_path / "teacher.keras")
     digits = data_module.load("digits")
     with pytest.raises(ValueError) as error:
-        builders.load_teacher(path, digits, images=digits_test_images())
+        models.load_teacher(path, digits, images=digits_test_images())
     message = str(error.value)
     assert "outputs probabilities, not logits" in message and where in message
     assert "teacher.outputs='probabilities'" in message
@@ -299,7 +299,7 @@ def kd_float64(teacher_logits, student_logits, temperature):
 def test_a_probabilities_teacher_distils_from_its_log_probabilities(tmp_path):
     path = with_head(lambda z: keras.layers.Softmax()(z), tmp_path / "teacher.keras")
     digits, images = data_module.load("digits"), digits_test_images()
-    teacher = builders.load_teacher(path, digits, "probabilities", images=images)
+    teacher = models.load_teacher(path, digits, "probabilities", images=images)
     logits = keras.saving.load_model(TEACHER).predict(images, verbose=0)
     log_probabilities = teacher.predict(images, verbose=0)
     shifted = logits - np.log(np.exp(logits.astype("float64")).sum(-1, keepdims=True))
@@ -314,7 +314,7 @@ def test_a_probabilities_teacher_distils_from_its_log_probabilities(tmp_path):
 def test_a_logits_teacher_declared_as_probabilities_is_refused():
     digits = data_module.load("digits")
     with pytest.raises(ValueError, match="leave teacher.outputs at 'logits'"):
-        builders.load_teacher(
+        models.load_teacher(
             TEACHER, digits, "probabilities", images=digits_test_images()
         )
 
@@ -326,7 +326,7 @@ def test_a_lambda_teacher_names_train_pys_real_fix(tmp_path):
     )
     keras.Model(inputs, outputs).save(tmp_path / "lambda.keras")
     with pytest.raises(ValueError) as error:
-        builders.load_teacher(tmp_path / "lambda.keras", data_module.load("digits"))
+        models.load_teacher(tmp_path / "lambda.keras", data_module.load("digits"))
     message = str(error.value)
     assert "Lambda" in message and "keras.layers.Rescaling" in message
     assert "--unsafe_deserialization" not in message

@@ -382,3 +382,34 @@ def _crop_and_flip(image_size, padding, normalization, seed):
 def _offset(seed, layer):
     """A distinct seed per layer: layers seeded alike draw the same numbers."""
     return None if seed is None else seed + layer
+
+
+def standard_augmentation(dataset):
+    """The standard training view of `dataset`: the digits' 1-pixel shifts for
+    8x8 images, else the CSKD code's black-padded crop and flip (CIFAR). The
+    teacher cache and training both take it from here, so they agree exactly.
+
+    Example:
+
+    >>> augmentation = standard_augmentation(keras_cskd.data.load("digits"))
+    """
+    if tuple(dataset.input_shape[:2]) == (8, 8):
+        return digits_augmentation()
+    return cifar_augmentation(
+        dataset.input_shape[:2], normalization=dataset.normalization
+    )
+
+
+def strong_augmentation(dataset, seed):
+    """The CSKD code's strong view of `dataset`: its own crop and flip,
+    `RandAugment(2, 10)` and `Cutout` (`cifar_strong_augmentation`); the 8x8
+    digits are padded by 1 pixel, as their standard view shifts them.
+
+    Example:
+
+    >>> strong = strong_augmentation(keras_cskd.data.load("digits"), seed=0)
+    """
+    padding = 1 if tuple(dataset.input_shape[:2]) == (8, 8) else 4
+    return cifar_strong_augmentation(
+        dataset.normalization, dataset.input_shape[:2], padding=padding, seed=seed
+    )

@@ -732,7 +732,7 @@ def _positive_int(text):
 
 
 def _build_from_args(args):
-    from keras_cskd import builders, data, training  # heavy; not at import
+    from keras_cskd import data, models  # heavy; not at import
 
     dataset = data.load(
         args.dataset,
@@ -740,8 +740,8 @@ def _build_from_args(args):
         validation_fraction=args.validation_fraction,
         seed=args.seed,
     )
-    teacher = builders.load_teacher(args.teacher, dataset)
-    augmentation = training._augmentation(dataset)
+    teacher = models.load_teacher(args.teacher, dataset)
+    augmentation = augment.standard_augmentation(dataset)
     key = cache_key(args.teacher, dataset, augmentation, args.dtype, args.split)
     path = args.output or default_path(
         args.teacher, dataset.name, args.dtype, args.split

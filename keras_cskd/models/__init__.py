@@ -12,5 +12,6 @@ from keras_cskd.models import (
 )
 from keras_cskd.models.registry import get, names, register
 from keras_cskd.models.saving import CodeInModelError, load
+from keras_cskd.models.teacher import load_teacher
 
-__all__ = ["CodeInModelError", "get", "load", "names", "register"]
+__all__ = ["CodeInModelError", "get", "load", "load_teacher", "names", "register"]
