@@ -10,11 +10,11 @@ warmed up before its timed batches):
   `Dataset.list_files` -> `map(read, decode_jpeg, sample_distorted_bounding_box
   crop, tf.image.resize to 224, random_flip_left_right, normalise; AUTOTUNE)`
   -> `batch` -> `prefetch`;
-- `keras_cskd.data.imagenet.train_pipeline` on the folder streamed
+- `keras_cskd.data.streaming.train_pipeline` on the folder streamed
   (`load("folder:...", streaming=True)`): torchvision's transforms exactly
   (accurate-DCT decoding, `RandomResizedCrop` with Pillow's integer
   resampling, flip, normalise), stateless and resumable;
-- `keras_cskd.data.imagenet.eval_pipeline` (resize 256, centre crop 224);
+- `keras_cskd.data.streaming.eval_pipeline` (resize 256, centre crop 224);
 - decoding alone (`decode_jpeg`, accurate DCT), the floor under every row.
 
 The files sit in the page cache after the first round, so reading costs
@@ -43,7 +43,7 @@ import timing  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from keras_cskd import data  # noqa: E402
-from keras_cskd.data import imagenet  # noqa: E402
+from keras_cskd.data import streaming, transforms  # noqa: E402
 
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 512, "JPEGs to write.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Batch size.")
@@ -61,8 +61,8 @@ SHAPES = ((375, 500), (500, 375), (333, 500), (500, 500), (281, 500), (400, 500)
 SMOKE = {"num_images": 24, "batch_size": 8, "shape": (120, 160), "image_size": 64}
 CONFIGURATIONS = {
     "baseline": "plain tf.data, the usual way (decode, crop, resize, flip)",
-    "train": "keras_cskd imagenet.train_pipeline",
-    "eval": "keras_cskd imagenet.eval_pipeline",
+    "train": "keras_cskd streaming.train_pipeline",
+    "eval": "keras_cskd streaming.eval_pipeline",
     "decode": "decoding alone (accurate DCT)",
 }
 
@@ -72,7 +72,7 @@ def main(argv):
     values = timing.settings()
     num_images = timing.smoke_or(_NUM_IMAGES, SMOKE["num_images"])
     batch_size = timing.smoke_or(_BATCH_SIZE, SMOKE["batch_size"])
-    image_size = SMOKE["image_size"] if values.smoke else imagenet.IMAGE_SIZE
+    image_size = SMOKE["image_size"] if values.smoke else transforms.IMAGE_SIZE
     shapes = (SMOKE["shape"],) if values.smoke else SHAPES
     steps = values.steps or (2 if values.smoke else 4)
     with tempfile.TemporaryDirectory() as directory:
@@ -138,10 +138,10 @@ def make_pipelines(root, batch_size, image_size):
     epochs = 200 * batch_size // train.num_examples + 2  # enough for any round
     return {
         "baseline": lambda: baseline(root, batch_size, image_size),
-        "train": lambda: imagenet.train_pipeline(
+        "train": lambda: streaming.train_pipeline(
             train, batch_size, seed=0, epochs=epochs, image_size=image_size
         ),
-        "eval": lambda: imagenet.eval_pipeline(
+        "eval": lambda: streaming.eval_pipeline(
             train, batch_size, image_size=image_size
         ).repeat(),
         "decode": lambda: decode_only(test, train, batch_size),
@@ -151,7 +151,7 @@ def make_pipelines(root, batch_size, image_size):
 def baseline(root, batch_size, image_size):
     """A training input pipeline as the `tf.data` guides write one."""
     class_names = sorted(path.name for path in (root / "train").iterdir())
-    mean, std = (tf.constant(v) for v in imagenet.NORMALIZATION)
+    mean, std = (tf.constant(v) for v in transforms.NORMALIZATION)
 
     def load(path):
         label = tf.argmax(tf.strings.split(path, os.sep)[-2] == class_names)
@@ -179,7 +179,7 @@ def decode_only(test, train, batch_size):
     del test
     examples = train.dataset().repeat()
     sizes = examples.map(
-        lambda encoded, label: tf.size(imagenet.decode(encoded)),
+        lambda encoded, label: tf.size(transforms.decode(encoded)),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     return sizes.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -239,7 +239,7 @@ def report(results, batch_size, steps, values, num_images, mean_bytes, gpu):
     baseline_rate = results["baseline"]["images_per_cpu_second"]
     projection = (
         f"Feeding {gpu:.0f} images/s takes {gpu / train:.1f} cores of this CPU with "
-        f"imagenet.train_pipeline ({train:.0f} images per CPU-second) and "
+        f"streaming.train_pipeline ({train:.0f} images per CPU-second) and "
         f"{gpu / baseline_rate:.1f} with the baseline ({baseline_rate:.0f})."
     )
     return f"{title}\n\n{timing.markdown_table(header, rows)}\n\n{projection}"

@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from keras_cskd import data
-from keras_cskd.data import imagenet, sampling
+from keras_cskd.data import sampling, streaming
 
 CLASSES = ("ant", "bee", "cat")
 # Unequal classes, as real folders have them: 9, 4 and 1 training images.
@@ -108,7 +108,7 @@ def test_a_streamed_folder_samples_its_listing_evenly(unequal_folder):
         assert f"/train/{CLASSES[label]}/" in path
     assert train.balanced_sample(7).paths.tolist() == sample.paths.tolist()
     assert train.balanced_sample(100).num_examples == 14
-    images, labels = next(iter(imagenet.eval_pipeline(sample, 7, image_size=16)))
+    images, labels = next(iter(streaming.eval_pipeline(sample, 7, image_size=16)))
     assert images.shape == (7, 16, 16, 3)
     np.testing.assert_array_equal(labels, sample.labels)
 
@@ -149,7 +149,7 @@ class UnequalJpegsForTests(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
 def unequal_tfds(tmp_path_factory):
     builder = UnequalJpegsForTests(data_dir=str(tmp_path_factory.mktemp("tfds")))
     builder.download_and_prepare()
-    return imagenet.TFDSRecords(builder, "train")
+    return data.TFDSRecords(builder, "train")
 
 
 def _stream(records, seed=0):
@@ -171,7 +171,7 @@ def test_tfds_samples_the_first_records_of_each_class(unequal_tfds):
     for image, label in zip(sample.images, sample.labels, strict=True):
         assert image in firsts[label]  # each class's first two, read in order
     assert unequal_tfds.balanced_sample(6).images == sample.images
-    images, labels = next(iter(imagenet.eval_pipeline(sample, 6, image_size=16)))
+    images, labels = next(iter(streaming.eval_pipeline(sample, 6, image_size=16)))
     assert images.shape == (6, 16, 16, 3)
     np.testing.assert_array_equal(labels, sample.labels)
 
@@ -194,7 +194,7 @@ def test_tfds_imagenet2012_mock_is_sampled_one_per_class(no_network):
     with tfds.testing.mock_data(num_examples=64):
         imagenet2012 = data.load("tfds:imagenet2012")
         sample = imagenet2012.train.balanced_sample(10)
-        batch = next(iter(imagenet.eval_pipeline(sample, 10, image_size=16)))
+        batch = next(iter(streaming.eval_pipeline(sample, 10, image_size=16)))
     assert sample.num_examples == 10
     assert len(set(sample.labels.tolist())) == 10  # 1,000 classes: one each
     assert batch[0].shape == (10, 16, 16, 3)

@@ -271,8 +271,8 @@ def test_imagenet_input_prints_rates_and_the_projection(runs):
     header = ["pipeline", "median images/s", "IQR", "÷ baseline", "images/CPU-s"]
     labels = [
         "plain tf.data, the usual way (decode, crop, resize, flip)",
-        "keras_cskd imagenet.train_pipeline",
-        "keras_cskd imagenet.eval_pipeline",
+        "keras_cskd streaming.train_pipeline",
+        "keras_cskd streaming.eval_pipeline",
         "decoding alone (accurate DCT)",
     ]
     body = check_table(tables[0], header, labels)

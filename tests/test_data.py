@@ -15,7 +15,7 @@ from keras_cskd import data
 from keras_cskd.data import augment
 from keras_cskd.data import folder as folder_source
 from keras_cskd.data import tfds as tfds_source
-from keras_cskd.data.pipeline import MIXUP, STRONG_VIEW, WEAK_VIEW, batch_seed
+from keras_cskd.data.batching import MIXUP, STRONG_VIEW, WEAK_VIEW, batch_seed
 
 CIFAR_STATISTICS = {
     "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),

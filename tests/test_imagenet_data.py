@@ -25,8 +25,8 @@ import workers
 from PIL import Image
 
 from keras_cskd import data, distribute
-from keras_cskd.data import imagenet
-from keras_cskd.data.pipeline import WEAK_VIEW, batch_seed
+from keras_cskd.data import streaming, transforms
+from keras_cskd.data.batching import WEAK_VIEW, batch_seed
 from keras_cskd.data.stateless import fold_in
 from keras_cskd.data.tfds import NORMALIZATION
 
@@ -47,7 +47,7 @@ def golden(request):
     with np.load(path) as npz:
         fixture = dict(npz)
     fixture["jpeg_files"] = _files(fixture["jpegs"], fixture["jpeg_ends"])
-    fixture["images"] = [imagenet.decode(f).numpy() for f in fixture["jpeg_files"]]
+    fixture["images"] = [transforms.decode(f).numpy() for f in fixture["jpeg_files"]]
     pngs = {"train": "train_224_png", "eval": "eval_224_png"}
     for kind, key in pngs.items():
         fixture[f"{kind}_224"] = [
@@ -88,7 +88,7 @@ def test_decode_is_pillows(golden):
 
 def test_resized_crop_is_torchvisions(golden):
     for image, size, crop, flip, expected in _train_samples(golden):
-        ours = imagenet.resized_crop(image, crop, size).numpy()
+        ours = transforms.resized_crop(image, crop, size).numpy()
         if flip:
             ours = ours[:, ::-1]
         np.testing.assert_array_equal(ours, expected, err_msg=f"{crop} -> {size}")
@@ -100,32 +100,32 @@ def test_train_view_is_torchvisions_to_tensor_and_normalize(golden):
         golden["normalized_index"], golden["normalized"], strict=True
     ):
         image, size, crop, flip, _ = samples[index]
-        ours = imagenet.train_view(image, crop, flip, size).numpy()
+        ours = transforms.train_view(image, crop, flip, size).numpy()
         np.testing.assert_array_equal(ours, expected)  # bitwise
 
 
 def test_eval_transform_is_torchvisions(golden):
-    mean, std = (np.float32(v) for v in imagenet.NORMALIZATION)
+    mean, std = (np.float32(v) for v in transforms.NORMALIZATION)
     for encoded, image, expected in zip(
         golden["jpeg_files"], golden["images"], golden["eval_224"], strict=True
     ):
-        view = imagenet.center_crop(imagenet.resize_shorter(image, 256), 224)
+        view = transforms.center_crop(transforms.resize_shorter(image, 256), 224)
         np.testing.assert_array_equal(view.numpy(), expected)
         normalised = (expected.astype(np.float32) / np.float32(255) - mean) / std
         np.testing.assert_array_equal(
-            imagenet.eval_transform(encoded).numpy(), normalised
+            transforms.eval_transform(encoded).numpy(), normalised
         )
 
 
 def test_center_crop_pads_small_images_as_torchvision(golden):
-    ours = imagenet.center_crop(golden["padded_crop_input"], 40).numpy()
+    ours = transforms.center_crop(golden["padded_crop_input"], 40).numpy()
     np.testing.assert_array_equal(ours, golden["padded_crop_40"])
 
 
 def test_crop_size_is_torchvisions_get_params(golden):
     @tf.function
     def crop_size(height, width, scales, log_ratios):
-        return imagenet.crop_size(height, width, scales, log_ratios)
+        return transforms.crop_size(height, width, scales, log_ratios)
 
     fallbacks = 0
     for (height, width), scales, log_ratios, params in zip(
@@ -188,7 +188,7 @@ def test_pil_resize_is_the_installed_pillows():
         pillow = np.asarray(
             Image.fromarray(image).resize((out_width, out_height), Image.BILINEAR)
         )
-        ours = imagenet.pil_resize(image, (out_height, out_width)).numpy()
+        ours = transforms.pil_resize(image, (out_height, out_width)).numpy()
         np.testing.assert_array_equal(ours, pillow, err_msg=f"{image.shape}")
 
 
@@ -198,7 +198,7 @@ def test_pil_resize_is_the_installed_pillows():
 @tf.function
 def _crops(height, width, seeds):
     return tf.map_fn(
-        lambda seed: imagenet.crop_params(height, width, seed),
+        lambda seed: transforms.crop_params(height, width, seed),
         seeds,
         fn_output_signature=tf.int32,
     )
@@ -250,18 +250,20 @@ def test_crop_params_fall_back_to_the_centre():
 
 def test_train_transform_is_a_function_of_its_seed(golden):
     encoded = golden["jpeg_files"][0]
-    first = imagenet.train_transform(encoded, [3, 4]).numpy()
-    again = imagenet.train_transform(encoded, [3, 4]).numpy()
-    other = imagenet.train_transform(encoded, [3, 5]).numpy()
+    first = transforms.train_transform(encoded, [3, 4]).numpy()
+    again = transforms.train_transform(encoded, [3, 4]).numpy()
+    other = transforms.train_transform(encoded, [3, 5]).numpy()
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
     assert first.shape == (224, 224, 3) and first.dtype == np.float32
     seed = tf.constant([3, 4], tf.int64)
-    crop = imagenet.crop_params(375, 500, fold_in(seed, 0))
+    crop = transforms.crop_params(375, 500, fold_in(seed, 0))
     flip = tf.random.stateless_uniform([], fold_in(seed, 1)) < 0.5
     image = golden["images"][0]
-    np.testing.assert_array_equal(first, imagenet.train_view(image, crop, flip).numpy())
-    mirrored = imagenet.train_view(image, crop, tf.logical_not(flip)).numpy()
+    np.testing.assert_array_equal(
+        first, transforms.train_view(image, crop, flip).numpy()
+    )
+    mirrored = transforms.train_view(image, crop, tf.logical_not(flip)).numpy()
     np.testing.assert_array_equal(first, mirrored[:, ::-1])
 
 
@@ -298,7 +300,7 @@ def streamed(jpeg_folder):
 def test_a_streamed_folder_lists_files_without_decoding(streamed, jpeg_folder):
     assert isinstance(streamed.train, data.FileRecords)
     assert (streamed.num_classes, streamed.input_shape) == (3, (224, 224, 3))
-    assert streamed.normalization == imagenet.NORMALIZATION
+    assert streamed.normalization == transforms.NORMALIZATION
     assert streamed.validation is None
     assert streamed.train.num_examples == 24 and streamed.test.num_examples == 6
     names = [path.split("/")[-1] for path in streamed.test.paths]
@@ -331,7 +333,7 @@ def _assert_same(first, second):
 
 def _train(records, **options):
     options = {"seed": 5, "epochs": 3, "image_size": 16, **options}
-    return _arrays(imagenet.train_pipeline(records, 8, **options))
+    return _arrays(streaming.train_pipeline(records, 8, **options))
 
 
 @pytest.fixture(scope="module")
@@ -351,7 +353,7 @@ def test_a_batch_is_the_transform_of_the_epoch_order(streamed, uninterrupted):
             index = order[8 * step + k]
             seed = fold_in(batch_seed(5, epoch, step), WEAK_VIEW, k)
             encoded = tf.io.read_file(records.paths[index])
-            expected = imagenet.train_transform(encoded, seed, image_size=16)
+            expected = transforms.train_transform(encoded, seed, image_size=16)
             np.testing.assert_array_equal(images[k], expected.numpy())
             assert labels[k] == records.labels[index]
 
@@ -439,7 +441,7 @@ def test_mirrored_strategy_gives_each_replica_its_slice(streamed, uninterrupted)
     # The process's one MirroredStrategy (tensorflow/tensorflow#62790).
     strategy = distribute.get_strategy("mirrored")
     batches = strategy.distribute_datasets_from_function(
-        lambda context: imagenet.train_pipeline(
+        lambda context: streaming.train_pipeline(
             streamed.train, 8, seed=5, epochs=1, image_size=16, input_context=context
         )
     )
@@ -452,18 +454,18 @@ def test_mirrored_strategy_gives_each_replica_its_slice(streamed, uninterrupted)
 
 
 def test_eval_pipeline_keeps_the_order_and_shards_by_example(streamed):
-    batches = _arrays(imagenet.eval_pipeline(streamed.test, 4, image_size=16))
+    batches = _arrays(streaming.eval_pipeline(streamed.test, 4, image_size=16))
     assert [images.shape for images, _ in batches] == [(4, 16, 16, 3), (2, 16, 16, 3)]
     np.testing.assert_array_equal(
         np.concatenate([labels for _, labels in batches]), [0, 0, 1, 1, 2, 2]
     )
-    first = imagenet.eval_transform(
+    first = transforms.eval_transform(
         tf.io.read_file(streamed.test.paths[0]), image_size=16
     )
     np.testing.assert_array_equal(batches[0][0][0], first.numpy())
     shards = [
         _arrays(
-            imagenet.eval_pipeline(
+            streaming.eval_pipeline(
                 streamed.test, 4, image_size=16, input_context=_input_context(2, p, 2)
             )
         )
@@ -475,7 +477,7 @@ def test_eval_pipeline_keeps_the_order_and_shards_by_example(streamed):
 
 def test_a_batch_larger_than_the_split_is_refused(streamed):
     with pytest.raises(ValueError, match="fewer examples than one batch of 32"):
-        imagenet.train_pipeline(streamed.test, 32)
+        streaming.train_pipeline(streamed.test, 32)
 
 
 # ----------------------------------------------------------------- TFDS
@@ -525,7 +527,7 @@ def test_tfds_images_of_varying_size_are_streamed(tiny_jpegs):
     assert isinstance(tiny_jpegs.train, data.TFDSRecords)
     assert tiny_jpegs.train.num_examples == 16 and tiny_jpegs.test.num_examples == 6
     assert tiny_jpegs.input_shape == (224, 224, 3)
-    assert tiny_jpegs.normalization == imagenet.NORMALIZATION  # the views'
+    assert tiny_jpegs.normalization == transforms.NORMALIZATION  # the views'
     encoded, label = next(iter(tiny_jpegs.test.dataset()))
     assert tf.io.is_jpeg(encoded) and label.dtype == tf.int32
 
@@ -551,7 +553,7 @@ def test_tfds_imagenet2012_is_streamed_and_tested_on_validation(no_network):
         records = imagenet2012.test
         assert records.split == "validation"
         assert records.num_examples == 4
-        images, labels = next(iter(imagenet.train_pipeline(imagenet2012.train, 4)))
+        images, labels = next(iter(streaming.train_pipeline(imagenet2012.train, 4)))
     assert (imagenet2012.num_classes, imagenet2012.input_shape) == (1000, (224, 224, 3))
     assert imagenet2012.normalization == NORMALIZATION["imagenet2012"]
     assert images.shape == (4, 224, 224, 3) and labels.dtype == tf.int32
@@ -605,7 +607,7 @@ def test_tfds_imagenet2012_is_prepared_from_a_manual_dir(tmp_path, no_network):
     assert imagenet2012.test.num_examples == 3
     labels = sorted(int(label) for _, label in imagenet2012.train.dataset())
     assert labels == [0, 0, 1, 1]  # n01440764 and n01443537: classes 0 and 1
-    images, _ = next(iter(imagenet.eval_pipeline(imagenet2012.test, 3)))
+    images, _ = next(iter(streaming.eval_pipeline(imagenet2012.test, 3)))
     assert images.shape == (3, 224, 224, 3)
     assert no_network == []
 
@@ -619,12 +621,12 @@ import tensorflow as tf
 
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
 from keras_cskd import data, distribute
-from keras_cskd.data import imagenet
+from keras_cskd.data import streaming
 
 folder, out = sys.argv[1:]
 records = data.load(f"folder:{folder}", streaming=True).train
 batches = strategy.distribute_datasets_from_function(
-    lambda context: imagenet.train_pipeline(
+    lambda context: streaming.train_pipeline(
         records, 8, seed=5, epochs=2, image_size=16, input_context=context
     )
 )

@@ -23,7 +23,7 @@ from keras_cskd import checks, distribute, models, training
 from keras_cskd import config as config_module
 from keras_cskd import data as data_module
 from keras_cskd.data import Dataset
-from keras_cskd.data.checks import check_dataset
+from keras_cskd.data.dataset_checks import check_dataset
 from keras_cskd.losses import CSKD, CSWT, DIST, DKD, KD, LSKD, SKD
 
 ROOT = Path(__file__).resolve().parents[1]

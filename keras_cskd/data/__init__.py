@@ -14,15 +14,12 @@ from keras_cskd.data.augment import (
     digits_augmentation,
 )
 from keras_cskd.data.dataset import Dataset
+from keras_cskd.data.decoded import pipeline, to_numpy, with_teacher_logits
 from keras_cskd.data.digits import digits_arrays
-from keras_cskd.data.imagenet import (
-    EncodedRecords,
-    FileRecords,
-    ImageRecords,
-    TFDSRecords,
-)
-from keras_cskd.data.pipeline import pipeline, to_numpy, with_teacher_logits
+from keras_cskd.data.folder import FileRecords
 from keras_cskd.data.randaugment import ReferenceRandAugment
+from keras_cskd.data.streamed_source import EncodedRecords, StreamedSource
+from keras_cskd.data.tfds import TFDSRecords
 
 TFDS_PREFIX = "tfds:"
 FOLDER_PREFIX = "folder:"
@@ -113,11 +110,11 @@ __all__ = [
     "Dataset",
     "EncodedRecords",
     "FileRecords",
-    "ImageRecords",
     "RandomHorizontalFlip",
     "RandomPaddedCrop",
     "RandomSequence",
     "ReferenceRandAugment",
+    "StreamedSource",
     "TFDSRecords",
     "cifar_augmentation",
     "cifar_strong_augmentation",

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_cskd.data.dataset import size_pair
 from keras_cskd.data.randaugment import ReferenceRandAugment
 from keras_cskd.data.stateless import StatelessAugmentation, fold_in
 
@@ -365,13 +366,9 @@ def digits_augmentation(seed=None):
     return RandomPaddedCrop(1, fill=0.0, seed=seed)
 
 
-def _pair(image_size):
-    return (image_size, image_size) if isinstance(image_size, int) else image_size
-
-
 def _crop_and_flip(image_size, padding, normalization, seed):
     """The input and the black-padded crop and flip both CIFAR views start with."""
-    height, width = _pair(image_size)
+    height, width = size_pair(image_size)
     return [
         keras.Input((height, width, None)),
         RandomPaddedCrop(padding, fill=black(normalization), seed=seed),

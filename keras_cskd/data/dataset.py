@@ -1,6 +1,7 @@
-"""The `Dataset` record every data source returns, and its normalisation."""
+"""The `Dataset` record every data source returns, its normalisation and sizes."""
 
 import dataclasses
+import numbers
 
 import tensorflow as tf
 
@@ -79,3 +80,24 @@ def denormalize(images, normalization, max_value=255.0):
         mean, std = normalization
         images = images * tf.constant(std, tf.float32) + tf.constant(mean, tf.float32)
     return images * max_value
+
+
+def size_pair(size):
+    """An image size as `(height, width)`: one int is a square's side.
+
+    Args:
+        size: an int, a `(height, width)` pair, or `None`.
+
+    Returns:
+        A `(height, width)` tuple of ints, or `None` for `None`.
+
+    Example:
+
+    >>> size_pair(224), size_pair([32, 48])
+    ((224, 224), (32, 48))
+    """
+    if size is None:
+        return None
+    if isinstance(size, numbers.Integral):
+        return (int(size), int(size))
+    return tuple(int(side) for side in size)

@@ -7,9 +7,10 @@ file is reported by name rather than failing a `tf.data` pipeline mid-training.
 
 Large trees (ImageNet's `train/<wnid>/*.JPEG` and `val/<wnid>/*.JPEG`) are
 *streamed* instead (`streaming=True`): the files are listed, not decoded, and
-the splits are `keras_cskd.data.imagenet.FileRecords`, read as needed by the
-ImageNet pipelines (`imagenet.train_pipeline`, `imagenet.eval_pipeline`). A
-streamed folder may name its test split `val`, as ImageNet's does.
+the splits are `FileRecords` (this folder's `StreamedSource`), read as needed
+by the streamed pipelines (`streaming.train_pipeline`,
+`streaming.eval_pipeline`). A streamed folder may name its test split `val`,
+as ImageNet's does.
 """
 
 import os
@@ -18,13 +19,18 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_cskd.data import imagenet
-from keras_cskd.data.dataset import Dataset
+from keras_cskd.data import sampling, transforms
+from keras_cskd.data.dataset import Dataset, size_pair
+from keras_cskd.data.stateless import fold_in
+from keras_cskd.data.streamed_source import StreamedSource
 
 SPLITS = ("train", "validation", "test")
 LAYOUT = (
     "<path>/<split>/<class>/<image>, splits 'train', 'test' and optionally 'validation'"
 )
+# The key of the streamed epoch orders (`batching.batch_seed` derives from
+# `[seed, 0]`).
+_ORDER_STREAM = 1
 
 
 def load(path, validation_fraction=0.0, seed=0, image_size=None, streaming=False):
@@ -46,14 +52,13 @@ def load(path, validation_fraction=0.0, seed=0, image_size=None, streaming=False
             without it all images must share one size. Streamed: the crop
             size of the ImageNet transforms (default 224).
         streaming: list the files without decoding them: the splits are
-            `imagenet.FileRecords`, the `input_shape` the crop size and the
-            `normalization` `imagenet.NORMALIZATION`, what the ImageNet
+            `FileRecords`, the `input_shape` the crop size and the
+            `normalization` `transforms.NORMALIZATION`, what the ImageNet
             transforms make of the files; `test` may be named `val`.
 
     Returns:
         A `Dataset` named `folder:<path>` of unbatched `(image, label)` splits
-        (float32 images, int32 labels), or of `imagenet.FileRecords` when
-        streamed.
+        (float32 images, int32 labels), or of `FileRecords` when streamed.
 
     Raises:
         FileNotFoundError: when `path` is not a directory.
@@ -77,17 +82,7 @@ def load(path, validation_fraction=0.0, seed=0, image_size=None, streaming=False
         return _load_streaming(root, path, validation_fraction, seed, image_size)
     has_validation = _check_layout(root, validation_fraction)
     files, class_names = _list_splits(root, has_validation)
-    paths = {
-        split: [file for name in class_names for file in by_class[name]]
-        for split, by_class in files.items()
-    }
-    labels = {
-        split: np.array(
-            [i for i, name in enumerate(class_names) for _ in by_class[name]],
-            dtype="int32",
-        )
-        for split, by_class in files.items()
-    }
+    paths, labels = _paths_and_labels(files, class_names)
     images = _decode_all(paths, root, image_size)
     if validation_fraction > 0:
         _carve_validation(images, labels, validation_fraction, seed, root)
@@ -108,24 +103,11 @@ def load(path, validation_fraction=0.0, seed=0, image_size=None, streaming=False
 
 
 def _load_streaming(root, path, validation_fraction, seed, image_size):
-    """The streamed folder: its files and labels as `imagenet.FileRecords`."""
+    """The streamed folder: its files and labels as `FileRecords`."""
     test = "val" if _is_test_named_val(root) else "test"
     has_validation = _check_layout(root, validation_fraction, test)
     files, class_names = _list_splits(root, has_validation, test)
-    paths = {
-        split: np.array(
-            [str(file) for name in class_names for file in by_class[name]],
-            dtype=object,
-        )
-        for split, by_class in files.items()
-    }
-    labels = {
-        split: np.array(
-            [i for i, name in enumerate(class_names) for _ in by_class[name]],
-            dtype="int32",
-        )
-        for split, by_class in files.items()
-    }
+    paths, labels = _paths_and_labels(files, class_names)
     if validation_fraction > 0:
         _carve_validation(paths, labels, validation_fraction, seed, root)
     folders = {"train": "train", "validation": "validation", "test": test}
@@ -136,9 +118,9 @@ def _load_streaming(root, path, validation_fraction, seed, image_size):
         where = f"folder:{root / folders[split]}"
         if split == "validation" and not has_validation:
             where = f"folder:{root / 'train'} (validation carve)"
-        return imagenet.FileRecords(paths[split], labels[split], name=where)
+        return FileRecords(paths[split], labels[split], name=where)
 
-    size = imagenet._pair(image_size or imagenet.IMAGE_SIZE)
+    size = size_pair(image_size or transforms.IMAGE_SIZE)
     return Dataset(
         f"folder:{path}",
         split_records("train"),
@@ -146,8 +128,24 @@ def _load_streaming(root, path, validation_fraction, seed, image_size):
         split_records("test"),
         num_classes=len(class_names),
         input_shape=(*size, 3),
-        normalization=imagenet.NORMALIZATION,
+        normalization=transforms.NORMALIZATION,
     )
+
+
+def _paths_and_labels(files, class_names):
+    """`({split: paths}, {split: int32 labels})` of `{split: {class: [files]}}`,
+    class by class; the paths an object array, so a validation carve can
+    index them as it indexes the labels."""
+    paths, labels = {}, {}
+    for split, by_class in files.items():
+        paths[split] = np.array(
+            [file for name in class_names for file in by_class[name]], dtype=object
+        )
+        labels[split] = np.array(
+            [i for i, name in enumerate(class_names) for _ in by_class[name]],
+            dtype="int32",
+        )
+    return paths, labels
 
 
 def _is_test_named_val(root):
@@ -282,11 +280,8 @@ def _decode_all(paths, root, image_size):
             for split, files in paths.items()
         }
 
-    size = None
-    if image_size is not None:
-        size = (image_size, image_size) if isinstance(image_size, int) else image_size
-        size = tuple(int(side) for side in size)
-    else:
+    size = size_pair(image_size)
+    if size is None:
         shapes = {}
         for split, files in paths.items():
             for file, image in zip(files, decoded[split], strict=True):
@@ -323,3 +318,74 @@ def _carve(labels, validation_fraction, seed):
     return np.sort(np.array(keep, dtype="int64")), np.sort(
         np.array(carve, dtype="int64")
     )
+
+
+class FileRecords(StreamedSource):
+    """Image files and their labels, read lazily (random access).
+
+    Each epoch's order is a full permutation, `stateless_shuffle` of the
+    indices with the seed `fold_in([seed, 1], epoch)`.
+
+    Args:
+        paths: the image files, a sequence of paths.
+        labels: their int labels.
+        name: a description, for messages.
+
+    Example:
+
+    >>> records = FileRecords(["a.jpg", "b.jpg"], [0, 1])
+    >>> records.num_examples
+    2
+    """
+
+    def __init__(self, paths, labels, name="files"):
+        self.paths = np.asarray([str(path) for path in paths], dtype=object)
+        self.labels = np.asarray(labels, dtype=np.int32)
+        if self.paths.shape != self.labels.shape:
+            raise ValueError(
+                f"{len(self.paths)} paths but {len(self.labels)} labels for {name}."
+            )
+        self.name = name
+        self.num_examples = len(self.paths)
+        self._tensors = None
+
+    def _table(self):
+        if self._tensors is None:
+            with tf.init_scope():  # eager, even when first asked inside a map
+                self._tensors = (
+                    tf.constant(self.paths.astype(bytes)),
+                    tf.constant(self.labels),
+                )
+        return self._tensors
+
+    def keys(self):
+        return tf.data.Dataset.range(self.num_examples)
+
+    def epoch_keys(self, seed, epoch):
+        count = self.num_examples
+        order_seed = fold_in([seed, _ORDER_STREAM], epoch)
+        return tf.data.Dataset.range(1).flat_map(
+            lambda _: tf.data.Dataset.from_tensor_slices(
+                tf.random.experimental.stateless_shuffle(
+                    tf.range(count, dtype=tf.int64), order_seed
+                )
+            )
+        )
+
+    def read(self, index):
+        paths, labels = self._table()
+        return tf.io.read_file(tf.gather(paths, index)), tf.gather(labels, index)
+
+    def balanced_sample(self, count, seed=sampling.SEED):
+        """A class-balanced sample, chosen from the listing's labels: only the
+        chosen files are ever read (see `StreamedSource.balanced_sample`).
+
+        Example:
+
+        >>> imagenet.train.balanced_sample(1000).num_examples  # one a class
+        1000
+        """
+        chosen = sampling.balanced_indices(self.labels, count, seed)
+        return FileRecords(
+            self.paths[chosen], self.labels[chosen], name=f"{self.name}, balanced"
+        )

@@ -1,6 +1,6 @@
 """The stateless protocol of the random augmentation layers.
 
-`keras_cskd.data.pipeline` makes every batch's randomness a pure function of
+`keras_cskd.data.batching` makes every batch's randomness a pure function of
 `(seed, epoch, step)` through it:
 
 - A random augmentation has `layer.augment(images, seed)`: a `[B, H, W, C]`

@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
-import importlib
 import json
 import math
 import os
@@ -51,9 +50,13 @@ import tensorflow as tf
 
 from keras_cskd import cli, files
 from keras_cskd.data import augment
-
-# The module, not the function `keras_cskd.data.pipeline` that shadows it.
-pipeline_module = importlib.import_module("keras_cskd.data.pipeline")
+from keras_cskd.data.batching import (
+    IMAGES,
+    TEACHER_LOGITS,
+    WEAK_VIEW,
+    epoch_batches,
+    reshuffled_batches,
+)
 
 DTYPES = ("float32", "float16")
 FORMAT_VERSION = 2  # 2: a SHA-256 per chunk
@@ -566,11 +569,9 @@ def pipeline(
         )
     indexed = dataset.enumerate().map(lambda i, example: ((example[0], i), example[1]))
     if epochs is None:
-        batches = pipeline_module._reshuffled_batches(
-            indexed, batch_size, seed, drop_remainder
-        )
+        batches = reshuffled_batches(indexed, batch_size, seed, drop_remainder)
     else:
-        batches = pipeline_module._epoch_batches(
+        batches = epoch_batches(
             indexed, batch_size, seed, drop_remainder, range(first_epoch, epochs)
         ).skip(skip_steps)
     batches = batches.map(
@@ -587,12 +588,12 @@ def _cached_view(augmentation, logits):
 
     def view(key, batch):
         (images, indices), labels = batch
-        seed = augment.fold_in(key, pipeline_module.WEAK_VIEW)
+        seed = augment.fold_in(key, WEAK_VIEW)
         variants = draw_variants(augmentation, tf.shape(images)[0], seed)
         teacher_logits = tf.numpy_function(gather, [indices, variants], tf.float32)
         teacher_logits.set_shape([None, logits.shape[-1]])
         images = augmentation.augment(images, seed)
-        return {"images": images, "teacher_logits": teacher_logits}, labels
+        return {IMAGES: images, TEACHER_LOGITS: teacher_logits}, labels
 
     return view
 

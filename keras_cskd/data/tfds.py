@@ -25,9 +25,9 @@ put in a manual directory (`manual_dir`), without any network: without them,
 loading fails at once with one line naming the files and where they go.
 
 Datasets whose images differ in size (`imagenet2012`) are *streamed* unless an
-`image_size` is given: their splits are then `keras_cskd.data.imagenet.
-TFDSRecords` (encoded images read as needed) for the ImageNet pipelines,
-`imagenet.train_pipeline` and `imagenet.eval_pipeline`.
+`image_size` is given: their splits are then `TFDSRecords` (this source's
+`StreamedSource`: encoded images read as needed) for the streamed pipelines,
+`streaming.train_pipeline` and `streaming.eval_pipeline`.
 """
 
 import os
@@ -36,14 +36,16 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from keras_cskd.data import imagenet
-from keras_cskd.data.dataset import Dataset, normalize
+from keras_cskd.data import sampling, transforms
+from keras_cskd.data.batching import epoch_shuffle_seed
+from keras_cskd.data.dataset import Dataset, normalize, size_pair
+from keras_cskd.data.streamed_source import EncodedRecords, StreamedSource
 
 # Per-channel mean and standard deviation of the training images in [0, 1].
 NORMALIZATION = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
-    "imagenet2012": imagenet.NORMALIZATION,
+    "imagenet2012": transforms.NORMALIZATION,
 }
 # The split tested on when the spec names none, where `test` is not it.
 DEFAULT_TEST_SPLIT = {"imagenet2012": "validation"}
@@ -59,6 +61,8 @@ SPLIT_KEYS = ("train", "validation", "test")
 _VERSION = re.compile(r"^\d+(\.(\d+|\*)){0,2}$")
 # The host a network probe asks before a download: TFDS's own bucket.
 _PROBE_URL = "https://storage.googleapis.com"
+# Streamed records held for shuffling (encoded ImageNet images are ~110 KB).
+SHUFFLE_BUFFER = 10_000
 
 
 def parse_spec(spec):
@@ -131,9 +135,9 @@ def load(
     are int32.
 
     Streamed datasets (`streaming`) are not decoded here: their splits are
-    `imagenet.TFDSRecords`, their `input_shape` the crop size of the ImageNet
+    `TFDSRecords`, their `input_shape` the crop size of the ImageNet
     transforms (`image_size`, default 224) and their `normalization` the one
-    to give those transforms (`imagenet.NORMALIZATION` for `"auto"` unless the
+    to give those transforms (`transforms.NORMALIZATION` for `"auto"` unless the
     dataset has its own constants above).
 
     Args:
@@ -161,13 +165,13 @@ def load(
             from them into `data_dir`, without network. `None` (or `""`):
             TFDS's default, `<data_dir>/downloads/manual`, is only named in
             errors.
-        streaming: stream the encoded images (`imagenet.TFDSRecords` splits)
+        streaming: stream the encoded images (`TFDSRecords` splits)
             rather than decode them here; `None` streams exactly the datasets
             whose images differ in size when no `image_size` is given.
 
     Returns:
         A `Dataset` named `tfds:<spec>` of unbatched `(image, label)` splits,
-        or of `imagenet.TFDSRecords` when streamed.
+        or of `TFDSRecords` when streamed.
 
     Raises:
         ValueError: for an unknown dataset, a malformed spec, a dataset without
@@ -228,9 +232,9 @@ def load(
     if streaming is None:
         streaming = image_size is None and None in tuple(image_feature.shape[:2])
     if streaming:
-        shape = (*imagenet._pair(image_size or imagenet.IMAGE_SIZE), 3)
+        shape = (*size_pair(image_size or transforms.IMAGE_SIZE), 3)
         if normalization == "auto" and mean_std is None:
-            mean_std = imagenet.NORMALIZATION  # what the ImageNet views use
+            mean_std = transforms.NORMALIZATION  # what the ImageNet views use
     else:
         preprocess = _preprocess_fn(mean_std, image_size)
         shape = _input_shape(image_feature.shape, image_size, name)
@@ -247,7 +251,7 @@ def load(
             )
             raise FileNotFoundError(message) from error
         if streaming:
-            return imagenet.TFDSRecords(builder, split)
+            return TFDSRecords(builder, split)
         return dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
 
     return Dataset(
@@ -259,6 +263,109 @@ def load(
         input_shape=shape,
         normalization=mean_std,
     )
+
+
+class TFDSRecords(StreamedSource):
+    """A TFDS split's encoded images and labels, read as a stream.
+
+    Images are read without decoding (`tfds.decode.SkipDecoding`). Epoch `e`'s
+    order: the split's files in an order seeded by `(seed, e)`, interleaved,
+    then a shuffle buffer of `shuffle_buffer` records seeded alike.
+
+    Args:
+        builder: a prepared `tfds.core.DatasetBuilder` with `image` and
+            `label` features.
+        split: a TFDS split expression, e.g. `"train[:98%]"`.
+        shuffle_buffer: records held in the shuffle buffer.
+        num_examples: the split's size; `None` reads it from the builder's
+            info, or counts the records when the info does not know it.
+    """
+
+    def __init__(
+        self, builder, split, shuffle_buffer=SHUFFLE_BUFFER, num_examples=None
+    ):
+        self.builder = builder
+        self.split = split
+        self.shuffle_buffer = shuffle_buffer
+        self.name = f"tfds:{builder.info.full_name}[{split}]"
+        self.num_examples = (
+            num_examples if num_examples is not None else self._count_examples()
+        )
+
+    def _count_examples(self):
+        try:
+            known = int(self.builder.info.splits[self.split].num_examples)
+        except (KeyError, ValueError, TypeError):
+            known = 0
+        if known > 0:
+            return known
+        return int(self._records().reduce(0, lambda count, _: count + 1))
+
+    def _records(self, shuffle_seed=None):
+        import tensorflow_datasets as tfds
+
+        read_config = tfds.ReadConfig(
+            shuffle_seed=shuffle_seed, shuffle_reshuffle_each_iteration=False
+        )
+        examples = self.builder.as_dataset(
+            split=self.split,
+            shuffle_files=shuffle_seed is not None,
+            decoders={"image": tfds.decode.SkipDecoding()},
+            read_config=read_config,
+        )
+        return examples.map(
+            lambda example: {
+                "image": example["image"],
+                "label": tf.cast(example["label"], tf.int32),
+            }
+        )
+
+    def keys(self):
+        return self._records()
+
+    def epoch_keys(self, seed, epoch):
+        epoch_seed = epoch_shuffle_seed(seed, epoch)
+        return self._records(epoch_seed).shuffle(
+            self.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False
+        )
+
+    def read(self, record):
+        return record["image"], record["label"]
+
+    def balanced_sample(
+        self, count, seed=sampling.SEED, scan_limit=sampling.SCAN_LIMIT
+    ):
+        """A class-balanced sample from a bounded read of the records.
+
+        The split's files are read in an order seeded by `seed`, interleaved
+        (TFDS reads 16 files at a time), and TFDS shuffled the examples across
+        its files when it prepared them, so the classes come mixed. Each class
+        keeps the first records it meets, up to its share of `count`, and the
+        read stops once the shares are filled (`sampling.fill_quotas`): for
+        ImageNet's 1,000 classes and `count=1000`, about 7,500 records. It
+        stops after `scan_limit` records in any case; a class not met by then
+        is short in the sample, or absent, and the other classes fill its
+        places. At most `2 * count` encoded images are held while reading; the
+        sample's are kept in memory (`EncodedRecords`). See
+        `StreamedSource.balanced_sample`.
+
+        Example:
+
+        >>> imagenet2012.train.balanced_sample(1000).num_examples
+        1000
+        """
+        num_classes = int(self.builder.info.features["label"].num_classes)
+        kept = sampling.fill_quotas(
+            self._records(shuffle_seed=seed).as_numpy_iterator(),
+            lambda record: record["label"],
+            num_classes,
+            count,
+            scan_limit,
+        )
+        labels = np.array([record["label"] for record in kept], np.int32)
+        chosen = sampling.balanced_indices(labels, count, seed)
+        images = [kept[index]["image"] for index in chosen]
+        return EncodedRecords(images, labels[chosen], name=f"{self.name}, balanced")
 
 
 def _split_outside_brackets(text, separator):
@@ -340,7 +447,7 @@ def _normalization(normalization, name, channels):
 
 
 def _preprocess_fn(mean_std, image_size):
-    size = _size_pair(image_size)
+    size = size_pair(image_size)
 
     def preprocess(example):
         image = example["image"]
@@ -353,17 +460,9 @@ def _preprocess_fn(mean_std, image_size):
     return preprocess
 
 
-def _size_pair(image_size):
-    if image_size is None:
-        return None
-    if isinstance(image_size, int):
-        return (image_size, image_size)
-    return tuple(int(side) for side in image_size)
-
-
 def _input_shape(feature_shape, image_size, name):
     height, width, channels = feature_shape
-    size = _size_pair(image_size)
+    size = size_pair(image_size)
     if size is not None:
         height, width = size
     if height is None or width is None or channels is None:

@@ -8,7 +8,7 @@ python -m keras_cskd.export --model=workdir/student.keras --dataset=digits \\
 int8 calibration uses the dataset's training split, the report its test split;
 for a streamed dataset (`tfds:imagenet2012`, or a folder with `--streaming`),
 class-balanced samples of `STREAMED_SAMPLE` images of each
-(`keras_cskd.data.imagenet.sample_views`), found without reading the splits.
+(`keras_cskd.data.streaming.sample_views`), found without reading the splits.
 Errors follow `keras_cskd.cli`: one line on stderr and exit code 1, for a usage
 error as for a bad file or format.
 """
@@ -135,12 +135,13 @@ def _export_and_evaluate(args):
 def _calibration_and_test(dataset):
     """The data to calibrate on and to measure on: the training and test
     splits, or class-balanced samples of them when they are streamed."""
-    from keras_cskd.data import imagenet
+    from keras_cskd.data import streaming
+    from keras_cskd.data.streamed_source import StreamedSource
 
-    if not isinstance(dataset.train, imagenet.ImageRecords):
+    if not isinstance(dataset.train, StreamedSource):
         return dataset.train, dataset.test
     return tuple(
-        imagenet.sample_views(
+        streaming.sample_views(
             records,
             STREAMED_SAMPLE,
             image_size=tuple(dataset.input_shape[:2]),

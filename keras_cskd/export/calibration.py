@@ -18,7 +18,7 @@ sampled uniformly from the examples scanned.
 seconds); a larger split costs no more, but a class that only appears after its
 first `SCAN_LIMIT` examples is not sampled. A streamed split (ImageNet's) is
 not scanned here: its own `balanced_sample` picks a balanced sample from its
-listing or from a bounded read (`keras_cskd.data.imagenet.ImageRecords`), and
+listing or from a bounded read (`keras_cskd.data.StreamedSource`), and
 that sample, decoded, is the data given here.
 
 `calibration_sample` also counts the sample's images per class, which the

@@ -1,30 +1,31 @@
-"""Batching, shuffling, augmentation and mixup for `fit`/`evaluate`."""
+"""The pipeline of decoded examples: batching, augmentation, mixup for `fit`.
 
-import functools
+`pipeline` batches an unbatched `(image, label)` `tf.data.Dataset` of decoded
+images (the embedded digits, TFDS datasets, image folders): shuffled by epoch
+and augmented per batch from stateless seeds (`keras_cskd.data.batching`).
+Streamed sources, whose images are decoded as they are read, have their own
+pipelines in `keras_cskd.data.streaming`.
+
+Example:
+
+>>> digits = keras_cskd.data.load("digits")
+>>> distiller.fit(pipeline(digits.train, 64, training=True, epochs=30), epochs=30)
+"""
 
 import numpy as np
 import tensorflow as tf
 
 from keras_cskd.data import augment
-
-# The fold-in of each random stream of a batch (`batch_seed`).
-WEAK_VIEW, STRONG_VIEW, MIXUP = 0, 1, 2
-
-
-def batch_seed(seed, epoch, step):
-    """The stateless seed of a resumable training batch.
-
-    Args:
-        seed: the pipeline's seed, an int.
-        epoch: the batch's epoch.
-        step: the batch's step within its epoch.
-
-    Returns:
-        The int64 `[2]` seed `fold_in([seed, 0], epoch, step)`; the batch's weak
-        view, strong view and mixup draw from `fold_in(it, WEAK_VIEW)`,
-        `fold_in(it, STRONG_VIEW)` and `fold_in(it, MIXUP)`.
-    """
-    return augment.fold_in(_base_seed(seed), epoch, step)
+from keras_cskd.data.batching import (
+    IMAGES,
+    MIXUP,
+    STRONG_VIEW,
+    TEACHER_LOGITS,
+    WEAK_VIEW,
+    epoch_batches,
+    reshuffled_batches,
+)
+from keras_cskd.data.stateless import fold_in
 
 
 def pipeline(
@@ -51,14 +52,15 @@ def pipeline(
     views, `((weak, strong), labels)`, for a `Distiller` with `view_weights`.
 
     All the randomness of a batch is stateless: the batch gets a seed,
-    `batch_seed(seed, epoch, step)` with `epochs`, and each view and the mixup
-    their own fold-in of it, passed to the layers' `augment(images, seed)`
-    (the protocol of `keras_cskd.data.augment`). A batch is thus a function of
-    `(seed, epoch, step)` alone, resumed or not, and the batches are augmented
-    in parallel, in order. A layer without `augment` (e.g. a Keras
-    preprocessing layer) is called with `training=True` instead, drawing from
-    its own generator; the batches are then augmented one at a time, in order,
-    to stay reproducible, and do not survive a resume.
+    `batching.batch_seed(seed, epoch, step)` with `epochs`, and each view and
+    the mixup their own fold-in of it, passed to the layers'
+    `augment(images, seed)` (the protocol of `keras_cskd.data.augment`). A
+    batch is thus a function of `(seed, epoch, step)` alone, resumed or not,
+    and the batches are augmented in parallel, in order. A layer without
+    `augment` (e.g. a Keras preprocessing layer) is called with
+    `training=True` instead, drawing from its own generator; the batches are
+    then augmented one at a time, in order, to stay reproducible, and do not
+    survive a resume.
 
     Args:
         dataset: unbatched `tf.data.Dataset` of `(image, label)`, or of
@@ -102,12 +104,12 @@ def pipeline(
     if not training:
         batches = dataset.batch(batch_size, drop_remainder=drop_remainder)
     elif epochs is not None:
-        batches = _epoch_batches(
+        batches = epoch_batches(
             dataset, batch_size, seed, drop_remainder, range(first_epoch, epochs)
         )
         batches = batches.skip(skip_steps)
     else:
-        batches = _reshuffled_batches(dataset, batch_size, seed, drop_remainder)
+        batches = reshuffled_batches(dataset, batch_size, seed, drop_remainder)
     if randomised:
         layers = [x for x in (augmentation, strong_augmentation) if x is not None]
         # Stateless layers run in parallel (tf.data keeps the order); layers with
@@ -136,36 +138,6 @@ def _check_options(dataset, randomised, strong_augmentation, mixup_alpha, classe
         raise ValueError("Mixup needs `num_classes` to one-hot the labels.")
 
 
-def _epoch_batches(dataset, batch_size, seed, drop_remainder, epochs):
-    """`(batch seed, batch)` pairs of one shuffled pass per epoch, each pass
-    seeded by (seed, epoch) alone (tf.data takes only Python seeds, hence the
-    chain of passes) and each batch by (seed, epoch, step)."""
-
-    def one_pass(epoch):
-        batches = dataset.shuffle(
-            _buffer(dataset),
-            seed=seed * 1_000_003 + epoch,
-            reshuffle_each_iteration=False,
-        ).batch(batch_size, drop_remainder=drop_remainder)
-        return batches.enumerate().map(
-            lambda step, batch: (batch_seed(seed, epoch, step), batch)
-        )
-
-    return functools.reduce(tf.data.Dataset.concatenate, map(one_pass, epochs))
-
-
-def _reshuffled_batches(dataset, batch_size, seed, drop_remainder):
-    """`(batch seed, batch)` pairs, reshuffled and reseeded on every pass."""
-    batches = dataset.shuffle(
-        _buffer(dataset), seed=seed, reshuffle_each_iteration=True
-    ).batch(batch_size, drop_remainder=drop_remainder)
-    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    base = _base_seed(seed)
-    return tf.data.Dataset.zip(keys, batches).map(
-        lambda key, batch: (augment.fold_in(base, key), batch)
-    )
-
-
 def _randomiser(augmentation, strong_augmentation, mixup_alpha, num_classes):
     """The map from `(batch seed, (images, labels))` to the training batch."""
 
@@ -173,7 +145,7 @@ def _randomiser(augmentation, strong_augmentation, mixup_alpha, num_classes):
         if layer is None:
             return images
         if hasattr(layer, "augment"):
-            return layer.augment(images, augment.fold_in(key, stream))
+            return layer.augment(images, fold_in(key, stream))
         return layer(images, training=True)
 
     def randomise(key, batch):
@@ -184,17 +156,10 @@ def _randomiser(augmentation, strong_augmentation, mixup_alpha, num_classes):
             return (weak, strong), labels
         if mixup_alpha > 0:
             one_hot = tf.one_hot(labels, num_classes)
-            return augment.mix_up(
-                weak, one_hot, mixup_alpha, augment.fold_in(key, MIXUP)
-            )
+            return augment.mix_up(weak, one_hot, mixup_alpha, fold_in(key, MIXUP))
         return weak, labels
 
     return randomise
-
-
-def _buffer(dataset):
-    size = int(dataset.cardinality())
-    return size if size > 0 else 10_000
 
 
 def with_teacher_logits(dataset, teacher, batch_size=256):
@@ -226,19 +191,15 @@ def with_teacher_logits(dataset, teacher, batch_size=256):
     logits = teacher.predict(images, verbose=0).astype("float32")
     return tf.data.Dataset.zip(dataset, tf.data.Dataset.from_tensor_slices(logits)).map(
         lambda example, teacher_logits: (
-            {"images": example[0], "teacher_logits": teacher_logits},
+            {IMAGES: example[0], TEACHER_LOGITS: teacher_logits},
             example[1],
         )
     )
 
 
-def _base_seed(seed):
-    return tf.constant([0 if seed is None else seed, 0], tf.int64)
-
-
 def _has_teacher_logits(dataset):
     inputs = dataset.element_spec[0]
-    return isinstance(inputs, dict) and "teacher_logits" in inputs
+    return isinstance(inputs, dict) and TEACHER_LOGITS in inputs
 
 
 def to_numpy(dataset):

@@ -3,7 +3,7 @@
 import numpy as np
 
 from keras_cskd import checks
-from keras_cskd.data.imagenet import ImageRecords
+from keras_cskd.data.streamed_source import StreamedSource
 
 
 def check_dataset(dataset):
@@ -20,7 +20,7 @@ def check_dataset(dataset):
         if examples is None:
             continue
         where = f"The '{split}' split of dataset '{dataset.name}'"
-        if isinstance(examples, ImageRecords):  # streamed: counted, not read
+        if isinstance(examples, StreamedSource):  # streamed: counted, not read
             if examples.num_examples == 0:
                 raise ValueError(f"{where} is empty.")
             continue
