@@ -122,26 +122,15 @@ def train_pipeline(
         )
     part, local_batch = _part(batch_size, input_context)
 
-    def one_epoch(epoch, first_step):
-        batches = source.epoch_keys(seed, epoch).batch(batch_size, drop_remainder=True)
-        batches = batches.enumerate().skip(first_step)
-
-        def own_part(step, keys):
-            keys = tf.nest.map_structure(lambda key: key[part[0] : part[1]], keys)
-            count = part[1] - part[0]
-            return tf.data.Dataset.from_tensor_slices(
-                (
-                    keys,
-                    tf.fill([count], tf.constant(epoch, tf.int64)),
-                    tf.fill([count], step),
-                    tf.range(part[0], part[1], dtype=tf.int64),
-                )
-            )
-
-        return batches.flat_map(own_part)
-
     examples = chain_epochs(
-        lambda epoch: one_epoch(epoch, skip_steps if epoch == first_epoch else 0),
+        lambda epoch: _epoch_part(
+            source,
+            seed,
+            epoch,
+            skip_steps if epoch == first_epoch else 0,
+            batch_size,
+            part,
+        ),
         range(first_epoch, epochs),
     )
 
@@ -240,6 +229,28 @@ def sample_views(
         image_size=image_size,
         normalization=normalization,
     ).unbatch()
+
+
+def _epoch_part(source, seed, epoch, first_step, batch_size, part):
+    """`(key, epoch, step, position)` of this pipeline's `part` of every global
+    batch of one epoch, from step `first_step`: only its keys are read."""
+    batches = source.epoch_keys(seed, epoch).batch(batch_size, drop_remainder=True)
+    batches = batches.enumerate().skip(first_step)
+    start, stop = part
+
+    def own_part(step, keys):
+        keys = tf.nest.map_structure(lambda key: key[start:stop], keys)
+        count = stop - start
+        return tf.data.Dataset.from_tensor_slices(
+            (
+                keys,
+                tf.fill([count], tf.constant(epoch, tf.int64)),
+                tf.fill([count], step),
+                tf.range(start, stop, dtype=tf.int64),
+            )
+        )
+
+    return batches.flat_map(own_part)
 
 
 def _part(batch_size, input_context):
