@@ -16,6 +16,7 @@ from keras_cskd.data import augment
 from keras_cskd.data import folder as folder_source
 from keras_cskd.data import tfds as tfds_source
 from keras_cskd.data.batching import MIXUP, STRONG_VIEW, WEAK_VIEW, batch_seed
+from keras_cskd.data.dataset import size_pair
 
 CIFAR_STATISTICS = {
     "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
@@ -200,6 +201,19 @@ def test_the_views_draw_from_their_own_streams():
     for view, stream in ((weak, WEAK_VIEW), (strong, STRONG_VIEW)):
         expected = layer.augment(images, augment.fold_in(seed, stream))
         np.testing.assert_array_equal(view, expected)
+
+
+def test_a_pipeline_with_no_epochs_left_is_refused_in_one_line():
+    examples = tf.data.Dataset.from_tensor_slices((np.zeros((4, 2, 2, 1)), [0] * 4))
+    with pytest.raises(ValueError, match=r"No epochs to train: range\(3, 3\)"):
+        data.pipeline(examples, 2, training=True, epochs=3, first_epoch=3)
+
+
+def test_an_image_size_is_a_pair_of_ints():
+    assert size_pair(32) == (32, 32)
+    assert size_pair([24, np.int64(40)]) == (24, 40)
+    assert size_pair(np.int32(8)) == (8, 8)
+    assert size_pair(None) is None
 
 
 def test_a_pipeline_without_epochs_draws_anew_on_every_pass():

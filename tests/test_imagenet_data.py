@@ -15,6 +15,7 @@ one level on 17% of the values. Nothing here touches the network.
 import io
 import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import PIL
@@ -28,6 +29,7 @@ from keras_cskd import data, distribute
 from keras_cskd.data import streaming, transforms
 from keras_cskd.data.batching import WEAK_VIEW, batch_seed
 from keras_cskd.data.stateless import fold_in
+from keras_cskd.data.streamed_source import StreamedSource
 from keras_cskd.data.tfds import NORMALIZATION
 
 GOLDEN = "golden/imagenet_transforms.npz"
@@ -356,6 +358,41 @@ def test_a_batch_is_the_transform_of_the_epoch_order(streamed, uninterrupted):
             expected = transforms.train_transform(encoded, seed, image_size=16)
             np.testing.assert_array_equal(images[k], expected.numpy())
             assert labels[k] == records.labels[index]
+
+
+class _Reversed(StreamedSource):
+    """A streamed source of the interface alone: every odd epoch reversed."""
+
+    def __init__(self, files, labels):
+        self.images = [file.read_bytes() for file in files]
+        self.labels = np.asarray(labels, np.int32)
+        self.name, self.num_examples = "reversed", len(self.images)
+
+    def keys(self):
+        return tf.data.Dataset.range(self.num_examples)
+
+    def epoch_keys(self, seed, epoch):
+        order = np.arange(self.num_examples)
+        return tf.data.Dataset.from_tensor_slices(order[:: -1 if epoch % 2 else 1])
+
+    def read(self, key):
+        return tf.gather(self.images, key), tf.gather(self.labels, key)
+
+
+def test_a_new_streamed_source_needs_only_keys_epoch_keys_and_read(streamed):
+    files = [Path(path) for path in streamed.train.paths[:16]]
+    source = _Reversed(files, streamed.train.labels[:16])
+    batches = _train(source, epochs=2)
+    assert len(batches) == 4  # 2 epochs of 2 batches
+    images, labels = batches[2]  # epoch 1, step 0: the last 8, reversed
+    for k in range(8):
+        seed = fold_in(batch_seed(5, 1, 0), WEAK_VIEW, k)
+        expected = transforms.train_transform(source.images[15 - k], seed, 16)
+        np.testing.assert_array_equal(images[k], expected.numpy())
+        assert labels[k] == source.labels[15 - k]
+    _assert_same(_train(source, epochs=2, first_epoch=1, skip_steps=1), batches[3:])
+    (images, labels), *_ = _arrays(streaming.eval_pipeline(source, 16, image_size=16))
+    np.testing.assert_array_equal(labels, source.labels)
 
 
 def test_every_epoch_visits_every_example_in_its_own_order(uninterrupted):
