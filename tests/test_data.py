@@ -690,7 +690,7 @@ def test_digits_augmentation_shifts_by_whole_pixels_with_zero_fill():
 
 
 def test_names_list_every_source():
-    assert data.names() == ["digits", "tfds:<name>", "folder:<path>"]
+    assert data.names() == ["digits", "folder:<path>", "tfds:<name>"]
 
 
 def test_unknown_name_is_a_clear_error():

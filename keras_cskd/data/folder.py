@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from keras_cskd.data import imagenet
 from keras_cskd.data.dataset import Dataset
+from keras_cskd.data.sources import register
 
 SPLITS = ("train", "validation", "test")
 LAYOUT = (
@@ -27,6 +28,7 @@ LAYOUT = (
 )
 
 
+@register("folder:<path>")
 def load(path, validation_fraction=0.0, seed=0, image_size=None, streaming=False):
     """Loads an image-classification folder.
 

@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from keras_cskd.data import imagenet
 from keras_cskd.data.dataset import Dataset, normalize
+from keras_cskd.data.sources import register
 
 # Per-channel mean and standard deviation of the training images in [0, 1].
 NORMALIZATION = {
@@ -111,6 +112,7 @@ def parse_spec(spec):
     return name, version, splits
 
 
+@register("tfds:<name>")
 def load(
     spec,
     data_dir=None,
