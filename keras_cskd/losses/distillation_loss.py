@@ -93,6 +93,11 @@ class DistillationLoss(keras.distillation.DistillationLoss):
         `project_student`)."""
         return self.compute_loss(teacher_outputs, projected_student_outputs, **kwargs)
 
+    @classmethod
+    def from_config(cls, config):
+        """The loss `get_config()` describes (its `__init__` arguments)."""
+        return cls(**config)
+
     def student_logits_for_ce(self, student_logits):
         """The logits the student's cross-entropy uses (its own by default;
         `SKD(normalize_student_ce=True)` gives its normalised logits)."""
