@@ -2,7 +2,7 @@
 
 Sources (`load(name)`): `"digits"` (embedded), `"tfds:<spec>"` (TensorFlow
 Datasets, never downloaded unless asked) and `"folder:<path>"` (image folders);
-`register` adds one (keras_cskd.data.sources, docs/extending.md).
+`register` adds one (keras_cskd.data.registry, docs/extending.md).
 """
 
 from keras_cskd.data import digits, folder, tfds  # noqa: F401  (register themselves)
@@ -24,7 +24,7 @@ from keras_cskd.data.imagenet import (
 )
 from keras_cskd.data.pipeline import pipeline, to_numpy, with_teacher_logits
 from keras_cskd.data.randaugment import ReferenceRandAugment
-from keras_cskd.data.sources import load, names, register
+from keras_cskd.data.registry import load, names, register
 
 __all__ = [
     "Dataset",

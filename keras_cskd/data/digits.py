@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 from keras_cskd.data.dataset import Dataset
-from keras_cskd.data.sources import register
+from keras_cskd.data.registry import register
 
 # The digits split: stratified by class with a fixed seed, 70% train, 15%
 # validation, 15% test (1257 / 270 / 270 of the 1797 images).

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from keras_cskd.data import imagenet
 from keras_cskd.data.dataset import Dataset
-from keras_cskd.data.sources import register
+from keras_cskd.data.registry import register
 
 SPLITS = ("train", "validation", "test")
 LAYOUT = (

@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from keras_cskd.data import imagenet
 from keras_cskd.data.dataset import Dataset, normalize
-from keras_cskd.data.sources import register
+from keras_cskd.data.registry import register
 
 # Per-channel mean and standard deviation of the training images in [0, 1].
 NORMALIZATION = {
