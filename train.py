@@ -3,7 +3,7 @@
     python train.py                                   # configs/digits_cskd.py
     python train.py --config=configs/digits_kd.py --config.epochs=5
     python train.py --config=configs/digits_teacher.py   # rebuild the teacher
-    python train.py --list                            # methods, models, configs
+    python train.py --list                # losses, models, datasets, configs
 
 Everything goes under --workdir (default runs/<config name>): config.json,
 log.csv, tensorboard/, student.keras, export/, summary.json and manifest.json
@@ -64,7 +64,9 @@ _LOGICAL_CPUS = flags.DEFINE_integer(
     "Split the CPU into this many logical devices (testing "
     "MirroredStrategy without GPUs); 0 leaves it whole.",
 )
-_LIST = flags.DEFINE_bool("list", False, "List methods, models and configs, then exit.")
+_LIST = flags.DEFINE_bool(
+    "list", False, "List the losses, models, datasets and configs, then exit."
+)
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite",
     False,
@@ -78,6 +80,26 @@ _SEEDS = flags.DEFINE_list(
     "again, finished seeds are kept and an interrupted one resumes.",
 )
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of errors.")
+
+
+def listing():
+    """The --list lines: what a config can name, registry by registry
+    (`register` in keras_cskd.losses, .models, .data adds to them)."""
+    from keras_cskd import data, losses, models
+
+    registries = {
+        "losses": ["scratch", *losses.names()],  # loss.method (scratch: no teacher)
+        "models": models.names(),  # model
+        "datasets": data.names(),  # data.name
+        # The augmentations (data.augmentation) go here once they are named.
+    }
+    configs = sorted(p.stem for p in Path(__file__).parent.glob("configs/*.py"))
+    registries["configs"] = configs  # --config=configs/<name>.py
+    width = max(map(len, registries)) + 2
+    return [
+        f"{label + ':':<{width}}{', '.join(names)}"
+        for label, names in registries.items()
+    ]
 
 
 def main(argv):
@@ -96,13 +118,10 @@ def main(argv):
 
         distribute.split_cpu(_LOGICAL_CPUS.value)
     from keras_cskd import config as config_module
-    from keras_cskd import losses, models, training
+    from keras_cskd import training
 
     if _LIST.value:
-        configs = sorted(p.stem for p in Path(__file__).parent.glob("configs/*.py"))
-        print("methods:", "scratch,", ", ".join(losses.names()))
-        print("models: ", ", ".join(models.names()))
-        print("configs:", ", ".join(configs))
+        print("\n".join(listing()))
         return 0
     try:
         config = _CONFIG.value  # a config file that failed to load raises here

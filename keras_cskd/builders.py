@@ -9,6 +9,9 @@ from keras_cskd.distiller import Distiller
 def build_loss(loss_config):
     """The distillation loss a `config.loss` block describes.
 
+    `loss.cswt=True` puts `CSWT(loss.t_min, loss.t_max)` in the argument the
+    loss declares as its `cswt_argument`; a loss that declares none refuses it.
+
     Example:
 
     >>> build_loss(loss_config("dkd", temperature=4.0, beta=8.0))
@@ -18,10 +21,16 @@ def build_loss(loss_config):
     method = options.pop("method")
     cswt_on = options.pop("cswt", False)
     cswt = losses.CSWT(options.pop("t_min", 2.0), options.pop("t_max", 6.0))
-    if method in ("cskd", "two_view_cskd"):
-        options["cswt"] = cswt if cswt_on else None
-    elif cswt_on:
-        options["temperature"] = cswt
+    argument = getattr(losses.get_class(method), "cswt_argument", None)
+    if cswt_on and argument is None:
+        raise ValueError(
+            f"The {method} loss takes no CSWT: set loss.cswt=False (only the "
+            "losses whose temperature may be per-sample take one)."
+        )
+    if cswt_on:
+        options[argument] = cswt
+    elif argument not in (None, "temperature"):  # a CSWT-only argument: off
+        options[argument] = None
     return losses.get(method, **options)
 
 

@@ -9,12 +9,14 @@ from keras import ops
 from keras_cskd import losses as losses_module
 from keras_cskd.callbacks import EpochCounter, RefuseEmptyEpochs, trained_weights
 from keras_cskd.checks import class_labels, non_negative_number
-from keras_cskd.losses.distillation_loss import spec
+from keras_cskd.losses.distillation_loss import as_distillation_loss
 from keras_cskd.metrics import Means
 
 # Keys of an input batch that carries cached teacher logits.
 IMAGES = "images"
 CACHED_TEACHER_LOGITS = "teacher_logits"
+# Key of each example's dataset index, for losses with `uses_sample_indices`.
+SAMPLE_INDICES = "sample_indices"
 # The student's logits among its outputs when feature losses need more.
 LOGITS = "logits"
 # What every step logs (global values, averaged over the epoch's samples).
@@ -93,6 +95,8 @@ class Distiller(keras.Model):
     Inputs (or each view) may also carry precomputed teacher logits,
     `x = {"images": ..., "teacher_logits": ...}` (see
     `keras_cskd.data.with_teacher_logits`): the teacher then does not run.
+    A loss with `uses_sample_indices` (CRD) needs each example's dataset
+    index in the inputs, `x = {"images": ..., "sample_indices": ...}`.
 
     Example:
 
@@ -149,6 +153,14 @@ class Distiller(keras.Model):
             student, "student", self.distillation_losses
         )
         self.loss_layers = self._build_loss_layers()
+        self._index_loss = next(
+            (
+                type(loss).__name__
+                for loss in self.distillation_losses
+                if as_distillation_loss(loss).uses_sample_indices
+            ),
+            None,
+        )
         # The 1-based epoch number, for losses that change over training (DKD's
         # warm-up); `fit` keeps it current, `train_on_batch` takes it.
         self.epoch = self.add_weight(
@@ -232,7 +244,7 @@ class Distiller(keras.Model):
             self.epoch.assign(float(epoch))
         elif not self._in_fit:
             for loss in self.distillation_losses:
-                if spec(loss).uses_epoch:
+                if as_distillation_loss(loss).uses_epoch:
                     raise ValueError(
                         f"{type(loss).__name__} changes with the epoch, which only "
                         "fit() counts: call train_on_batch(..., epoch=N) (1-based)."
@@ -317,6 +329,8 @@ class Distiller(keras.Model):
         return [_View.of(x)]
 
     def _teacher_outputs(self, view):
+        """The teacher's outputs as a dict, with the batch's sample indices
+        when a loss uses them (gathered across replicas with the outputs)."""
         if view.teacher_logits is not None:
             if self._teacher_outputs_model is not self.teacher:
                 raise ValueError(
@@ -326,7 +340,16 @@ class Distiller(keras.Model):
             outputs = view.teacher_logits
         else:
             outputs = self._teacher_outputs_model(view.images, training=False)
-        return keras.tree.map_structure(ops.stop_gradient, _float32(_as_dict(outputs)))
+        outputs = dict(_as_dict(outputs))
+        if self._index_loss is not None:
+            if view.sample_indices is None:
+                raise ValueError(
+                    f"{self._index_loss} needs each example's dataset index: give "
+                    f"batches whose inputs are {{'{IMAGES}': ..., "
+                    f"'{SAMPLE_INDICES}': ...}}."
+                )
+            outputs[SAMPLE_INDICES] = view.sample_indices
+        return keras.tree.map_structure(ops.stop_gradient, _float32(outputs))
 
     def _combined_terms(self, y, teacher_outputs, student_outputs):
         """Global values of every term, identical on every replica.
@@ -352,7 +375,7 @@ class Distiller(keras.Model):
         for index, (loss, name) in enumerate(
             zip(self.distillation_losses, self._loss_names(), strict=True)
         ):
-            if spec(loss).num_views > 1:
+            if as_distillation_loss(loss).num_views > 1:
                 views = [(teachers, students, labels[0], None)]
                 view_weights = (1.0,)
             else:
@@ -399,59 +422,67 @@ class Distiller(keras.Model):
         gradients then come from this replica's rows only, like the student's."""
         outputs = _float32(_as_dict(student_outputs))
         for index, loss in enumerate(self.distillation_losses):
-            loss_spec = spec(loss)
-            if loss_spec.layers:
-                outputs[_projected_key(index)] = loss_spec.project_student(
-                    outputs[loss_spec.student_layer_name or LOGITS]
+            adapted = as_distillation_loss(loss)
+            if adapted.layers:
+                outputs[_projected_key(index)] = adapted.project_student(
+                    outputs[adapted.student_layer_name or LOGITS]
                 )
         return outputs
 
     def _cross_entropy(self, labels, student_logits):
         for loss in self.distillation_losses:
             # SKD can ask for its normalised logits in the cross-entropy too.
-            student_logits = spec(loss).student_logits_for_ce(student_logits)
+            student_logits = as_distillation_loss(loss).student_logits_for_ce(
+                student_logits
+            )
         return ops.mean(cross_entropy(labels, student_logits))
 
     def _loss_value(self, index, teacher, student, labels, replica_ids):
         """Loss `index` on one view (or, for `num_views > 1`, on all views)."""
-        loss_spec = spec(self.distillation_losses[index])
-        teacher_key = loss_spec.teacher_layer_name or LOGITS
-        student_key = loss_spec.student_layer_name or LOGITS
-        if loss_spec.layers:
+        adapted = as_distillation_loss(self.distillation_losses[index])
+        teacher_key = adapted.teacher_layer_name or LOGITS
+        student_key = adapted.student_layer_name or LOGITS
+        if adapted.layers:
             student_key = _projected_key(index)
+        # The rows' sample indices (the same in every view), as a loss input.
+        extra = {}
+        if adapted.uses_sample_indices:
+            first = teacher[0] if isinstance(teacher, list) else teacher
+            extra["sample_indices"] = first[SAMPLE_INDICES]
         if isinstance(teacher, list):  # a loss over all views
             if len(teacher) == 1:  # evaluation's one view serves as each
-                teacher, student = (v * loss_spec.num_views for v in (teacher, student))
+                teacher, student = (v * adapted.num_views for v in (teacher, student))
             teacher = [t[teacher_key] for t in teacher]
             student = [s[student_key] for s in student]
         else:
             teacher, student = teacher[teacher_key], student[student_key]
-        if replica_ids is not None and not loss_spec.global_batch:
+        if replica_ids is not None and not adapted.global_batch:
             return self._mean_over_shards(
-                loss_spec, teacher, student, labels, replica_ids
+                adapted, (teacher, student, labels, extra), replica_ids
             )
-        return self._scalar_loss(loss_spec, teacher, student, labels)
+        return self._scalar_loss(adapted, teacher, student, labels, extra)
 
-    def _mean_over_shards(self, loss_spec, teacher, student, labels, replica_ids):
-        """The loss of each replica's shard, averaged by shard size."""
+    def _mean_over_shards(self, adapted, inputs, replica_ids):
+        """The loss of each replica's shard of `inputs` (teacher, student,
+        labels, extra inputs), averaged by shard size."""
         from keras_cskd import distribute
 
         total = ops.zeros(())
-        for shard, shard_size in distribute.shards(
-            (teacher, student, labels), replica_ids
-        ):
-            loss = self._scalar_loss(loss_spec, *shard)
+        for shard, shard_size in distribute.shards(inputs, replica_ids):
+            loss = self._scalar_loss(adapted, *shard)
             total += ops.where(shard_size > 0, loss * shard_size, 0.0)
-        return total / ops.cast(ops.shape(labels)[0], "float32")
+        return total / ops.cast(ops.shape(inputs[2])[0], "float32")
 
-    def _scalar_loss(self, loss_spec, teacher, student, labels):
+    def _scalar_loss(self, adapted, teacher, student, labels, extra):
         kwargs = {"labels": labels}
-        if loss_spec.uses_epoch:
+        if adapted.uses_epoch:
             kwargs["epoch"] = self.epoch
-        loss = loss_spec.compare(teacher, student, **kwargs)
+        if adapted.uses_sample_indices:
+            kwargs["sample_indices"] = ops.cast(extra["sample_indices"], "int32")
+        loss = adapted.compare(teacher, student, **kwargs)
         if len(getattr(loss, "shape", ())) != 0:
             raise ValueError(
-                f"{type(loss_spec).__name__}.compute_loss must return a scalar, "
+                f"{type(adapted).__name__}.compute_loss must return a scalar, "
                 f"got shape {loss.shape}."
             )
         return ops.cast(loss, "float32")
@@ -472,12 +503,12 @@ class Distiller(keras.Model):
         the outputs it compares; the Distiller tracks and trains them."""
         layers = []
         for loss in self.distillation_losses:
-            loss_spec = spec(loss)
-            loss_spec.build(
-                _output_shape(self.teacher, loss_spec.teacher_layer_name),
-                _output_shape(self.student, loss_spec.student_layer_name),
+            adapted = as_distillation_loss(loss)
+            adapted.build(
+                _output_shape(self.teacher, adapted.teacher_layer_name),
+                _output_shape(self.student, adapted.student_layer_name),
             )
-            layers.extend(loss_spec.layers)
+            layers.extend(adapted.layers)
         return layers
 
     def get_config(self):
@@ -512,15 +543,17 @@ class Distiller(keras.Model):
 
 
 class _View:
-    """One view of a batch: its images, and the teacher's logits if cached."""
+    """One view of a batch: its images, the teacher's logits if cached, and
+    each example's dataset index if given."""
 
-    def __init__(self, images, teacher_logits=None):
+    def __init__(self, images, teacher_logits=None, sample_indices=None):
         self.images, self.teacher_logits = images, teacher_logits
+        self.sample_indices = sample_indices
 
     @classmethod
     def of(cls, x):
-        if isinstance(x, dict) and CACHED_TEACHER_LOGITS in x:
-            return cls(x[IMAGES], x[CACHED_TEACHER_LOGITS])
+        if isinstance(x, dict) and (CACHED_TEACHER_LOGITS in x or SAMPLE_INDICES in x):
+            return cls(x[IMAGES], x.get(CACHED_TEACHER_LOGITS), x.get(SAMPLE_INDICES))
         return cls(x)
 
 
@@ -682,7 +715,7 @@ def _outputs_model(model, role, losses):
     """`model`, or a model of its logits and the layers the losses compare."""
     layer_losses = {}
     for loss in losses:
-        layer_name = getattr(spec(loss), f"{role}_layer_name")
+        layer_name = getattr(as_distillation_loss(loss), f"{role}_layer_name")
         if layer_name is not None:
             layer_losses.setdefault(layer_name, type(loss).__name__)
     if not layer_losses:

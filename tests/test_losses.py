@@ -570,7 +570,7 @@ def test_registry_builds_each_loss(name, loss_class):
 def test_registry_unknown_name_lists_the_known_ones():
     with pytest.raises(
         ValueError,
-        match="Known methods: attention_transfer, cskd, dist, dkd, feature_distil",
+        match="Known distillation methods: attention_transfer, cskd, dist, dkd, feat",
     ):
         keras_cskd.losses.get("fitnet")
 

@@ -3,6 +3,7 @@
 import tensorflow as tf
 
 from keras_cskd.data.dataset import Dataset
+from keras_cskd.data.registry import register
 
 # The digits split: stratified by class with a fixed seed, 70% train, 15%
 # validation, 15% test (1257 / 270 / 270 of the 1797 images).
@@ -40,8 +41,24 @@ def digits_arrays():
     }
 
 
-def load():
-    """The digits `Dataset`: 10 classes, `[8, 8, 1]` images in [0, 1]."""
+@register("digits")
+def load(validation_fraction=0.0, **options):
+    """The digits `Dataset`: 10 classes, `[8, 8, 1]` images in [0, 1].
+
+    It has its own validation split and no options: both are refused.
+    """
+    if options:
+        raise ValueError(
+            f"The digits dataset takes no options, got {options}: remove them "
+            "(train.py: leave data.image_size, data.manual_dir and data.streaming "
+            "unset)."
+        )
+    if validation_fraction:
+        raise ValueError(
+            "The digits dataset has its own validation split (15% of the images, "
+            f"stratified), so validation_fraction={validation_fraction} would "
+            "be ignored: leave it at 0 (train.py: data.validation_fraction)."
+        )
     splits = {
         split: tf.data.Dataset.from_tensor_slices(arrays)
         for split, arrays in digits_arrays().items()

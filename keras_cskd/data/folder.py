@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from keras_cskd.data import sampling, transforms
 from keras_cskd.data.dataset import Dataset, size_pair
+from keras_cskd.data.registry import register
 from keras_cskd.data.stateless import fold_in
 from keras_cskd.data.streamed_source import StreamedSource
 
@@ -33,6 +34,7 @@ LAYOUT = (
 _ORDER_STREAM = 1
 
 
+@register("folder:<path>")
 def load(path, validation_fraction=0.0, seed=0, image_size=None, streaming=False):
     """Loads an image-classification folder.
 

@@ -39,6 +39,7 @@ import tensorflow as tf
 from keras_cskd.data import sampling, transforms
 from keras_cskd.data.batching import epoch_shuffle_seed
 from keras_cskd.data.dataset import Dataset, normalize, size_pair
+from keras_cskd.data.registry import register
 from keras_cskd.data.streamed_source import EncodedRecords, StreamedSource
 
 # Per-channel mean and standard deviation of the training images in [0, 1].
@@ -115,6 +116,7 @@ def parse_spec(spec):
     return name, version, splits
 
 
+@register("tfds:<name>")
 def load(
     spec,
     data_dir=None,

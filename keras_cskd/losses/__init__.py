@@ -1,54 +1,35 @@
-"""Distillation losses and the CSWT temperature, as specified in docs/methods.md."""
+"""Distillation losses and the CSWT temperature, as specified in docs/methods.md.
+
+Each loss module registers its class with `@register("name")`, so importing
+it is what makes `get("name")` find it; the imports below register the
+package's own. docs/extending.md adds one from outside the package.
+"""
 
 from keras_cskd.losses.attention_transfer import AttentionTransfer
-from keras_cskd.losses.base import LogitsDistillationLoss
 from keras_cskd.losses.cskd import CSKD
 from keras_cskd.losses.cswt import CSWT
 from keras_cskd.losses.dist import DIST
+from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.dkd import DKD
 from keras_cskd.losses.feature_distillation import FeatureDistillation
 from keras_cskd.losses.kd import KD
+from keras_cskd.losses.logit_loss import LogitLoss
 from keras_cskd.losses.lskd import LSKD
+from keras_cskd.losses.registry import get, get_class, names, register
 from keras_cskd.losses.skd import SKD
 from keras_cskd.losses.two_view_cskd import TwoViewCSKD
 
-_LOSSES = {
-    "kd": KD,
-    "cskd": CSKD,
-    "skd": SKD,
-    "lskd": LSKD,
-    "dkd": DKD,
-    "dist": DIST,
-    "two_view_cskd": TwoViewCSKD,
-    "feature_distillation": FeatureDistillation,
-    "attention_transfer": AttentionTransfer,
-}
+# Old spellings: the new name, refused with it (nothing saved refers to them).
+RENAMED = {"LogitsDistillationLoss": "LogitLoss"}
 
 
-def names():
-    """Returns the names `get` accepts, e.g. `["cskd", "kd"]`."""
-    return sorted(_LOSSES)
-
-
-def get_class(name):
-    """The loss class called `name` (case-insensitive), e.g. `KD` for "kd"."""
-    key = str(name).lower()
-    if key not in _LOSSES:
-        raise ValueError(
-            f"Unknown distillation method '{name}'. Known methods: "
-            f"{', '.join(names())}."
+def __getattr__(name):
+    if name in RENAMED:
+        raise AttributeError(
+            f"keras_cskd.losses.{name} is now keras_cskd.losses.{RENAMED[name]} "
+            f"(keras_cskd/losses/logit_loss.py): use {RENAMED[name]}."
         )
-    return _LOSSES[key]
-
-
-def get(name, **kwargs):
-    """Builds a distillation loss by (case-insensitive) name.
-
-    Example:
-
-    >>> loss = keras_cskd.losses.get("kd", temperature=4.0)
-    """
-    return get_class(name)(**kwargs)
+    raise AttributeError(f"module 'keras_cskd.losses' has no attribute '{name}'")
 
 
 __all__ = [
@@ -57,13 +38,15 @@ __all__ = [
     "CSWT",
     "DIST",
     "DKD",
+    "DistillationLoss",
     "FeatureDistillation",
     "KD",
     "LSKD",
-    "LogitsDistillationLoss",
+    "LogitLoss",
     "SKD",
     "TwoViewCSKD",
     "get",
     "get_class",
     "names",
+    "register",
 ]

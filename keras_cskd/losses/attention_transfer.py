@@ -6,6 +6,7 @@ from keras import ops
 from keras_cskd.checks import positive_number
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.feature_distillation import check_named_layers
+from keras_cskd.losses.registry import register
 
 # F.normalize's eps: `x / max(|x|, 1e-12)`, computed as `x / sqrt(max(|x|^2, 1e-24))`
 # so that an all-zero map has a zero, not a NaN, gradient.
@@ -39,6 +40,7 @@ def average_pool_to(features, height, width):
     return ops.mean(blocks, axis=(2, 4))
 
 
+@register("attention_transfer")
 @keras.saving.register_keras_serializable(package="keras_cskd")
 class AttentionTransfer(DistillationLoss):
     """Attention transfer (Zagoruyko & Komodakis, 2017), as in mdistiller's AT.

@@ -4,13 +4,15 @@ import keras
 from keras import ops
 
 from keras_cskd.checks import non_negative_number
-from keras_cskd.losses.base import LogitsDistillationLoss
 from keras_cskd.losses.cswt import CSWT
 from keras_cskd.losses.functional import cosine_similarity
+from keras_cskd.losses.logit_loss import LogitLoss
+from keras_cskd.losses.registry import register
 
 
+@register("cskd")
 @keras.saving.register_keras_serializable(package="keras_cskd")
-class CSKD(LogitsDistillationLoss):
+class CSKD(LogitLoss):
     """Cosine similarity knowledge distillation (Ham et al., 2023).
 
     For each class `c` it compares the *batch predictions* `P[:, c]` of the
@@ -35,7 +37,7 @@ class CSKD(LogitsDistillationLoss):
             `CSWT(2, 6)`), or `None` for the fixed-temperature term alone.
         alpha: weight of each term (default 2).
         multi_level: add the class-Gram and batch-Gram cosine parts.
-        global_batch: see `LogitsDistillationLoss`.
+        global_batch: see `LogitLoss`.
 
     Example:
 
@@ -43,6 +45,9 @@ class CSKD(LogitsDistillationLoss):
     >>> fixed_only = CSKD(temperature=4.0, cswt=None)
     >>> paper.compute_loss(teacher_logits, student_logits)   # a scalar
     """
+
+    # The CSWT term is the `cswt` argument (a config's `loss.cswt` sets it).
+    cswt_argument = "cswt"
 
     def __init__(
         self,

@@ -4,8 +4,9 @@ import keras
 from keras import ops
 
 from keras_cskd.checks import non_negative_number
-from keras_cskd.losses.base import LogitsDistillationLoss
 from keras_cskd.losses.functional import cosine_similarity
+from keras_cskd.losses.logit_loss import LogitLoss
+from keras_cskd.losses.registry import register
 
 
 def pearson_correlation(a, b, axis):
@@ -18,8 +19,9 @@ def pearson_correlation(a, b, axis):
     )
 
 
+@register("dist")
 @keras.saving.register_keras_serializable(package="keras_cskd")
-class DIST(LogitsDistillationLoss):
+class DIST(LogitLoss):
     """DIST: knowledge distillation from a stronger teacher (Huang et al., 2022).
 
     With `ps, pt = softmax(zs / T), softmax(zt / T)`, it matches the relations
@@ -37,7 +39,7 @@ class DIST(LogitsDistillationLoss):
         temperature: a positive float (default 4), or a `CSWT`.
         beta: weight of the inter-class (per-sample) term (default 1).
         gamma: weight of the intra-class (batch-wise) term (default 1).
-        global_batch: see `LogitsDistillationLoss`.
+        global_batch: see `LogitLoss`.
 
     Example:
 

@@ -10,6 +10,8 @@ class DistillationLoss(keras.distillation.DistillationLoss):
     declared here; a plain `keras.distillation.DistillationLoss` (Keras's
     `LogitsDistillation`, `FeatureDistillation`) gets the defaults below and is
     called as Keras calls it, `compute_loss(teacher_outputs, student_outputs)`.
+    `@keras_cskd.losses.register("name")` lets configs name a subclass
+    (`loss.method`); docs/extending.md adds one.
 
     What the Distiller passes to `compute_loss(teacher_outputs,
     student_outputs, **kwargs)`:
@@ -21,6 +23,10 @@ class DistillationLoss(keras.distillation.DistillationLoss):
         - `epoch=`, only when `uses_epoch`: the 1-based epoch as a float
           scalar, kept by `fit`; `Distiller.train_on_batch` takes it as an
           argument.
+        - `sample_indices=`, only when `uses_sample_indices`: each example's
+          index in its dataset, int32 `[B]`, read from the batch's inputs
+          dict, `x = {"images": ..., "sample_indices": ...}` (exact up to
+          2**24 examples: the cross-replica gather carries them as float32).
 
     Attributes:
         teacher_layer_name, student_layer_name: the layers whose outputs the
@@ -32,6 +38,15 @@ class DistillationLoss(keras.distillation.DistillationLoss):
             (`TwoViewCSKD`); it then gets lists of outputs, one per view.
         global_batch: under `tf.distribute`, compute the loss on the global
             batch (the default) or on each replica's shard.
+        cswt_argument: the `__init__` argument that takes a `CSWT`, which
+            a config's `loss.cswt=True` (with `loss.t_min`, `loss.t_max`)
+            fills: `"temperature"` (a float or a CSWT: `KD`, `SKD`, `LSKD`,
+            `DKD`, `DIST`), `"cswt"` (a CSWT or `None`, set to `None` when
+            `loss.cswt` is off: `CSKD`, `TwoViewCSKD`), or `None` for a loss
+            that takes none (a config asking one for it is refused).
+        uses_sample_indices: whether the loss needs each example's dataset
+            index (CRD's memory bank); the Distiller then refuses batches
+            without `"sample_indices"`.
 
     The loss's own trainable layers (FitNets' regressor) are listed by
     `layers` and created by `build(teacher_shape, student_shape)`, which the
@@ -58,6 +73,8 @@ class DistillationLoss(keras.distillation.DistillationLoss):
     uses_epoch = False
     num_views = 1
     global_batch = True
+    cswt_argument = None
+    uses_sample_indices = False
 
     @property
     def layers(self):
@@ -76,24 +93,30 @@ class DistillationLoss(keras.distillation.DistillationLoss):
         `project_student`)."""
         return self.compute_loss(teacher_outputs, projected_student_outputs, **kwargs)
 
+    @classmethod
+    def from_config(cls, config):
+        """The loss `get_config()` describes (its `__init__` arguments)."""
+        return cls(**config)
+
     def student_logits_for_ce(self, student_logits):
         """The logits the student's cross-entropy uses (its own by default;
         `SKD(normalize_student_ce=True)` gives its normalised logits)."""
         return student_logits
 
 
-def spec(loss):
-    """What the Distiller reads of `loss`, with defaults for Keras's own losses.
+def as_distillation_loss(loss):
+    """`loss` as this interface: itself, or Keras's own loss wrapped with the
+    defaults above (what the Distiller reads of every loss).
 
     Example:
 
-    >>> spec(keras.distillation.LogitsDistillation()).uses_epoch
+    >>> as_distillation_loss(keras.distillation.LogitsDistillation()).uses_epoch
     False
     """
-    return loss if isinstance(loss, DistillationLoss) else _KerasLossSpec(loss)
+    return loss if isinstance(loss, DistillationLoss) else _KerasLossAdapter(loss)
 
 
-class _KerasLossSpec(DistillationLoss):
+class _KerasLossAdapter(DistillationLoss):
     """A `keras.distillation.DistillationLoss` seen through the interface."""
 
     def __init__(self, loss):

@@ -4,8 +4,9 @@ import keras
 from keras import ops
 
 from keras_cskd.checks import non_negative_number
-from keras_cskd.losses.base import LogitsDistillationLoss
 from keras_cskd.losses.functional import kl_divergence_from_logits
+from keras_cskd.losses.logit_loss import LogitLoss
+from keras_cskd.losses.registry import register
 
 # What docs/methods.md (and the official code) subtracts from the target logit to
 # mask it out of the non-target distribution.
@@ -28,8 +29,9 @@ def target_mask(labels, num_classes):
     return ops.one_hot(ops.cast(class_ids, "int32"), num_classes, dtype="float32")
 
 
+@register("dkd")
 @keras.saving.register_keras_serializable(package="keras_cskd")
-class DKD(LogitsDistillationLoss):
+class DKD(LogitLoss):
     """Decoupled knowledge distillation (Zhao et al., 2022).
 
     With `g` the one-hot target mask and `p = softmax(z / T)`, KD is split into
@@ -51,7 +53,7 @@ class DKD(LogitsDistillationLoss):
             6 for WRN and VGG pairs in the paper).
         warmup_epochs: the loss ramps up linearly over this many epochs
             (default 20; 0 for no warm-up).
-        global_batch: see `LogitsDistillationLoss` (only matters with CSWT).
+        global_batch: see `LogitLoss` (only matters with CSWT).
 
     `compute_loss` needs `labels=` (integer `[B]` or one-hot/soft `[B, C]`,
     whose argmax is the target) and takes `epoch=`, the 1-based epoch number

@@ -4,10 +4,12 @@ import keras
 from keras import ops
 
 from keras_cskd.losses.distillation_loss import DistillationLoss
+from keras_cskd.losses.registry import register
 
 _REGRESSOR = "fitnets_regressor"
 
 
+@register("feature_distillation")
 @keras.saving.register_keras_serializable(package="keras_cskd")
 class FeatureDistillation(DistillationLoss):
     """Matches a student layer's features to a teacher layer's (FitNets hints).

@@ -2,12 +2,14 @@
 
 import keras
 
-from keras_cskd.losses.base import LogitsDistillationLoss
 from keras_cskd.losses.functional import kl_divergence_from_logits
+from keras_cskd.losses.logit_loss import LogitLoss
+from keras_cskd.losses.registry import register
 
 
+@register("kd")
 @keras.saving.register_keras_serializable(package="keras_cskd")
-class KD(LogitsDistillationLoss):
+class KD(LogitLoss):
     """Knowledge distillation (Hinton et al., 2015).
 
     `T^2 * mean_i KL(softmax(zt / T)[i] || softmax(zs / T)[i])`, computed with
@@ -16,7 +18,7 @@ class KD(LogitsDistillationLoss):
 
     Args:
         temperature: a positive float (default 4), or a `CSWT`.
-        global_batch: see `LogitsDistillationLoss` (only matters with CSWT,
+        global_batch: see `LogitLoss` (only matters with CSWT,
             whose min and max are over the batch).
 
     Example:

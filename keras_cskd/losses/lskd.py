@@ -3,8 +3,9 @@
 import keras
 from keras import ops
 
-from keras_cskd.losses.base import LogitsDistillationLoss
 from keras_cskd.losses.functional import kl_divergence_from_logits
+from keras_cskd.losses.logit_loss import LogitLoss
+from keras_cskd.losses.registry import register
 
 # Added to the standard deviation (the official code's epsilon).
 STD_EPSILON = 1e-7
@@ -28,8 +29,9 @@ def standardized_logits(logits):
     return centred / (std + STD_EPSILON)
 
 
+@register("lskd")
 @keras.saving.register_keras_serializable(package="keras_cskd")
-class LSKD(LogitsDistillationLoss):
+class LSKD(LogitLoss):
     """Logit standardisation KD, LS-KD (Sun et al., 2024).
 
     Z-scores both logit vectors per sample (mean and sample standard deviation
@@ -41,7 +43,7 @@ class LSKD(LogitsDistillationLoss):
     Args:
         temperature: the base temperature, a positive float (default 2), or a
             `CSWT`.
-        global_batch: see `LogitsDistillationLoss` (only matters with CSWT).
+        global_batch: see `LogitLoss` (only matters with CSWT).
 
     Example:
 

@@ -4,8 +4,9 @@ import keras
 from keras import ops
 
 from keras_cskd.checks import positive_number
-from keras_cskd.losses.base import LogitsDistillationLoss
 from keras_cskd.losses.functional import kl_divergence_from_logits
+from keras_cskd.losses.logit_loss import LogitLoss
+from keras_cskd.losses.registry import register
 
 # Added to the variance inside the square root (the official code's epsilon).
 VARIANCE_EPSILON = 1e-7
@@ -21,8 +22,9 @@ def spherical_logits(logits, multiplier):
     return multiplier * centred / ops.sqrt(variance + VARIANCE_EPSILON)
 
 
+@register("skd")
 @keras.saving.register_keras_serializable(package="keras_cskd")
-class SKD(LogitsDistillationLoss):
+class SKD(LogitLoss):
     """Spherical knowledge distillation (Guo et al., 2020).
 
     Both logit vectors are projected onto a sphere before distilling: per
@@ -40,7 +42,7 @@ class SKD(LogitsDistillationLoss):
         normalize_student_ce: whether the student's cross-entropy uses the
             normalised student logits, as in the official code (see
             `student_logits_for_ce`). Default `False`.
-        global_batch: see `LogitsDistillationLoss` (only matters with CSWT).
+        global_batch: see `LogitLoss` (only matters with CSWT).
 
     Example:
 

@@ -4,17 +4,19 @@ import keras
 from keras import ops
 
 from keras_cskd.checks import non_negative_number
-from keras_cskd.losses.base import LogitsDistillationLoss
 from keras_cskd.losses.cskd import (
     batch_gram_distance,
     batch_prediction_distance,
     class_gram_distance,
 )
 from keras_cskd.losses.cswt import CSWT
+from keras_cskd.losses.logit_loss import LogitLoss
+from keras_cskd.losses.registry import register
 
 
+@register("two_view_cskd")
 @keras.saving.register_keras_serializable(package="keras_cskd")
-class TwoViewCSKD(LogitsDistillationLoss):
+class TwoViewCSKD(LogitLoss):
     """CSKD+CSWT as the paper's code trains it (llieeai/lud, `CSKD.forward_train`).
 
     Takes the logits of two views of the same images, a weak `(w)` and a strong
@@ -50,6 +52,9 @@ class TwoViewCSKD(LogitsDistillationLoss):
     """
 
     num_views = 2
+
+    # The CSWT term is the `cswt` argument (a config's `loss.cswt` sets it).
+    cswt_argument = "cswt"
 
     def __init__(self, temperature=4.0, cswt="default", alpha=2.0):
         super().__init__(temperature=temperature, global_batch=True)

@@ -1,14 +1,18 @@
 """The model registry: build any zoo model by name."""
 
-import difflib
-
 import keras
 
-_BUILDERS = {}
+from keras_cskd.registry import Registry
+
+KERAS_APPLICATIONS = "keras.applications:"
+MODELS = Registry(
+    "model",
+    hint=f"; or '{KERAS_APPLICATIONS}<Name>' for a keras.applications architecture",
+)
 
 
 def register(name):
-    """Registers a model builder under `name`.
+    """Registers a model builder under `name` (a decorator).
 
     The builder is called as `builder(num_classes=..., input_shape=..., **kwargs)`
     and must return a `keras.Model` whose output is the logits `[batch, num_classes]`.
@@ -21,14 +25,7 @@ def register(name):
     ...     x = keras.layers.Flatten()(inputs)
     ...     return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
     """
-
-    def decorator(builder):
-        if name in _BUILDERS:
-            raise ValueError(f"A model named '{name}' is already registered.")
-        _BUILDERS[name] = builder
-        return builder
-
-    return decorator
+    return MODELS.register(name)
 
 
 def names():
@@ -39,7 +36,7 @@ def names():
     >>> "digits_cnn" in keras_cskd.models.names()
     True
     """
-    return sorted(_BUILDERS)
+    return MODELS.names()
 
 
 def get(name, num_classes, input_shape, **kwargs):
@@ -70,18 +67,12 @@ def get(name, num_classes, input_shape, **kwargs):
     """
     if isinstance(name, keras.Model):
         return name
-    if isinstance(name, str) and name.startswith("keras.applications:"):
-        return _keras_application(name.split(":", 1)[1], num_classes, input_shape)
-    if name not in _BUILDERS:
-        close = difflib.get_close_matches(str(name), _BUILDERS, n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
-            f"Unknown model '{name}'.{hint} Known models: {', '.join(names())}; "
-            "or 'keras.applications:<Name>' for a keras.applications architecture."
+    if isinstance(name, str) and name.startswith(KERAS_APPLICATIONS):
+        return _keras_application(
+            name[len(KERAS_APPLICATIONS) :], num_classes, input_shape
         )
-    return _BUILDERS[name](
-        num_classes=num_classes, input_shape=tuple(input_shape), **kwargs
-    )
+    builder = MODELS.get(name)
+    return builder(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
 
 
 def _keras_application(class_name, num_classes, input_shape):
@@ -89,7 +80,7 @@ def _keras_application(class_name, num_classes, input_shape):
     if builder is None or not callable(builder):
         raise ValueError(
             f"Unknown keras.applications architecture '{class_name}' "
-            "(for example 'keras.applications:ResNet50')."
+            f"(for example '{KERAS_APPLICATIONS}ResNet50')."
         )
     return builder(
         weights=None,

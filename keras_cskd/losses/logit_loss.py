@@ -1,4 +1,4 @@
-"""The base class of keras-cskd's logit distillation losses."""
+"""`LogitLoss`: the base class of the losses between teacher and student logits."""
 
 import keras
 from keras import ops
@@ -8,7 +8,7 @@ from keras_cskd.losses.cswt import CSWT
 from keras_cskd.losses.distillation_loss import DistillationLoss
 
 
-class LogitsDistillationLoss(DistillationLoss):
+class LogitLoss(DistillationLoss):
     """Base class of the losses between teacher and student logits.
 
     Subclasses implement `call(teacher_logits, student_logits, labels=None,
@@ -24,7 +24,18 @@ class LogitsDistillationLoss(DistillationLoss):
             this loss on the global batch (gathered from all replicas; the
             default, and what makes N devices compute one device's loss) or
             on each replica's shard (batch-wise terms then see 1/N of it).
+
+    Example, a loss on the temperature-scaled logits (a float or a CSWT):
+
+    >>> class LogitL1(LogitLoss):
+    ...     def call(self, teacher_logits, student_logits, labels=None, **kwargs):
+    ...         temperature, _ = self.temperatures(teacher_logits, student_logits)
+    ...         scaled = (teacher_logits - student_logits) / temperature
+    ...         return keras.ops.mean(keras.ops.abs(scaled))
     """
+
+    # `temperature` may be a CSWT (a config's `loss.cswt=True` puts one there).
+    cswt_argument = "temperature"
 
     def __init__(self, temperature=4.0, global_batch=True):
         if isinstance(temperature, dict):
