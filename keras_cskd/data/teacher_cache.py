@@ -173,7 +173,8 @@ def _parts(augmentation):
         return layers[0], layers[1]
     raise ValueError(
         f"The teacher-logit cache needs a discrete augmentation (a "
-        "RandomPaddedCrop, optionally followed by a RandomHorizontalFlip), got "
+        "RandomPaddedCrop, optionally followed by a RandomHorizontalFlip, as "
+        "data.augmentation 'digits_shift' and 'cifar_crop_flip'), got "
         f"{getattr(augmentation, 'name', augmentation)!r} "
         f"({', '.join(k.__name__ for k in kinds)}): its images have no finite "
         "set of variants to precompute. Turn caching off for it."
@@ -200,14 +201,16 @@ def cache_key(teacher_path, dataset, augmentation, dtype="float32", split="train
     Args:
         teacher_path: the teacher's file (hashed with SHA-256).
         dataset: the `keras_cskd.data.Dataset`.
-        augmentation: the training augmentation (`variant_space`).
+        augmentation: the training augmentation (`variant_space`), named
+            as `data.augmentation` names it (`augment.get_augmentation`).
         dtype: `"float32"` (exact) or `"float16"` (half the disk).
         split: the split's attribute on `dataset`.
 
     Returns:
         `{"teacher_sha256", "dataset", "split", "num_examples",
-        "examples_sha256", "num_classes", "normalization", "variants",
-        "dtype", "version"}`.
+        "examples_sha256", "num_classes", "normalization", "augmentation",
+        "variants", "dtype", "version"}`. A cache made before the key held the
+        augmentation's name is stale: it is rebuilt once.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
@@ -223,6 +226,7 @@ def cache_key(teacher_path, dataset, augmentation, dtype="float32", split="train
         "normalization": None
         if normalization is None
         else [np.ravel(s).astype(float).tolist() for s in normalization],
+        "augmentation": augmentation.name,
         "variants": variant_space(augmentation).to_json(),
         "dtype": dtype,
         "version": FORMAT_VERSION,
@@ -615,8 +619,8 @@ def rebuild_command(path, key):
     """The command line that (re)builds the cache at `path` for `key`."""
     return (
         f"python -m keras_cskd.data.teacher_cache --teacher=<teacher.keras> "
-        f"--dataset={key['dataset']} --split={key['split']} --dtype={key['dtype']} "
-        f"--output={path} (train.py also rebuilds it on its next run)"
+        f"--dataset={key['dataset']} --augmentation={key.get('augmentation')} "
+        f"--split={key['split']} --dtype={key['dtype']} --output={path} (train.py also rebuilds it on its next run)"
     )
 
 
@@ -624,6 +628,7 @@ _FIELDS = {
     "teacher_sha256": "the teacher changed",
     "examples_sha256": "the examples changed",
     "normalization": "the normalisation changed",
+    "augmentation": "the augmentation (data.augmentation) changed",
     "variants": "the augmentation's variants changed",
 }
 
@@ -710,6 +715,12 @@ def _parser():
     )
     parser.add_argument("--teacher", required=True, help="the teacher .keras file")
     parser.add_argument("--dataset", default="digits", help="a data.load name")
+    parser.add_argument(
+        "--augmentation",
+        default="digits_shift",
+        choices=["digits_shift", "cifar_crop_flip"],  # the discrete ones
+        help="the run's data.augmentation (the cached variants)",
+    )
     parser.add_argument("--split", default="train")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--batch_size", type=_positive_int, default=256)
@@ -741,7 +752,7 @@ def _build_from_args(args):
         seed=args.seed,
     )
     teacher = models.load_teacher(args.teacher, dataset)
-    augmentation = augment.standard_augmentation(dataset)
+    augmentation = augment.get_augmentation(args.augmentation, dataset)
     key = cache_key(args.teacher, dataset, augmentation, args.dtype, args.split)
     path = args.output or default_path(
         args.teacher, dataset.name, args.dtype, args.split
