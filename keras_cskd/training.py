@@ -27,10 +27,18 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from keras_cskd import builders, callbacks, checkpointing, cli, distribute, files
+from keras_cskd import (
+    builders,
+    callbacks,
+    checkpointing,
+    cli,
+    distribute,
+    files,
+    resuming,
+    teachers,
+)
 from keras_cskd import config as config_module
 from keras_cskd import models as models_module
-from keras_cskd import resuming, teachers
 from keras_cskd import seeds as seeds_module
 from keras_cskd import summary as summary_module
 from keras_cskd import workdir as workdir_module

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import keras_cskd
-from keras_cskd import callbacks, losses, metrics
+from keras_cskd import losses, metrics
 
 
 def conv_model(width, name, seed):

@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_cskd.data.randaugment import ReferenceRandAugment
-from keras_cskd.registry import Registry
 from keras_cskd.data.stateless import StatelessAugmentation, fold_in
+from keras_cskd.registry import Registry
 
 
 def black(normalization):

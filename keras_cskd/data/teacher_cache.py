@@ -620,7 +620,8 @@ def rebuild_command(path, key):
     return (
         f"python -m keras_cskd.data.teacher_cache --teacher=<teacher.keras> "
         f"--dataset={key['dataset']} --augmentation={key.get('augmentation')} "
-        f"--split={key['split']} --dtype={key['dtype']} --output={path} (train.py also rebuilds it on its next run)"
+        f"--split={key['split']} --dtype={key['dtype']} --output={path} "
+        "(train.py also rebuilds it on its next run)"
     )
 
 
