@@ -18,14 +18,16 @@ and, while a build runs,
 resumes); `<name>.npy.lock` makes builds of one cache take turns, so workers
 sharing the directory build it once. The key records what the logits depend
 on: the teacher file's SHA-256, the dataset, split, examples (a SHA-256 of
-images and labels), normalisation, variant space and dtype; `load` refuses
+images and labels), normalisation, the augmentation's name
+(`data.augmentation`, the layer's name) and variant space, and dtype; `load` refuses
 any other. The first `load` of a cache checks every chunk against its SHA-256
 and records that it did (with the file's size, inode and change times), so
 later runs read only what they train on; a cache whose bytes changed since is
 checked again, and a corrupt one is refused.
 
     python -m keras_cskd.data.teacher_cache \\
-        --teacher=saved_models/digits_teacher.keras --dataset=digits
+        --teacher=saved_models/digits_teacher.keras --dataset=digits \\
+        --augmentation=digits_shift
 
 Example:
 
