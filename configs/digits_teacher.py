@@ -12,7 +12,7 @@ def get_config():
     config.model = "digits_cnn"
     config.loss.method = "scratch"
     config.epochs = 40
-    config.data.augment = True
+    config.data.augmentation = "digits_shift"
     config.optimizer.name = "adam"
     config.optimizer.learning_rate = 3e-3
     config.export.formats = ""

@@ -76,7 +76,7 @@ def imagenet_config(model):
     config = default_config()
     config.model = model
     config.data.name = "tfds:imagenet2012"
-    config.data.augment = True
+    config.data.augmentation = "imagenet_rrc"
     config.data.streaming = True
     config.data.eval_batch_size = 128
     config.checkpoint_every_steps = 500  # an epoch of 512 is 2,502 steps

@@ -3,6 +3,8 @@
 import keras
 import numpy as np
 
+from keras_cskd.metrics import evaluate_accuracy
+
 
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite during training."""
@@ -44,46 +46,28 @@ class RefuseEmptyEpochs(keras.callbacks.Callback):
             )
 
 
-def accuracy(model, images, labels=None, batch_size=256):
-    """Top-1 accuracy of `model` on NumPy arrays, or (`labels=None`) on a
-    batched dataset of `(images, labels)` (a streamed test split).
-
-    Example:
-
-    >>> accuracy(student, test_images, test_labels)
-    0.97...
-    """
-    if labels is None:  # one pass: a streamed split is read and decoded once
-        correct = [
-            np.argmax(model(x, training=False), axis=-1) == np.asarray(y)
-            for x, y in images
-        ]
-        return float(np.mean(np.concatenate(correct)))
-    logits = model.predict(images, batch_size=batch_size, verbose=0)
-    return float(np.mean(np.argmax(logits, axis=-1) == labels))
-
-
 class TestAccuracy(keras.callbacks.Callback):
     """Adds the model's `test_accuracy` to each epoch's logs, so the CSV and
     TensorBoard logs hold it and the summary reports the last and best epochs.
 
     Example:
 
-    >>> trainer.fit(data, callbacks=[TestAccuracy(student, images, labels, 256)])
+    >>> trainer.fit(data, callbacks=[TestAccuracy(student, inputs.test)])
+
+    Args:
+        model: the model evaluated (the student, not the trainer).
+        test: batches of `(images, labels)` (`keras_cskd.data.inputs`).
     """
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, model, images, labels=None, batch_size=256):
+    def __init__(self, model, test):
         super().__init__()
-        self.evaluated, self.images, self.labels = model, images, labels
-        self.batch_size = batch_size
+        self.evaluated, self.test = model, test
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["test_accuracy"] = accuracy(
-                self.evaluated, self.images, self.labels, self.batch_size
-            )
+            logs["test_accuracy"] = evaluate_accuracy(self.evaluated, self.test)
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):

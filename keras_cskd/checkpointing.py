@@ -122,7 +122,9 @@ def write(directory, arrays, metadata):
     _remove_all_but(directory, name)
 
 
-def restore(directory, trainer, frozen=(), config=None, teacher_file=None):
+def restore(
+    directory, trainer, frozen=(), config=None, teacher_file=None, steps_per_epoch=None
+):
     """Loads the newest complete checkpoint in `directory` into `trainer`.
 
     Call it in the strategy's scope: the optimizer's variables are built here.
@@ -136,7 +138,9 @@ def restore(directory, trainer, frozen=(), config=None, teacher_file=None):
         ValueError: if `config` differs from the checkpoint's in a key that
             changes training (see `config.changed_keys`; the keys are named),
             its `epochs` are fewer than the checkpoint has started, or
-            `teacher_file` is not the teacher the checkpoint was made with.
+            `teacher_file` is not the teacher the checkpoint was made with,
+            or its step is past an epoch of `steps_per_epoch` steps (other
+            training data) or lacks the logs of the epoch whose steps all ran.
     """
     loaded = load(directory)
     if loaded is None:
@@ -149,6 +153,7 @@ def restore(directory, trainer, frozen=(), config=None, teacher_file=None):
         trainer.optimizer.build(trainer.trainable_variables)
     variables = trained_variables(trainer, frozen)
     _check_same_variables(directory, variables, metadata["variables"], values)
+    _check_step(directory, metadata, steps_per_epoch)
     for variable, value in zip(variables, values, strict=False):
         variable.assign(value)
     return Resumed(
@@ -299,6 +304,44 @@ def _check_epochs_left(directory, metadata, epochs):
             f"epochs={epochs}: resume with --config.epochs={started} or more, or "
             "start over with --overwrite or another --workdir."
         )
+
+
+def _check_step(directory, metadata, steps_per_epoch):
+    """Refuses a step this run's epochs cannot resume from."""
+    step = metadata["step"]
+    if steps_per_epoch is not None and step > steps_per_epoch:
+        raise ValueError(
+            f"The checkpoint {directory} is at step {step} of an epoch of "
+            f"{steps_per_epoch} steps: resume with the training data it was made "
+            "with, or start over with --overwrite or another --workdir."
+        )
+    if step == steps_per_epoch and metadata.get("logs") is None:
+        raise ValueError(
+            f"The checkpoint {directory} was written by keras-cskd 0.1 after an "
+            "epoch's last step, without the epoch's logs its end needs: delete it "
+            "to start over (or resume from an earlier copy)."
+        )
+
+
+def last_good_checkpoint(directory):
+    """What a rerun of a run stopped by a non-finite step starts from, in
+    words (for the error that stops it)."""
+    try:
+        loaded = load(directory)
+    except CorruptCheckpointError as error:
+        return str(error)
+    if loaded is None:
+        return (
+            "No checkpoint was written, so a rerun starts from the beginning once "
+            "the cause is fixed."
+        )
+    metadata = loaded[0]
+    return (
+        f"The last good checkpoint, {directory} (epoch {metadata['epoch'] + 1}, "
+        f"step {metadata['step']}), is kept: a rerun with the same config resumes "
+        "from it; to change the config (e.g. the learning rate), start over with "
+        "--overwrite."
+    )
 
 
 def _check_same_teacher(directory, saved_sha256, teacher_file):

@@ -47,13 +47,16 @@ def default_config():
             "validation_fraction": 0.0,  # carve a validation split from train
             "batch_size": 64,  # the global batch, split over the replicas
             "eval_batch_size": 256,
-            "augment": False,
+            # The training view, by name (keras_cskd.data.augment):
+            # none | digits_shift | cifar_crop_flip | imagenet_rrc (streamed).
+            "augmentation": "none",
             "mixup_alpha": 0.0,
             # A second, strongly augmented view of every image (the CSKD
             # code's crop, flip, RandAugment and cutout); see `view_weights`.
             "two_views": False,
+            "strong_augmentation": "cifar_randaugment",  # that view, by name
             # Compute the teacher's logits once and reuse them every epoch
-            # (not with mixup or two views). With augment, the logits of every
+            # (not with mixup or two views). With an augmentation, the logits of every
             # crop/flip variant of every image, cached beside the teacher
             # (keras_cskd.data.teacher_cache), built on first use.
             "cache_teacher_logits": False,
@@ -225,7 +228,30 @@ RENAMED_KEYS = {
         "the cross-entropy's weight; a Distiller's student_loss_weight is Keras's "
         "alpha",
     ),
+    "data.augment": (
+        "data.augmentation",
+        "the augmentation is named: True was 'digits_shift' for the 8x8 digits, "
+        "'imagenet_rrc' streamed and 'cifar_crop_flip' otherwise; False is 'none'",
+    ),
 }
+
+
+def _augmentation_of_augment(augment, saved):
+    """The `data.augmentation` a config with the old boolean `data.augment` ran
+    with (the old code picked it from the input shape and the pipeline)."""
+    name = saved.get("data.name", "digits")
+    if not augment:
+        return "none"
+    if name == "digits":
+        return "digits_shift"
+    if saved.get("data.streaming") or name.startswith("tfds:imagenet"):
+        return "imagenet_rrc"
+    return "cifar_crop_flip"
+
+
+# Renamed keys whose value changed form too: the old value's new spelling,
+# from the old value and the rest of the (flattened) config that held it.
+RENAMED_VALUES = {"data.augment": _augmentation_of_augment}
 
 
 def renamed_key_problem(key):
@@ -239,7 +265,8 @@ def renamed_key_problem(key):
     if key not in RENAMED_KEYS:
         return None
     new_key, why = RENAMED_KEYS[key]
-    return f"config key {key} is now {new_key}, with the same value ({why})"
+    same = "" if key in RENAMED_VALUES else ", with the same value"
+    return f"config key {key} is now {new_key}{same} ({why})"
 
 
 def _unknown_or_mistyped(config, defaults, prefix):
@@ -336,7 +363,7 @@ def _combination_problems(config):
         problems.append(
             "data.cache_teacher_logits cannot be combined with data.mixup_alpha "
             "or data.two_views (mixed images and the strong view are continuous: "
-            "no finite set of variants to cache; data.augment's crop and flip "
+            "no finite set of variants to cache; data.augmentation's crops and flips "
             "can be)"
         )
     if data.two_views and data.mixup_alpha > 0:
@@ -371,6 +398,17 @@ RESUMABLE_CHANGES = (
 )
 
 
+def to_dict(config):
+    """`config` as plain JSON values (what `config.json` and checkpoints hold).
+
+    Example:
+
+    >>> to_dict(default_config())["data"]["name"]
+    'digits'
+    """
+    return json.loads(config.to_json_best_effort())
+
+
 def changed_keys(saved, current):
     """The dotted keys whose values differ between two configs (as dicts),
     except `RESUMABLE_CHANGES`: `{key: (saved value, current value)}`. A key
@@ -384,7 +422,12 @@ def changed_keys(saved, current):
     {'loss.method': ('kd', 'cskd')}
     """
     saved, current = _flatten(saved), _flatten(current)
-    saved = {RENAMED_KEYS.get(key, (key,))[0]: value for key, value in saved.items()}
+    saved = {
+        RENAMED_KEYS.get(key, (key,))[0]: RENAMED_VALUES.get(key, lambda v, s: v)(
+            value, saved
+        )
+        for key, value in saved.items()
+    }
     # A key added since the checkpoint was made had its default then.
     defaults = _flatten(json.loads(default_config().to_json_best_effort()))
     saved = {**{k: v for k, v in defaults.items() if k in current}, **saved}

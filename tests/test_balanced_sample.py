@@ -212,8 +212,9 @@ def test_a_streamed_runs_int8_export_records_a_balanced_sample(
 
     from keras_cskd import config as config_module
     from keras_cskd import training
+    from keras_cskd.data import inputs
 
-    monkeypatch.setattr(training, "EXPORT_SAMPLE", 7)
+    monkeypatch.setattr(inputs, "EXPORT_SAMPLE", 7)
     inputs = keras.Input((224, 224, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(inputs)
     keras.Model(inputs, keras.layers.Dense(3)(pooled)).save(tmp_path / "t.keras")
@@ -222,7 +223,7 @@ def test_a_streamed_runs_int8_export_records_a_balanced_sample(
         {
             "data.name": f"folder:{unequal_folder}",
             "data.streaming": True,
-            "data.augment": True,
+            "data.augmentation": "imagenet_rrc",
             "data.batch_size": 7,
             "data.eval_batch_size": 4,
             "teacher.path": str(tmp_path / "t.keras"),

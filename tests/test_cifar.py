@@ -59,7 +59,8 @@ def test_every_distillation_recipe_parses_validates_and_builds(spec):
 
 def test_the_reference_cskd_recipe_resolves_to_the_codes_training():
     config = config_module.load_config(f"{DISTILL}:cskd_reference,resnet32x4,resnet8x4")
-    assert config.epochs == 480 and config.data.two_views and config.data.augment
+    assert config.epochs == 480 and config.data.two_views
+    assert config.data.augmentation == "cifar_crop_flip"
     assert config.view_weights == (1.0, 1.0)
     assert (config.loss.temperature, config.loss.t_min, config.loss.t_max) == (4, 2, 6)
     optimizer = builders.build_optimizer(config, steps_per_epoch=782)

@@ -721,7 +721,7 @@ def test_train_py_streams_an_imagenet_style_folder(jpeg_folder, tmp_path):
         {
             "data.name": f"folder:{jpeg_folder}",
             "data.streaming": True,
-            "data.augment": True,
+            "data.augmentation": "imagenet_rrc",
             "data.batch_size": 8,
             "data.eval_batch_size": 4,
             "teacher.path": str(tmp_path / "t.keras"),

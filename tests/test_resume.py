@@ -124,7 +124,7 @@ def test_a_resume_after_the_last_step_does_the_end_of_the_epoch_once(
 
 
 SETUPS = {
-    "teacher_cache": {"augment": True, "cache_teacher_logits": True},
+    "teacher_cache": {"augmentation": "digits_shift", "cache_teacher_logits": True},
     "two_views": {"two_views": True},
 }
 

@@ -288,7 +288,7 @@ def test_the_pipeline_refuses_two_views_and_mixup(digits, options, reason):
 def test_config_allows_the_cache_with_augment_only():
     config = config_module.default_config()
     config.data.cache_teacher_logits = True
-    config.data.augment = True
+    config.data.augmentation = "digits_shift"
     config_module.validate(config)
     for key, value in (("two_views", True), ("mixup_alpha", 0.2)):
         bad = config_module.default_config()
@@ -309,7 +309,7 @@ def test_train_builds_the_cache_beside_the_teacher(teacher_path, tmp_path):
     config.verbose = "0"
     config.export.formats = ""
     config.teacher.path = str(teacher_path)
-    config.data.update({"augment": True, "cache_teacher_logits": True})
+    config.data.update({"augmentation": "digits_shift", "cache_teacher_logits": True})
     config.data.cache_dtype = "float16"
     summary = training.run(config, tmp_path / "run")
     assert summary["last_epoch"] == 1
@@ -360,7 +360,7 @@ def cached_config(name, teacher_path):
     config.verbose = "0"
     config.export.formats = ""
     config.teacher.path = str(teacher_path)
-    config.data.update({"augment": True, "cache_teacher_logits": True})
+    config.data.update({"augmentation": "digits_shift", "cache_teacher_logits": True})
     return config
 
 

@@ -24,6 +24,7 @@ import tensorflow as tf
 from keras_cskd.data.dataset import size_pair
 from keras_cskd.data.randaugment import ReferenceRandAugment
 from keras_cskd.data.stateless import StatelessAugmentation, fold_in
+from keras_cskd.registry import Registry
 
 
 def black(normalization):
@@ -299,7 +300,7 @@ def cifar_augmentation(image_size=32, padding=4, seed=None, normalization=None):
     """
     return RandomSequence(
         _crop_and_flip(image_size, padding, normalization, seed),
-        name="cifar_augmentation",
+        name="cifar_crop_flip",
     )
 
 
@@ -363,7 +364,7 @@ def digits_augmentation(seed=None):
     >>> augmentation(np.zeros((4, 8, 8, 1)), training=True).shape
     TensorShape([4, 8, 8, 1])
     """
-    return RandomPaddedCrop(1, fill=0.0, seed=seed)
+    return RandomPaddedCrop(1, fill=0.0, seed=seed, name="digits_shift")
 
 
 def _crop_and_flip(image_size, padding, normalization, seed):
@@ -381,31 +382,81 @@ def _offset(seed, layer):
     return None if seed is None else seed + layer
 
 
-def standard_augmentation(dataset):
-    """The standard training view of `dataset`: the digits' 1-pixel shifts for
-    8x8 images, else the CSKD code's black-padded crop and flip (CIFAR). The
-    teacher cache and training both take it from here, so they agree exactly.
+# The training views a config names (`data.augmentation`): each builder takes
+# the `Dataset` and a seed and returns a stateless layer, or `None` for none.
+AUGMENTATIONS = Registry(
+    "augmentation", hint=" (data.augmentation; register one in data/augment.py)"
+)
+# The strong second view (`data.strong_augmentation`, with `data.two_views`).
+STRONG_AUGMENTATIONS = Registry(
+    "strong augmentation",
+    hint=" (data.strong_augmentation; register one in data/augment.py)",
+)
+
+
+def get_augmentation(name, dataset, seed=None):
+    """The training view `name` (`AUGMENTATIONS`) built for `dataset`.
+
+    The teacher cache and training both take it from here, so they agree
+    exactly; the layer is named `name` (the cache's key holds it).
 
     Example:
 
-    >>> augmentation = standard_augmentation(keras_cskd.data.load("digits"))
+    >>> layer = get_augmentation("digits_shift", keras_cskd.data.load("digits"))
+    >>> layer.name
+    'digits_shift'
     """
-    if tuple(dataset.input_shape[:2]) == (8, 8):
-        return digits_augmentation()
+    return AUGMENTATIONS.get(name)(dataset, seed)
+
+
+def get_strong_augmentation(name, dataset, seed=None):
+    """The strong second view `name` (`STRONG_AUGMENTATIONS`) for `dataset`.
+
+    Example:
+
+    >>> strong = get_strong_augmentation("cifar_randaugment", digits, seed=0)
+    """
+    return STRONG_AUGMENTATIONS.get(name)(dataset, seed)
+
+
+@AUGMENTATIONS.register("none")
+@STRONG_AUGMENTATIONS.register("none")
+def no_augmentation(dataset, seed=None):
+    """The images as they are."""
+    return None
+
+
+@AUGMENTATIONS.register("digits_shift")
+def digits_shift(dataset, seed=None):
+    """The 8x8 digits' shifts of up to one pixel (`digits_augmentation`)."""
+    return digits_augmentation(seed)
+
+
+@AUGMENTATIONS.register("cifar_crop_flip")
+def cifar_crop_flip(dataset, seed=None):
+    """The CSKD code's black-padded crop and flip (`cifar_augmentation`)."""
     return cifar_augmentation(
-        dataset.input_shape[:2], normalization=dataset.normalization
+        dataset.input_shape[:2], seed=seed, normalization=dataset.normalization
     )
 
 
-def strong_augmentation(dataset, seed):
+@AUGMENTATIONS.register("imagenet_rrc")
+def imagenet_rrc(dataset, seed=None):
+    """RandomResizedCrop and flip: drawn by the streamed pipeline as it decodes
+    each image (`keras_cskd.data.imagenet.train_transform`), not a layer."""
+    raise ValueError(
+        f"data.augmentation 'imagenet_rrc' is the streamed pipeline's "
+        f"RandomResizedCrop and flip, and {dataset.name} is held in memory: use "
+        "'cifar_crop_flip', 'digits_shift' or 'none', or stream it "
+        "(data.streaming=True)."
+    )
+
+
+@STRONG_AUGMENTATIONS.register("cifar_randaugment")
+def cifar_randaugment(dataset, seed=None):
     """The CSKD code's strong view of `dataset`: its own crop and flip,
     `RandAugment(2, 10)` and `Cutout` (`cifar_strong_augmentation`); the 8x8
-    digits are padded by 1 pixel, as their standard view shifts them.
-
-    Example:
-
-    >>> strong = strong_augmentation(keras_cskd.data.load("digits"), seed=0)
-    """
+    digits are padded by 1 pixel, as their standard view shifts them."""
     padding = 1 if tuple(dataset.input_shape[:2]) == (8, 8) else 4
     return cifar_strong_augmentation(
         dataset.normalization, dataset.input_shape[:2], padding=padding, seed=seed

@@ -18,14 +18,16 @@ and, while a build runs,
 resumes); `<name>.npy.lock` makes builds of one cache take turns, so workers
 sharing the directory build it once. The key records what the logits depend
 on: the teacher file's SHA-256, the dataset, split, examples (a SHA-256 of
-images and labels), normalisation, variant space and dtype; `load` refuses
+images and labels), normalisation, the augmentation's name
+(`data.augmentation`, the layer's name) and variant space, and dtype; `load` refuses
 any other. The first `load` of a cache checks every chunk against its SHA-256
 and records that it did (with the file's size, inode and change times), so
 later runs read only what they train on; a cache whose bytes changed since is
 checked again, and a corrupt one is refused.
 
     python -m keras_cskd.data.teacher_cache \\
-        --teacher=saved_models/digits_teacher.keras --dataset=digits
+        --teacher=saved_models/digits_teacher.keras --dataset=digits \\
+        --augmentation=digits_shift
 
 Example:
 
@@ -176,7 +178,8 @@ def _parts(augmentation):
         return layers[0], layers[1]
     raise ValueError(
         f"The teacher-logit cache needs a discrete augmentation (a "
-        "RandomPaddedCrop, optionally followed by a RandomHorizontalFlip), got "
+        "RandomPaddedCrop, optionally followed by a RandomHorizontalFlip, as "
+        "data.augmentation 'digits_shift' and 'cifar_crop_flip'), got "
         f"{getattr(augmentation, 'name', augmentation)!r} "
         f"({', '.join(k.__name__ for k in kinds)}): its images have no finite "
         "set of variants to precompute. Turn caching off for it."
@@ -203,14 +206,16 @@ def cache_key(teacher_path, dataset, augmentation, dtype="float32", split="train
     Args:
         teacher_path: the teacher's file (hashed with SHA-256).
         dataset: the `keras_cskd.data.Dataset`.
-        augmentation: the training augmentation (`variant_space`).
+        augmentation: the training augmentation (`variant_space`), named
+            as `data.augmentation` names it (`augment.get_augmentation`).
         dtype: `"float32"` (exact) or `"float16"` (half the disk).
         split: the split's attribute on `dataset`.
 
     Returns:
         `{"teacher_sha256", "dataset", "split", "num_examples",
-        "examples_sha256", "num_classes", "normalization", "variants",
-        "dtype", "version"}`.
+        "examples_sha256", "num_classes", "normalization", "augmentation",
+        "variants", "dtype", "version"}`. A cache made before the key held the
+        augmentation's name is stale: it is rebuilt once.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
@@ -226,6 +231,7 @@ def cache_key(teacher_path, dataset, augmentation, dtype="float32", split="train
         "normalization": None
         if normalization is None
         else [np.ravel(s).astype(float).tolist() for s in normalization],
+        "augmentation": augmentation.name,
         "variants": variant_space(augmentation).to_json(),
         "dtype": dtype,
         "version": FORMAT_VERSION,
@@ -616,8 +622,9 @@ def rebuild_command(path, key):
     """The command line that (re)builds the cache at `path` for `key`."""
     return (
         f"python -m keras_cskd.data.teacher_cache --teacher=<teacher.keras> "
-        f"--dataset={key['dataset']} --split={key['split']} --dtype={key['dtype']} "
-        f"--output={path} (train.py also rebuilds it on its next run)"
+        f"--dataset={key['dataset']} --augmentation={key.get('augmentation')} "
+        f"--split={key['split']} --dtype={key['dtype']} --output={path} "
+        "(train.py also rebuilds it on its next run)"
     )
 
 
@@ -625,6 +632,7 @@ _FIELDS = {
     "teacher_sha256": "the teacher changed",
     "examples_sha256": "the examples changed",
     "normalization": "the normalisation changed",
+    "augmentation": "the augmentation (data.augmentation) changed",
     "variants": "the augmentation's variants changed",
 }
 
@@ -711,6 +719,12 @@ def _parser():
     )
     parser.add_argument("--teacher", required=True, help="the teacher .keras file")
     parser.add_argument("--dataset", default="digits", help="a data.load name")
+    parser.add_argument(
+        "--augmentation",
+        default="digits_shift",
+        choices=["digits_shift", "cifar_crop_flip"],  # the discrete ones
+        help="the run's data.augmentation (the cached variants)",
+    )
     parser.add_argument("--split", default="train")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--batch_size", type=_positive_int, default=256)
@@ -742,7 +756,7 @@ def _build_from_args(args):
         seed=args.seed,
     )
     teacher = models.load_teacher(args.teacher, dataset)
-    augmentation = augment.standard_augmentation(dataset)
+    augmentation = augment.get_augmentation(args.augmentation, dataset)
     key = cache_key(args.teacher, dataset, augmentation, args.dtype, args.split)
     path = args.output or default_path(
         args.teacher, dataset.name, args.dtype, args.split
