@@ -19,7 +19,7 @@ Every recipe trains with PyTorch's SGD (momentum 0.9, weight decay 1e-4 added to
 the gradient of every parameter) at 0.2 for the global batch of 512, 100
 epochs, the rate x0.1 at the start of epochs 31, 61 and 91; torchvision's
 RandomResizedCrop(224) and flip for training, Resize(256) and CenterCrop(224)
-for evaluation (`keras_cskd.data.imagenet`), on ILSVRC 2012 (`tfds:imagenet2012`,
+for evaluation (`keras_cskd.data.transforms`), on ILSVRC 2012 (`tfds:imagenet2012`,
 prepared from the two tar files in `data.manual_dir`; or an ImageNet-style
 `folder:<path>`), tested on its validation split. On N devices every loss term
 is on the global batch of 512, but each replica's BatchNorm statistics are over

@@ -443,7 +443,7 @@ def cifar_crop_flip(dataset, seed=None):
 @AUGMENTATIONS.register("imagenet_rrc")
 def imagenet_rrc(dataset, seed=None):
     """RandomResizedCrop and flip: drawn by the streamed pipeline as it decodes
-    each image (`keras_cskd.data.imagenet.train_transform`), not a layer."""
+    each image (`keras_cskd.data.transforms.train_transform`), not a layer."""
     raise ValueError(
         f"data.augmentation 'imagenet_rrc' is the streamed pipeline's "
         f"RandomResizedCrop and flip, and {dataset.name} is held in memory: use "

@@ -27,9 +27,10 @@ Example:
 
 import math
 
-from keras_cskd.data import augment, imagenet, teacher_cache
-from keras_cskd.data.checks import check_dataset
-from keras_cskd.data.pipeline import pipeline, to_numpy, with_teacher_logits
+from keras_cskd.data import augment, streaming, teacher_cache
+from keras_cskd.data.dataset_checks import check_dataset
+from keras_cskd.data.decoded import pipeline, to_numpy, with_teacher_logits
+from keras_cskd.data.streamed_source import StreamedSource
 
 # A streamed dataset's exports are measured on this many test images, and its
 # int8 export calibrated on this many training images (class-balanced).
@@ -63,7 +64,7 @@ def load_inputs(data_config, seed=0, strategy=None):
         **_load_options(data_config),
     )
     check_dataset(dataset)
-    streamed = isinstance(dataset.train, imagenet.ImageRecords)
+    streamed = isinstance(dataset.train, StreamedSource)
     kind = StreamedInputs if streamed else ArrayInputs
     return kind(data_config, dataset, seed, strategy)
 
@@ -191,7 +192,7 @@ class ArrayInputs(Inputs):
 
 
 class StreamedInputs(Inputs):
-    """Splits of encoded images (`imagenet.ImageRecords`) decoded as needed.
+    """Splits of encoded images (`StreamedSource`) decoded as needed.
 
     Training is RandomResizedCrop and flip (`data.augmentation="imagenet_rrc"`)
     drawn as each image is decoded; each input pipeline of a strategy decodes
@@ -201,7 +202,7 @@ class StreamedInputs(Inputs):
 
     @property
     def steps_per_epoch(self):
-        return imagenet.steps_per_epoch(self.dataset.train, self.config.batch_size)
+        return streaming.steps_per_epoch(self.dataset.train, self.config.batch_size)
 
     def check(self):
         config = self.config
@@ -219,14 +220,14 @@ class StreamedInputs(Inputs):
             )
 
     def split(self, records):
-        return imagenet.eval_pipeline(
+        return streaming.eval_pipeline(
             records, self.config.eval_batch_size, normalization=self.normalization
         )
 
     def train_batches(self, first_epoch, epochs, skip_steps=0, teacher=None):
         """As `ArrayInputs.train_batches`; the teacher runs on every batch."""
         return self.strategy.distribute_datasets_from_function(
-            lambda context: imagenet.train_pipeline(
+            lambda context: streaming.train_pipeline(
                 self.dataset.train,
                 self.config.batch_size,
                 seed=self.seed,
@@ -240,10 +241,10 @@ class StreamedInputs(Inputs):
 
     def export_sample(self):
         """`(calibration, (images, labels))`: class-balanced samples of
-        `EXPORT_SAMPLE` training and test images (`imagenet.sample_views`),
+        `EXPORT_SAMPLE` training and test images (`streaming.sample_views`),
         found without reading the splits."""
         calibration, test = (
-            imagenet.sample_views(
+            streaming.sample_views(
                 records,
                 EXPORT_SAMPLE,
                 self.config.eval_batch_size,
