@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a script: `golden` is a folder of tests/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from golden.make_imagenet_zoo import (  # noqa: E402
     random_images,
     random_state_dict,
