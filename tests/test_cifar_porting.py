@@ -144,7 +144,7 @@ def _mdistiller_checkpoint(torch):
 
 @pytest.mark.parametrize(
     "name, packing",
-    [("shufflenetv2", "state_dict"), ("vgg8", "mdistiller"), ("wrn_16_2", "module")],
+    [("resnet8", "state_dict"), ("vgg8", "mdistiller"), ("wrn_16_2", "module")],
 )
 def test_command_line_ports_a_checkpoint(name, packing, tmp_path):
     torch = pytest.importorskip("torch", reason="writing a .pth needs PyTorch")
