@@ -9,22 +9,37 @@ convolutions `OIHW` become `HWIO` (depthwise ones `(C * m, 1, k, k)` become
 reference padding, so the ported model gives the reference's logits on the same
 images: channels-last here, preprocessed as for the reference (torchvision's
 ImageNet weights: RGB in [0, 1], less the mean `(0.485, 0.456, 0.406)`, over the
-standard deviation `(0.229, 0.224, 0.225)`).
+standard deviation `(0.229, 0.224, 0.225)`; mdistiller's CIFAR-100 teachers:
+RGB in [0, 1] less `(0.5071, 0.4867, 0.4408)` over `(0.2675, 0.2565, 0.2761)`,
+which `tfds:cifar100` here applies).
 
 The PyTorch names follow from the Keras layer names, by the model's name:
 
 - `resnet18_imagenet`, `resnet34_imagenet`, `resnet50_imagenet`: torchvision's
   `resnet18`, `resnet34`, `resnet50` (its ImageNet `.pth` files);
 - `mobilenetv1_imagenet`: mdistiller's ImageNet `MobileNetV1`;
-- the CIFAR ResNets of mdistiller / RepDistiller: `resnet8` ... `resnet110`,
-  `resnet8x4`, `resnet32x4` (`resnet.py`) and `resnet18`, `resnet50`
-  (`resnetv2.py`); their names and shapes are checked against mdistiller's,
-  the logits only for the ImageNet models.
+- the 23 CIFAR models, as mdistiller's `models/cifar/*.py` (RepDistiller's)
+  define them, under the names of its `cifar_model_dict`: `resnet8` ...
+  `resnet110`, `resnet8x4`, `resnet32x4` (`resnet.py`); `resnet18`, `resnet50`
+  (`ResNet18`, `ResNet50` of `resnetv2.py`); `wrn_16_1`, `wrn_16_2`, `wrn_40_1`,
+  `wrn_40_2` (`wrn.py`); `vgg8` ... `vgg19` (the `vgg*_bn` of `vgg.py`);
+  `mobilenetv2` (`MobileNetV2`: `mobile_half`, width 0.5);
+  `shufflenetv1`, `shufflenetv2` (`ShuffleV1`, `ShuffleV2`).
+
+Every one gives the reference's logits from the same seeded weights
+(`tests/test_cifar_porting.py`, `tests/test_imagenet_zoo.py`).
 
 The command line ports a checkpoint file into a `.keras` model; it needs PyTorch
-(`pip install torch`) to read the file, nothing else here does:
+(`pip install torch`) to read the file, nothing else here does. The file may
+be a `state_dict` or a dict holding one under `"model"` (mdistiller's and
+RepDistiller's `ckpt_epoch_240.pth`), `"state_dict"` or `"net"`; a `module.`
+prefix on every key (`nn.DataParallel`) is dropped. The classes and image size
+default to 100 and 32x32x3, or 1000 and 224x224x3 for the `*_imagenet` models:
 
 ```
+python -m keras_cskd.models.porting \\
+    --checkpoint=cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth \\
+    --model=resnet32x4 --output=saved_models/cifar100_resnet32x4.keras
 python -m keras_cskd.models.porting --checkpoint=resnet34.pth \\
     --model=resnet34_imagenet --output=teacher.keras
 ```
@@ -63,14 +78,90 @@ _MOBILENET_V1 = (
     (r"block(\d+)_pointwise_bn", r"model.\1.4"),
     (r"logits", "fc"),
 )
+# mdistiller's CIFAR WRN: `block{s}.layer.{b}` pre-activation blocks whose
+# `bn1` comes before `conv1` and `bn2` between the convolutions.
+_WRN = (
+    (r"stem_conv", "conv1"),
+    (r"stage(\d+)_block(\d+)_pre_bn", r"block\1.layer.\2.bn1"),
+    (r"stage(\d+)_block(\d+)_1_conv", r"block\1.layer.\2.conv1"),
+    (r"stage(\d+)_block(\d+)_1_bn", r"block\1.layer.\2.bn2"),
+    (r"stage(\d+)_block(\d+)_2_conv", r"block\1.layer.\2.conv2"),
+    (r"stage(\d+)_block(\d+)_shortcut_conv", r"block\1.layer.\2.convShortcut"),
+    (r"final_bn", "bn1"),
+    (r"logits", "fc"),
+)
+# mdistiller's CIFAR VGG: `block{b}` is a Sequential of (conv, bn, relu) per
+# conv, so conv `i` is entry `3 i` and its BatchNorm entry `3 i + 1`.
+_VGG = (
+    (r"block(\d+)_(\d+)_conv", lambda m: f"block{m[1]}.{3 * int(m[2])}"),
+    (r"block(\d+)_(\d+)_bn", lambda m: f"block{m[1]}.{3 * int(m[2]) + 1}"),
+    (r"logits", "classifier"),
+)
+# mdistiller's CIFAR MobileNetV2: `blocks[s - 1][b].conv` is the Sequential
+# (expand conv, bn, relu, depthwise conv, bn, relu, project conv, bn).
+_MOBILENET_V2_PARTS = {"expand": 0, "depthwise": 3, "project": 6}
+_MOBILENET_V2 = (
+    (r"stem_conv", "conv1.0"),
+    (r"stem_bn", "conv1.1"),
+    (
+        r"stage(\d+)_block(\d+)_(expand|depthwise|project)_(conv|bn)",
+        lambda m: (
+            f"blocks.{int(m[1]) - 1}.{m[2]}.conv."
+            f"{_MOBILENET_V2_PARTS[m[3]] + (m[4] == 'bn')}"
+        ),
+    ),
+    (r"top_conv", "conv2.0"),
+    (r"top_bn", "conv2.1"),
+    (r"logits", "classifier.0"),
+)
+# mdistiller's CIFAR ShuffleNetV1: `layer{s}[b]` with conv1..3 and bn1..3.
+_SHUFFLENET_V1 = (
+    (r"stem_conv", "conv1"),
+    (r"stem_bn", "bn1"),
+    (r"stage(\d+)_block(\d+)_(\d)_(conv|bn)", r"layer\1.\2.\4\3"),
+    (r"logits", "linear"),
+)
+# mdistiller's CIFAR ShuffleNetV2: `layer{s}[0]` the DownBlock (left branch
+# conv1, conv2; right branch conv3, conv4, conv5), `layer{s}[b + 1]` block b.
+_SHUFFLENET_V2_DOWN = {
+    "left_1": 1,
+    "left_2": 2,
+    "right_1": 3,
+    "right_2": 4,
+    "right_3": 5,
+}
+_SHUFFLENET_V2 = (
+    (r"stem_conv", "conv1"),
+    (r"stem_bn", "bn1"),
+    (
+        r"stage(\d+)_down_((?:left|right)_\d)_(conv|bn)",
+        lambda m: f"layer{m[1]}.0.{m[3]}{_SHUFFLENET_V2_DOWN[m[2]]}",
+    ),
+    (
+        r"stage(\d+)_block(\d+)_(\d)_(conv|bn)",
+        lambda m: f"layer{m[1]}.{int(m[2]) + 1}.{m[4]}{m[3]}",
+    ),
+    (r"top_conv", "conv2"),
+    (r"top_bn", "bn2"),
+    (r"logits", "linear"),
+)
 # Model name pattern -> layout.
 _LAYOUTS = (
     (r"resnet(18|34|50)_imagenet", _RESNET),
     (r"resnet(8|14|20|32|44|56|110)|resnet(8|32)x4", _RESNET),
     (r"resnet(18|50)", _RESNET_V2),
     (r"mobilenetv1_imagenet", _MOBILENET_V1),
+    (r"wrn_\d+_\d+", _WRN),
+    (r"vgg\d+", _VGG),
+    (r"mobilenetv2", _MOBILENET_V2),
+    (r"shufflenetv1", _SHUFFLENET_V1),
+    (r"shufflenetv2", _SHUFFLENET_V2),
 )
-_SUPPORTED = "resnet{18,34,50}_imagenet, mobilenetv1_imagenet and the CIFAR ResNets"
+_SUPPORTED = (
+    "resnet{18,34,50}_imagenet, mobilenetv1_imagenet and the 23 CIFAR models "
+    "(resnet8 ... resnet110, resnet8x4, resnet32x4, resnet18, resnet50, "
+    "wrn_{16,40}_{1,2}, vgg{8,11,13,16,19}, mobilenetv2, shufflenetv1, shufflenetv2)"
+)
 _IGNORED_SUFFIX = ".num_batches_tracked"
 _SHOWN = 3  # names listed in an error
 
@@ -89,7 +180,7 @@ def _module_name(layout, layer):
     for pattern, module in layout:
         match = re.fullmatch(pattern, layer.name)
         if match:
-            return match.expand(module)
+            return module(match) if callable(module) else match.expand(module)
     raise ValueError(
         f"Layer '{layer.name}' of {layer.__class__.__name__} has weights but no "
         "PyTorch counterpart in this model's layout."
@@ -283,23 +374,42 @@ def main(argv=None):
 def _parser():
     parser = cli.ArgumentParser(
         prog="python -m keras_cskd.models.porting",
-        description="Port a PyTorch state_dict checkpoint (.pth) into a zoo "
-        "model and save it as a .keras file. Needs PyTorch (pip install torch).",
+        description="Port a PyTorch checkpoint (.pth: a state_dict, or a dict "
+        "holding one under 'model', 'state_dict' or 'net', as mdistiller's and "
+        "RepDistiller's teachers do) into a zoo model and save it as a .keras "
+        "file. Needs PyTorch (pip install torch).",
     )
-    parser.add_argument("--checkpoint", required=True, help="the .pth state_dict")
-    parser.add_argument(
-        "--model", required=True, help="the zoo model, e.g. resnet34_imagenet"
-    )
+    parser.add_argument("--checkpoint", required=True, help="the .pth checkpoint")
+    parser.add_argument("--model", required=True, help="the zoo model, e.g. resnet32x4")
     parser.add_argument("--output", required=True, help="the .keras file to write")
     parser.add_argument(
-        "--num_classes", type=int, default=1000, help="classes of the logits"
+        "--num_classes",
+        type=int,
+        default=None,
+        help="classes of the logits; default 1000 for the *_imagenet models, "
+        "100 (CIFAR-100) for the others",
     )
     parser.add_argument(
         "--input_shape",
-        default="224,224,3",
-        help="height,width,channels of one image; default 224,224,3",
+        default=None,
+        help="height,width,channels of one image; default 224,224,3 for the "
+        "*_imagenet models, 32,32,3 for the others",
     )
     return parser
+
+
+def _defaults(args):
+    """`(num_classes, input_shape)`: the given ones, else the model family's."""
+    imagenet = args.model.endswith("_imagenet")
+    num_classes = args.num_classes or (1000 if imagenet else 100)
+    text = args.input_shape or ("224,224,3" if imagenet else "32,32,3")
+    try:
+        input_shape = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--input_shape must be integers like 224,224,3, not '{text}'."
+        ) from None
+    return num_classes, input_shape
 
 
 def _port(args):
@@ -307,49 +417,79 @@ def _port(args):
 
     if not args.output.endswith(".keras"):
         raise ValueError(f"--output must end in .keras, not '{args.output}'.")
-    try:
-        input_shape = tuple(int(d) for d in args.input_shape.split(","))
-    except ValueError:
-        raise ValueError(
-            f"--input_shape must be integers like 224,224,3, not '{args.input_shape}'."
-        ) from None
+    num_classes, input_shape = _defaults(args)
+    state_dict = _read_state_dict(args.checkpoint)
+    import keras_cskd.models  # noqa: F401  (registers the zoo)
+
+    model = registry.get(args.model, num_classes, input_shape)
+    load_torch_state_dict(model, state_dict)
+    # Written beside the output and moved onto it when complete: a full disk
+    # or a kill leaves no truncated `.keras` file, and an earlier one intact.
+    with files.atomic_path(args.output) as tmp:
+        model.save(tmp)
+
+
+def _read_state_dict(path):
+    """The NumPy `state_dict` in the checkpoint file `path` (needs torch)."""
     try:
         import torch
     except ImportError:
         raise ImportError(
             "Reading a PyTorch checkpoint needs PyTorch: pip install torch."
         ) from None
-    import keras_cskd.models  # noqa: F401  (registers the zoo)
-
-    model = registry.get(args.model, args.num_classes, input_shape)
     try:
-        checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ValueError(f"No such checkpoint: {args.checkpoint}.") from None
+        raise ValueError(f"No such checkpoint: {path}.") from None
     except Exception as error:  # pickle, zip or torch errors: not a checkpoint
         raise ValueError(
-            f"{args.checkpoint} is not a readable PyTorch checkpoint: "
-            f"{cli.one_line(error)}"
+            f"{path} is not a readable PyTorch checkpoint: {cli.one_line(error)}"
         ) from None
-    if not isinstance(checkpoint, dict) or not all(
-        isinstance(value, torch.Tensor) for value in checkpoint.values()
-    ):
+    state_dict = _unwrap(checkpoint, torch.Tensor)
+    if state_dict is None:
+        what = (
+            f"a dict of {_names(sorted(map(str, checkpoint)))}"
+            if isinstance(checkpoint, dict)
+            else f"a {type(checkpoint).__name__}"
+        )
         raise ValueError(
-            f"{args.checkpoint} is not a state_dict (a mapping from names to "
-            "tensors); save one with torch.save(model.state_dict(), path)."
+            f"{path} holds {what}, not a state_dict (names to tensors, itself or "
+            f"under {_names(list(_WRAPPERS))}); save one with "
+            "torch.save(model.state_dict(), path)."
         )
     # bfloat16 has no NumPy dtype; every zoo weight is float32.
-    load_torch_state_dict(
-        model,
-        {
-            key: (value.float() if value.is_floating_point() else value).numpy()
-            for key, value in checkpoint.items()
-        },
-    )
-    # Written beside the output and moved onto it when complete: a full disk
-    # or a kill leaves no truncated `.keras` file, and an earlier one intact.
-    with files.atomic_path(args.output) as tmp:
-        model.save(tmp)
+    return {
+        key: (value.float() if value.is_floating_point() else value).numpy()
+        for key, value in state_dict.items()
+    }
+
+
+# Keys under which training scripts save the state_dict beside the epoch and the
+# optimizer: mdistiller and RepDistiller use "model" (`ckpt_epoch_240.pth`).
+_WRAPPERS = ("model", "state_dict", "net")
+_PARALLEL_PREFIX = "module."  # what nn.DataParallel adds to every key
+
+
+def _unwrap(checkpoint, tensor_type):
+    """The state dict in `checkpoint`, `module.` prefixes removed; or `None`."""
+
+    def is_state_dict(value):
+        return (
+            isinstance(value, dict)
+            and bool(value)
+            and all(isinstance(v, tensor_type) for v in value.values())
+        )
+
+    if not is_state_dict(checkpoint) and isinstance(checkpoint, dict):
+        checkpoint = next(
+            (checkpoint[k] for k in _WRAPPERS if is_state_dict(checkpoint.get(k))),
+            checkpoint,
+        )
+    if not is_state_dict(checkpoint):
+        return None
+    if all(str(key).startswith(_PARALLEL_PREFIX) for key in checkpoint):
+        return {key[len(_PARALLEL_PREFIX) :]: v for key, v in checkpoint.items()}
+    return checkpoint
 
 
 if __name__ == "__main__":
