@@ -86,12 +86,15 @@ def listing():
     """The --list lines: what a config can name, registry by registry
     (`register` in keras_cskd.losses, .models, .data adds to them)."""
     from keras_cskd import data, losses, models
+    from keras_cskd.data import augment
 
     registries = {
         "losses": ["scratch", *losses.names()],  # loss.method (scratch: no teacher)
         "models": models.names(),  # model
         "datasets": data.names(),  # data.name
-        # The augmentations (data.augmentation) go here once they are named.
+        "augmentations": augment.AUGMENTATIONS.names(),  # data.augmentation
+        # data.strong_augmentation
+        "strong views": augment.STRONG_AUGMENTATIONS.names(),
     }
     configs = sorted(p.stem for p in Path(__file__).parent.glob("configs/*.py"))
     registries["configs"] = configs  # --config=configs/<name>.py

@@ -76,23 +76,24 @@ def build_trainer(config, model, teacher, optimizer):
 
     >>> trainer = build_trainer(config, student, teacher, optimizer)
     """
-    if teacher is None:
-        labels_are_soft = config.data.mixup_alpha > 0
-        model.compile(
-            optimizer=optimizer,
-            loss=keras.losses.CategoricalCrossentropy(from_logits=True)
-            if labels_are_soft
-            else keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
+    if teacher is not None:
+        distillation_loss = build_loss(config.loss)
+        trainer = Distiller(
+            teacher,
+            model,
+            distillation_loss,
+            ce_weight=config.ce_weight,
+            distillation_loss_weight=config.distillation_loss_weight,
+            view_weights=config.view_weights if config.data.two_views else None,
         )
-        return model
-    trainer = Distiller(
-        teacher,
-        model,
-        build_loss(config.loss),
-        ce_weight=config.ce_weight,
-        distillation_loss_weight=config.distillation_loss_weight,
-        view_weights=config.view_weights if config.data.two_views else None,
+        trainer.compile(optimizer=optimizer)
+        return trainer
+    labels_are_soft = config.data.mixup_alpha > 0  # mixup's mixed labels
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True)
+        if labels_are_soft
+        else keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
     )
-    trainer.compile(optimizer=optimizer)
-    return trainer
+    return model

@@ -131,6 +131,9 @@ class Distiller(keras.Model):
         super().__init__(name=name, **kwargs)
         _check_models(teacher, student)
         self.distillation_losses = _loss_list(distillation_loss)
+        # What the Distiller reads of each loss, adapted once (Keras's own
+        # losses get the interface's defaults).
+        self._interfaces = tuple(map(as_distillation_loss, self.distillation_losses))
         self.distillation_loss_weights = _weight_list(
             distillation_loss_weight, len(self.distillation_losses)
         )
@@ -147,17 +150,17 @@ class Distiller(keras.Model):
         self.student = student
         self.view_weights = tuple(float(w) for w in view_weights or ()) or None
         self._teacher_outputs_model = _outputs_model(
-            teacher, "teacher", self.distillation_losses
+            teacher, "teacher", self._named_interfaces()
         )
         self._student_outputs_model = _outputs_model(
-            student, "student", self.distillation_losses
+            student, "student", self._named_interfaces()
         )
         self.loss_layers = self._build_loss_layers()
         self._index_loss = next(
             (
-                type(loss).__name__
-                for loss in self.distillation_losses
-                if as_distillation_loss(loss).uses_sample_indices
+                name
+                for name, interface in self._named_interfaces()
+                if interface.uses_sample_indices
             ),
             None,
         )
@@ -243,10 +246,10 @@ class Distiller(keras.Model):
         if epoch is not None:
             self.epoch.assign(float(epoch))
         elif not self._in_fit:
-            for loss in self.distillation_losses:
-                if as_distillation_loss(loss).uses_epoch:
+            for name, interface in self._named_interfaces():
+                if interface.uses_epoch:
                     raise ValueError(
-                        f"{type(loss).__name__} changes with the epoch, which only "
+                        f"{name} changes with the epoch, which only "
                         "fit() counts: call train_on_batch(..., epoch=N) (1-based)."
                     )
         return super().train_on_batch(*args, **kwargs)
@@ -372,10 +375,10 @@ class Distiller(keras.Model):
             for weight, student in zip(weights, students, strict=True)
         )
         values = {}
-        for index, (loss, name) in enumerate(
-            zip(self.distillation_losses, self._loss_names(), strict=True)
+        for index, (interface, name) in enumerate(
+            zip(self._interfaces, self._loss_names(), strict=True)
         ):
-            if as_distillation_loss(loss).num_views > 1:
+            if interface.num_views > 1:
                 views = [(teachers, students, labels[0], None)]
                 view_weights = (1.0,)
             else:
@@ -421,8 +424,7 @@ class Distiller(keras.Model):
         own layers) added under `_projected_key`, before the gather: their
         gradients then come from this replica's rows only, like the student's."""
         outputs = _float32(_as_dict(student_outputs))
-        for index, loss in enumerate(self.distillation_losses):
-            adapted = as_distillation_loss(loss)
+        for index, adapted in enumerate(self._interfaces):
             if adapted.layers:
                 outputs[_projected_key(index)] = adapted.project_student(
                     outputs[adapted.student_layer_name or LOGITS]
@@ -430,16 +432,14 @@ class Distiller(keras.Model):
         return outputs
 
     def _cross_entropy(self, labels, student_logits):
-        for loss in self.distillation_losses:
+        for interface in self._interfaces:
             # SKD can ask for its normalised logits in the cross-entropy too.
-            student_logits = as_distillation_loss(loss).student_logits_for_ce(
-                student_logits
-            )
+            student_logits = interface.student_logits_for_ce(student_logits)
         return ops.mean(cross_entropy(labels, student_logits))
 
     def _loss_value(self, index, teacher, student, labels, replica_ids):
         """Loss `index` on one view (or, for `num_views > 1`, on all views)."""
-        adapted = as_distillation_loss(self.distillation_losses[index])
+        adapted = self._interfaces[index]
         teacher_key = adapted.teacher_layer_name or LOGITS
         student_key = adapted.student_layer_name or LOGITS
         if adapted.layers:
@@ -487,6 +487,11 @@ class Distiller(keras.Model):
             )
         return ops.cast(loss, "float32")
 
+    def _named_interfaces(self):
+        """`(class name, interface)` of each loss, for messages."""
+        names = (type(loss).__name__ for loss in self.distillation_losses)
+        return tuple(zip(names, self._interfaces, strict=True))
+
     def _loss_names(self):
         """Each loss's logged name, e.g. `"cskd_loss"` (`"distillation_loss"`
         for a single loss)."""
@@ -502,8 +507,7 @@ class Distiller(keras.Model):
         """Builds each loss's own layers (FitNets' regressor) for the shapes of
         the outputs it compares; the Distiller tracks and trains them."""
         layers = []
-        for loss in self.distillation_losses:
-            adapted = as_distillation_loss(loss)
+        for adapted in self._interfaces:
             adapted.build(
                 _output_shape(self.teacher, adapted.teacher_layer_name),
                 _output_shape(self.student, adapted.student_layer_name),
@@ -711,13 +715,13 @@ def _ce_weights(student_loss_weight, ce_weight):
     return float(alpha), None
 
 
-def _outputs_model(model, role, losses):
+def _outputs_model(model, role, named_interfaces):
     """`model`, or a model of its logits and the layers the losses compare."""
     layer_losses = {}
-    for loss in losses:
-        layer_name = getattr(as_distillation_loss(loss), f"{role}_layer_name")
+    for loss_name, interface in named_interfaces:
+        layer_name = getattr(interface, f"{role}_layer_name")
         if layer_name is not None:
-            layer_losses.setdefault(layer_name, type(loss).__name__)
+            layer_losses.setdefault(layer_name, loss_name)
     if not layer_losses:
         return model
     if getattr(model, "inputs", None) is None:

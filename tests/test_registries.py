@@ -285,7 +285,9 @@ def test_train_py_list_shows_every_registry_and_what_a_config_registers(tmp_path
     )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = dict(line.split(":", 1) for line in result.stdout.strip().splitlines())
-    assert {"losses", "models", "datasets", "configs"} <= set(lines)
+    assert {"losses", "models", "datasets", "augmentations", "configs"} <= set(lines)
+    assert "cifar_crop_flip" in lines["augmentations"]
+    assert "cifar_randaugment" in lines["strong views"]
     assert "scratch" in lines["losses"] and "cskd" in lines["losses"]
     assert "digits_mlp" in lines["models"] and "listed_toy_model" in lines["models"]
     assert "digits" in lines["datasets"] and "tfds:<name>" in lines["datasets"]

@@ -100,7 +100,7 @@ def test_cached_logits_are_the_teachers_on_each_variant(digits, teacher, teacher
     logits = {}
     for dtype in teacher_cache.DTYPES:
         path, key = build(teacher_path, teacher, digits, dtype, batch_size=500)
-        logits[dtype] = teacher_cache.load(path, key)
+        logits[dtype] = teacher_cache.load_logits(path, key)
         assert logits[dtype].shape == (1257, 9, 10)
     images, _ = data.to_numpy(digits.train)
     space = teacher_cache.variant_space(augment.digits_augmentation())
@@ -128,7 +128,7 @@ def test_the_cached_pipeline_is_the_online_one_with_logits(
     digits, teacher, teacher_path
 ):
     path, key = build(teacher_path, teacher, digits)
-    logits = teacher_cache.load(path, key)
+    logits = teacher_cache.load_logits(path, key)
     augmentation = augment.digits_augmentation()
     cached = teacher_cache.pipeline(digits.train, logits, 64, augmentation, 1, epochs=2)
     online = data.pipeline(
@@ -150,7 +150,7 @@ def test_training_with_the_cache_equals_training_with_the_teacher(
     digits, teacher, teacher_path
 ):
     path, key = build(teacher_path, teacher, digits)
-    logits = teacher_cache.load(path, key)
+    logits = teacher_cache.load_logits(path, key)
     augmentation = augment.digits_augmentation()
     weights = []
     for cached in (False, True):
@@ -183,7 +183,7 @@ def test_a_stale_cache_is_refused_naming_the_teacher(digits, teacher, teacher_pa
         file.write(b"retrained")
     key = teacher_cache.cache_key(teacher_path, digits, augment.digits_augmentation())
     with pytest.raises(ValueError, match="stale: the teacher changed .*sha256"):
-        teacher_cache.load(path, key)
+        teacher_cache.load_logits(path, key)
 
 
 def test_a_build_runs_under_the_caches_lock_and_a_second_finds_it_done(
@@ -226,9 +226,9 @@ def test_a_truncated_cache_is_refused(digits, teacher, teacher_path):
     with open(path, "r+b") as file:
         file.truncate(path.stat().st_size - 40)
     with pytest.raises(ValueError, match="truncated. Rebuild it with: python -m"):
-        teacher_cache.load(path, key)
+        teacher_cache.load_logits(path, key)
     build(teacher_path, teacher, digits)  # a build replaces it
-    assert teacher_cache.load(path, key).shape == (1257, 9, 10)
+    assert teacher_cache.load_logits(path, key).shape == (1257, 9, 10)
 
 
 @pytest.mark.large
@@ -256,7 +256,7 @@ def test_a_killed_build_resumes_and_ends_as_an_uninterrupted_one(
     path, key = teacher_cache.default_path(teacher_path, "digits"), None
     key = teacher_cache.cache_key(teacher_path, digits, augment.digits_augmentation())
     with pytest.raises(ValueError, match="incomplete .*3 chunks"):
-        teacher_cache.load(path, key)  # an incomplete cache is never read
+        teacher_cache.load_logits(path, key)  # an incomplete cache is never read
     resumed = []
     build(teacher_path, teacher, digits, chunk_size=128, progress=resumed.append)
     assert "resuming (3 done)" in resumed[0]
@@ -266,7 +266,7 @@ def test_a_killed_build_resumes_and_ends_as_an_uninterrupted_one(
     shutil.copy(teacher_path, other)
     whole, _ = build(other, teacher, digits, chunk_size=128)
     np.testing.assert_array_equal(
-        teacher_cache.load(path, key), teacher_cache.load(whole, key)
+        teacher_cache.load_logits(path, key), teacher_cache.load_logits(whole, key)
     )
 
 
@@ -343,7 +343,7 @@ def test_training_from_the_cache_on_two_replicas_equals_one_device(
     digits, teacher, teacher_path
 ):
     path, key = build(teacher_path, teacher, digits)
-    logits = teacher_cache.load(path, key)
+    logits = teacher_cache.load_logits(path, key)
     one = train_from_cache(logits, teacher_path, tf.distribute.get_strategy())
     # The process's one MirroredStrategy over conftest's two logical CPUs: a
     # second would clash with it (tensorflow/tensorflow#62790).
@@ -410,9 +410,9 @@ def test_a_cache_is_checked_once_and_again_after_a_change(
         "_sha256_array",
         lambda rows: hashed.append(len(rows)) or sha256_array(rows),
     )
-    teacher_cache.load(path, key)
+    teacher_cache.load_logits(path, key)
     assert hashed == [256, 256, 256, 256, 233]  # every chunk, the first time
-    teacher_cache.load(path, key)
+    teacher_cache.load_logits(path, key)
     assert len(hashed) == 5  # recorded: not read again
     logits = np.load(path, mmap_mode="r+")
     logits[300, 4, 7] += 1.0  # one logit, in the second chunk
@@ -421,7 +421,7 @@ def test_a_cache_is_checked_once_and_again_after_a_change(
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     with pytest.raises(ValueError) as error:
-        teacher_cache.load(path, key)
+        teacher_cache.load_logits(path, key)
     assert str(error.value) == (
         f"The teacher-logit cache {path} is corrupt: examples 256-511 (chunk 2 of "
         f"5) do not match their SHA-256. Delete it (rm {path} {path}.json) and "

@@ -27,7 +27,7 @@ Example:
 
 import math
 
-from keras_cskd.data import augment, streaming, teacher_cache
+from keras_cskd.data import augment, registry, streaming, teacher_cache
 from keras_cskd.data.dataset_checks import check_dataset
 from keras_cskd.data.decoded import pipeline, to_numpy, with_teacher_logits
 from keras_cskd.data.streamed_source import StreamedSource
@@ -53,9 +53,7 @@ def load_inputs(data_config, seed=0, strategy=None):
         ValueError: for an unknown augmentation name, or options the kind of
             data does not support (the message names the fix).
     """
-    from keras_cskd import data  # the package's loaders, complete by now
-
-    dataset = data.load(
+    dataset = registry.load(
         data_config.name,
         data_dir=data_config.data_dir or None,
         download=data_config.download,

@@ -19,8 +19,9 @@ resumes); `<name>.npy.lock` makes builds of one cache take turns, so workers
 sharing the directory build it once. The key records what the logits depend
 on: the teacher file's SHA-256, the dataset, split, examples (a SHA-256 of
 images and labels), normalisation, the augmentation's name
-(`data.augmentation`, the layer's name) and variant space, and dtype; `load` refuses
-any other. The first `load` of a cache checks every chunk against its SHA-256
+(`data.augmentation`, the layer's name) and variant space, and dtype;
+`load_logits` refuses any other. The first `load_logits` of a cache checks every
+chunk against its SHA-256
 and records that it did (with the file's size, inode and change times), so
 later runs read only what they train on; a cache whose bytes changed since is
 checked again, and a corrupt one is refused.
@@ -256,7 +257,7 @@ def build(
     killed continues where it stopped when called again with the same key.
     The cache counts as complete only once its metadata (`<path>.json`, with
     every chunk's SHA-256) is written, atomically, at the end. A complete
-    cache with the same key is checked (`load`) and left as it is; one with
+    cache with the same key is checked (`load_logits`) and left as it is; one with
     another key, or truncated, is rebuilt from scratch. Builds of one path
     take turns (a lock on `<path>.lock`): workers that share the directory
     wait for the first, then find its cache complete.
@@ -279,7 +280,7 @@ def build(
     Raises:
         ValueError: for a `batch_size` or `chunk_size` below 1 (before any
             file is written), or a complete cache with this key that is
-            corrupt (`load`).
+            corrupt (`load_logits`).
 
     Example:
 
@@ -405,10 +406,10 @@ def _chunk_logits(forward, images, space, batch_size):
     return np.concatenate(outputs).reshape(int(images.shape[0]), space.size, -1)
 
 
-def load(path, key):
+def load_logits(path, key):
     """The cached logits, memory-mapped read-only, after checking the cache.
 
-    The first `load` of a complete cache checks every chunk against the
+    The first `load_logits` of a complete cache checks every chunk against the
     SHA-256 its build recorded, and records in the metadata that it did,
     with the file's size, inode and modification and change times; later
     loads of the unchanged file skip the check (they read only what they
@@ -429,7 +430,7 @@ def load(path, key):
 
     Example:
 
-    >>> logits = load(default_path(teacher_path, "digits"), key)
+    >>> logits = load_logits(default_path(teacher_path, "digits"), key)
     """
     path = Path(path)
     metadata = _metadata(path)
@@ -507,7 +508,7 @@ def _sha256_array(array):
 
 def ensure(teacher_path, teacher, dataset, augmentation, dtype="float32", **options):
     """The cache of `teacher` for this training run: built (or resumed, or
-    rebuilt when stale) if needed, then `load`ed; what `train.py` calls.
+    rebuilt when stale) if needed, then loaded (`load_logits`); what `train.py` calls.
 
     Args:
         teacher_path: the teacher's file.
@@ -524,7 +525,7 @@ def ensure(teacher_path, teacher, dataset, augmentation, dtype="float32", **opti
     key = cache_key(teacher_path, dataset, augmentation, dtype, split)
     path = default_path(teacher_path, dataset.name, dtype, split)
     build(path, key, teacher, dataset, augmentation, **options)
-    return load(path, key)
+    return load_logits(path, key)
 
 
 def pipeline(
@@ -551,7 +552,7 @@ def pipeline(
 
     Args:
         dataset: the unbatched `(image, label)` split the cache was built on.
-        logits: the cache (`load` or `ensure`).
+        logits: the cache (`load_logits` or `ensure`).
         batch_size, seed, epochs, first_epoch, skip_steps, drop_remainder: as
             for `data.pipeline`.
         augmentation: the discrete augmentation the cache was built for.
