@@ -119,13 +119,7 @@ class Distiller(keras.Model):
         name="distiller",
         **kwargs,
     ):
-        for keras_name, ours in KERAS_SPELLINGS.items():
-            if keras_name in kwargs:
-                raise ValueError(
-                    f"keras_cskd.Distiller takes {ours}, not `{keras_name}`: pass "
-                    "the same value; `student_loss_weight` (alpha) and the weights "
-                    "mean what they mean in keras.distillation.Distiller."
-                )
+        _refuse_keras_spellings(kwargs)
         if distillation_loss is None:
             raise ValueError("Give the Distiller a `distillation_loss`, e.g. 'cskd'.")
         super().__init__(name=name, **kwargs)
@@ -134,17 +128,7 @@ class Distiller(keras.Model):
         # What the Distiller reads of each loss, adapted once (Keras's own
         # losses get the interface's defaults).
         self._interfaces = tuple(map(as_distillation_loss, self.distillation_losses))
-        self.distillation_loss_weights = _weight_list(
-            distillation_loss_weight, len(self.distillation_losses)
-        )
-        self.student_loss_weight, self.ce_weight = _ce_weights(
-            student_loss_weight, ce_weight
-        )
-        # The weights of the cross-entropy and of sum_i w_i * L_i.
-        alpha = self.student_loss_weight
-        self._term_scales = (
-            (self.ce_weight, 1.0) if alpha is None else (alpha, 1 - alpha)
-        )
+        self._set_term_weights(distillation_loss_weight, student_loss_weight, ce_weight)
         self.teacher = teacher
         self.teacher.trainable = False
         self.student = student
@@ -174,6 +158,21 @@ class Distiller(keras.Model):
         self.term_means = Means(LOGGED_TERMS + (self._loss_names() if several else ()))
         # Built models make a built Distiller (BackupAndRestore needs that).
         self.built = bool(teacher.built and student.built)
+
+    def _set_term_weights(
+        self, distillation_loss_weight, student_loss_weight, ce_weight
+    ):
+        self.distillation_loss_weights = _weight_list(
+            distillation_loss_weight, len(self.distillation_losses)
+        )
+        self.student_loss_weight, self.ce_weight = _ce_weights(
+            student_loss_weight, ce_weight
+        )
+        # The weights of the cross-entropy and of sum_i w_i * L_i.
+        alpha = self.student_loss_weight
+        self._term_scales = (
+            (self.ce_weight, 1.0) if alpha is None else (alpha, 1 - alpha)
+        )
 
     @property
     def distillation_loss(self):
@@ -713,6 +712,18 @@ def _ce_weights(student_loss_weight, ce_weight):
             "cross-entropy alone, use `ce_weight`."
         )
     return float(alpha), None
+
+
+def _refuse_keras_spellings(kwargs):
+    """Refuses Keras's argument names whose value this Distiller takes under
+    another name (`KERAS_SPELLINGS`), naming ours."""
+    for keras_name, ours in KERAS_SPELLINGS.items():
+        if keras_name in kwargs:
+            raise ValueError(
+                f"keras_cskd.Distiller takes {ours}, not `{keras_name}`: pass "
+                "the same value; `student_loss_weight` (alpha) and the weights "
+                "mean what they mean in keras.distillation.Distiller."
+            )
 
 
 def _outputs_model(model, role, named_interfaces):

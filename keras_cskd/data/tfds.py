@@ -191,44 +191,20 @@ def load(
     >>> cifar.num_classes, cifar.input_shape
     (100, (32, 32, 3))
     """
-    import tensorflow_datasets as tfds
-
     name, version, splits = parse_spec(spec)
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(
             f"`validation_fraction` must be in [0, 1), got {validation_fraction}."
         )
     full_name = f"{name}:{version}" if version else name
-    try:
-        builder = tfds.builder(full_name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError as error:
-        raise ValueError(
-            f"Unknown TFDS dataset '{full_name}' (from 'tfds:{spec}'). "
-            "`tfds.list_builders()` lists the known names."
-        ) from error
-
-    features = builder.info.features
-    image_feature, label_feature = _image_and_label(features, name)
+    builder = _builder(full_name, spec, data_dir)
+    image_feature, label_feature = _image_and_label(builder.info.features, name)
     num_classes = int(label_feature.num_classes)
-
     manual = _needs_manual_download(builder)
-    if manual and manual_dir and not builder.is_prepared():
-        _prepare_from_manual_dir(builder, full_name, manual_dir)
-    elif download and not builder.is_prepared():
-        if manual:
-            raise FileNotFoundError(_manual_message(builder, full_name, manual_dir))
-        _download_and_prepare(builder, full_name, data_dir)
-
-    train = splits.get("train", "train")
-    test = splits.get("test", DEFAULT_TEST_SPLIT.get(name, "test"))
-    validation = splits.get("validation")
-    if validation_fraction > 0:
-        if validation is not None:
-            raise ValueError(
-                f"The TFDS spec 'tfds:{spec}' names a validation split; "
-                "leave `validation_fraction` at 0 or drop `validation=`."
-            )
-        train, validation = _carve(builder, train, validation_fraction, spec)
+    _prepare(builder, full_name, data_dir, manual_dir, download)
+    train, validation, test = _split_names(
+        builder, splits, name, spec, validation_fraction
+    )
 
     mean_std = _normalization(normalization, name, image_feature.shape[-1])
     if streaming is None:
@@ -368,6 +344,44 @@ class TFDSRecords(StreamedSource):
         chosen = sampling.balanced_indices(labels, count, seed)
         images = [kept[index]["image"] for index in chosen]
         return EncodedRecords(images, labels[chosen], name=f"{self.name}, balanced")
+
+
+def _builder(full_name, spec, data_dir):
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder(full_name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as error:
+        raise ValueError(
+            f"Unknown TFDS dataset '{full_name}' (from 'tfds:{spec}'). "
+            "`tfds.list_builders()` lists the known names."
+        ) from error
+
+
+def _prepare(builder, full_name, data_dir, manual_dir, download):
+    """Prepares the dataset from `manual_dir`, or downloads it if asked."""
+    manual = _needs_manual_download(builder)
+    if manual and manual_dir and not builder.is_prepared():
+        _prepare_from_manual_dir(builder, full_name, manual_dir)
+    elif download and not builder.is_prepared():
+        if manual:
+            raise FileNotFoundError(_manual_message(builder, full_name, manual_dir))
+        _download_and_prepare(builder, full_name, data_dir)
+
+
+def _split_names(builder, splits, name, spec, validation_fraction):
+    """The TFDS split names of train, validation (or `None`) and test."""
+    train = splits.get("train", "train")
+    test = splits.get("test", DEFAULT_TEST_SPLIT.get(name, "test"))
+    validation = splits.get("validation")
+    if validation_fraction > 0:
+        if validation is not None:
+            raise ValueError(
+                f"The TFDS spec 'tfds:{spec}' names a validation split; "
+                "leave `validation_fraction` at 0 or drop `validation=`."
+            )
+        train, validation = _carve(builder, train, validation_fraction, spec)
+    return train, validation, test
 
 
 def _split_outside_brackets(text, separator):
