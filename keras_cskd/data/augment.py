@@ -385,12 +385,13 @@ def _offset(seed, layer):
 # The training views a config names (`data.augmentation`): each builder takes
 # the `Dataset` and a seed and returns a stateless layer, or `None` for none.
 AUGMENTATIONS = Registry(
-    "augmentation", hint=" (data.augmentation; register one in data/augment.py)"
+    "augmentation",
+    hint=" (data.augmentation; add one with @AUGMENTATIONS.register)",
 )
 # The strong second view (`data.strong_augmentation`, with `data.two_views`).
 STRONG_AUGMENTATIONS = Registry(
     "strong augmentation",
-    hint=" (data.strong_augmentation; register one in data/augment.py)",
+    hint=" (data.strong_augmentation; add one with @STRONG_AUGMENTATIONS.register)",
 )
 
 
