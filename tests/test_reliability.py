@@ -253,7 +253,7 @@ def with_dataset(labels):
 
     def change(config, tmp_path, monkeypatch):
         monkeypatch.setattr(
-            keras_cskd.data,
+            keras_cskd.data.registry,
             "load",
             lambda *args, **kwargs: Dataset("bad", split, None, split, 10, (8, 8, 1)),
         )
