@@ -110,9 +110,7 @@ def default_config():
     return config
 
 
-def loss_config(
-    method, cswt=False, t_min=2.0, t_max=6.0, standardize=False, **options
-):
+def loss_config(method, cswt=False, t_min=2.0, t_max=6.0, standardize=False, **options):
     """A `config.loss` block: the method's name, its arguments, and CSWT.
 
     `cswt=True` adds the CSWT term to CSKD and makes the temperature of every

@@ -18,10 +18,11 @@ def standardized_logits(logits):
     This is LS-KD's logit standardisation (Sun et al., 2024), the one place
     every loss with `standardize=True` (and `LSKD`) takes it from. `std` is
     the *sample* standard deviation (ddof=1, as `torch.std`). The variance is
-    floored at 1e-30 before the square root so that a row of equal logits has
-    a zero, not a NaN, gradient (the reference's is NaN there; its value is
-    0 as here); the floor changes the value by less than 1e-8 relative. With a
-    single class the denominator `C - 1` is taken as 1.
+    floored at 1e-30 before the square root so that the std of a row of equal
+    logits has a zero, not a NaN, gradient, as `torch.std`'s backward; the row
+    standardises to 0 and its gradient is finite (1e7 times the softmax's, as
+    the reference's). The floor changes the value by less than 1e-8 relative.
+    With a single class the denominator `C - 1` is taken as 1.
 
     Example:
 
