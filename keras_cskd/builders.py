@@ -1,5 +1,7 @@
 """What a run config builds: the loss, the optimizer, the teacher and the trainer."""
 
+import inspect
+
 import keras
 
 from keras_cskd import losses, optimizers
@@ -11,6 +13,8 @@ def build_loss(loss_config):
 
     `loss.cswt=True` puts `CSWT(loss.t_min, loss.t_max)` in the argument the
     loss declares as its `cswt_argument`; a loss that declares none refuses it.
+    `loss.standardize=True` (LS-KD's logit standardisation) goes to the losses
+    whose constructor takes `standardize` (KD, DKD); the others refuse it.
 
     Example:
 
@@ -27,11 +31,27 @@ def build_loss(loss_config):
             f"The {method} loss takes no CSWT: set loss.cswt=False (only the "
             "losses whose temperature may be per-sample take one)."
         )
+    _pass_standardize(method, options)
     if cswt_on:
         options[argument] = cswt
     elif argument not in (None, "temperature"):  # a CSWT-only argument: off
         options[argument] = None
     return losses.get(method, **options)
+
+
+def _pass_standardize(method, options):
+    """Keeps `options["standardize"]` for a loss that takes it; drops a False
+    one for the others and refuses a True one (LS-KD defines it for KD, DKD)."""
+    standardize = options.pop("standardize", False)
+    takes_it = "standardize" in inspect.signature(losses.get_class(method)).parameters
+    if takes_it:
+        options["standardize"] = standardize
+    elif standardize is not False:
+        raise ValueError(
+            f"The {method} loss takes no logit standardisation: set "
+            "loss.standardize=False (LS-KD defines it for kd and dkd; lskd "
+            "always standardises)."
+        )
 
 
 def build_optimizer(config, steps_per_epoch):

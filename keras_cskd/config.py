@@ -110,19 +110,29 @@ def default_config():
     return config
 
 
-def loss_config(method, cswt=False, t_min=2.0, t_max=6.0, **options):
+def loss_config(method, cswt=False, t_min=2.0, t_max=6.0, standardize=False, **options):
     """A `config.loss` block: the method's name, its arguments, and CSWT.
 
     `cswt=True` adds the CSWT term to CSKD and makes the temperature of every
-    other loss `CSWT(t_min, t_max)`. `method="scratch"` trains with
-    cross-entropy alone.
+    other loss `CSWT(t_min, t_max)`. `standardize=True` is LS-KD's logit
+    standardisation, for the losses that take it (`kd`, `dkd`; `lskd` always
+    standardises); every config has the key, so `--config.loss.standardize=True`
+    works on any recipe. `method="scratch"` trains with cross-entropy alone.
 
     Example:
 
     >>> config.loss = loss_config("dkd", temperature=4.0, beta=8.0)
+    >>> config.loss = loss_config("kd", temperature=2.0, standardize=True)
     """
     return ml_collections.ConfigDict(
-        {"method": method, "cswt": cswt, "t_min": t_min, "t_max": t_max, **options}
+        {
+            "method": method,
+            "cswt": cswt,
+            "t_min": t_min,
+            "t_max": t_max,
+            "standardize": standardize,
+            **options,
+        }
     )
 
 
@@ -316,7 +326,7 @@ def _loss_problems(loss):
             f"one of {', '.join(losses_module.names())})"
         ]
     accepted = set(inspect.signature(losses_module.get_class(method)).parameters)
-    accepted |= {"method", "cswt", "t_min", "t_max"}
+    accepted |= {"method", "cswt", "t_min", "t_max", "standardize"}
     problems = [
         f"unknown key 'loss.{key}' for method {method} (it takes: "
         f"{', '.join(sorted(accepted))})"

@@ -5,7 +5,7 @@ from keras import ops
 
 from keras_cskd.checks import non_negative_number
 from keras_cskd.losses.functional import kl_divergence_from_logits
-from keras_cskd.losses.logit_loss import LogitLoss
+from keras_cskd.losses.logit_loss import LogitLoss, standardize_flag
 from keras_cskd.losses.registry import register
 
 # What docs/methods.md (and the official code) subtracts from the target logit to
@@ -54,6 +54,11 @@ class DKD(LogitLoss):
         warmup_epochs: the loss ramps up linearly over this many epochs
             (default 20; 0 for no warm-up).
         global_batch: see `LogitLoss` (only matters with CSWT).
+        standardize: LS-KD's logit standardisation (Sun et al., 2024): both
+            logits z-scored per sample (`standardized_logits`) before the
+            masks, softmaxes and both KLs, as the LS-KD code's
+            `dkd_loss(..., logit_stand=True)`; the warm-up factor is applied
+            as without it. Default False.
 
     `compute_loss` needs `labels=` (integer `[B]` or one-hot/soft `[B, C]`,
     whose argmax is the target) and takes `epoch=`, the 1-based epoch number
@@ -66,6 +71,7 @@ class DKD(LogitLoss):
 
     >>> loss = DKD(temperature=4.0, alpha=1.0, beta=8.0, warmup_epochs=20)
     >>> loss.compute_loss(teacher_logits, student_logits, labels=y, epoch=3)
+    >>> DKD(temperature=2.0, alpha=9.0, beta=72.0, standardize=True)  # DKD+LS
     """
 
     requires_labels = True
@@ -78,8 +84,10 @@ class DKD(LogitLoss):
         beta=8.0,
         warmup_epochs=20,
         global_batch=True,
+        standardize=False,
     ):
         super().__init__(temperature=temperature, global_batch=global_batch)
+        self.standardize = standardize_flag(standardize)
         self.alpha = non_negative_number("alpha", alpha)
         self.beta = non_negative_number("beta", beta)
         self.warmup_epochs = non_negative_number("warmup_epochs", warmup_epochs)
@@ -121,6 +129,7 @@ class DKD(LogitLoss):
                 "alpha": self.alpha,
                 "beta": self.beta,
                 "warmup_epochs": self.warmup_epochs,
+                "standardize": self.standardize,
             }
         )
         return config

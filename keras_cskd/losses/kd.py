@@ -3,7 +3,7 @@
 import keras
 
 from keras_cskd.losses.functional import kl_divergence_from_logits
-from keras_cskd.losses.logit_loss import LogitLoss
+from keras_cskd.losses.logit_loss import LogitLoss, standardize_flag
 from keras_cskd.losses.registry import register
 
 
@@ -20,12 +20,21 @@ class KD(LogitLoss):
         temperature: a positive float (default 4), or a `CSWT`.
         global_batch: see `LogitLoss` (only matters with CSWT,
             whose min and max are over the batch).
+        standardize: LS-KD's logit standardisation (Sun et al., 2024): both
+            logits z-scored per sample (`standardized_logits`: mean and sample
+            std over the classes, 1e-7 added to the std) before the KL, as
+            the LS-KD code's `kd_loss(..., logit_stand=True)`. Default False.
 
     Example:
 
     >>> loss = KD(temperature=4.0)
     >>> loss.compute_loss(teacher_logits, student_logits)   # a scalar
+    >>> KD(temperature=2.0, standardize=True)   # KD+LS, equal to LSKD()
     """
+
+    def __init__(self, temperature=4.0, global_batch=True, standardize=False):
+        super().__init__(temperature=temperature, global_batch=global_batch)
+        self.standardize = standardize_flag(standardize)
 
     def call(self, teacher_logits, student_logits, labels=None, **kwargs):
         temperature, temperature_squared = self.temperatures(
@@ -34,3 +43,6 @@ class KD(LogitLoss):
         return temperature_squared * kl_divergence_from_logits(
             teacher_logits, student_logits, temperature
         )
+
+    def get_config(self):
+        return {**super().get_config(), "standardize": self.standardize}

@@ -7,6 +7,50 @@ from keras_cskd.checks import positive_number
 from keras_cskd.losses.cswt import CSWT
 from keras_cskd.losses.distillation_loss import DistillationLoss
 
+# Added to the standard deviation by logit standardisation (LS-KD's epsilon,
+# lskd_KD.py `normalize`).
+STD_EPSILON = 1e-7
+
+
+def standardized_logits(logits):
+    """Z-scores each row: `(z - mean) / (std + 1e-7)`, over the class axis.
+
+    This is LS-KD's logit standardisation (Sun et al., 2024), the one place
+    every loss with `standardize=True` (and `LSKD`) takes it from. `std` is
+    the *sample* standard deviation (ddof=1, as `torch.std`). The variance is
+    floored at 1e-30 before the square root so that the std of a row of equal
+    logits has a zero, not a NaN, gradient, as `torch.std`'s backward; the row
+    standardises to 0 and its gradient is finite (1e7 times the softmax's, as
+    the reference's). The floor changes the value by less than 1e-8 relative.
+    With a single class the denominator `C - 1` is taken as 1.
+
+    Example:
+
+    >>> standardized_logits(keras.ops.convert_to_tensor([[1.0, 2.0, 3.0]]))
+    [[-1., 0., 1.]]   # up to the 1e-7
+    """
+    num_classes = ops.cast(ops.shape(logits)[-1], logits.dtype)
+    centred = logits - ops.mean(logits, axis=-1, keepdims=True)
+    variance = ops.sum(ops.square(centred), axis=-1, keepdims=True) / ops.maximum(
+        num_classes - 1.0, 1.0
+    )
+    std = ops.sqrt(ops.maximum(variance, 1e-30))
+    return centred / (std + STD_EPSILON)
+
+
+def standardize_flag(value):
+    """Returns `value` if it is a bool (a loss's `standardize` switch); raises
+    `ValueError` otherwise, so that a string "False" is never taken as True.
+
+    Example:
+
+    >>> standardize_flag(True)
+    True
+    """
+    if not isinstance(value, bool):
+        raise ValueError(f"`standardize` must be True or False, got {value!r}.")
+    return value
+
 
 class LogitLoss(DistillationLoss):
     """Base class of the losses between teacher and student logits.
@@ -14,9 +58,13 @@ class LogitLoss(DistillationLoss):
     Subclasses implement `call(teacher_logits, student_logits, labels=None,
     **kwargs)` on float32 logits `[B, C]`; this class casts the logits, stops
     the teacher's gradient and checks shapes. What the `Distiller` gives them
-    is `DistillationLoss`'s interface. The losses that need no labels
-    (`requires_labels = False`) also work in `keras.distillation.Distiller`,
-    which passes none.
+    is `DistillationLoss`'s interface. A subclass that takes LS-KD's switch
+    (`KD`, `DKD`) stores `self.standardize`; when it is True, `compute_loss`
+    z-scores both logits with `standardized_logits` before `call`, so the
+    whole loss (a CSWT too) sees standardised logits while the cross-entropy,
+    which the `Distiller` computes, keeps the raw ones. The losses that need
+    no labels (`requires_labels = False`) also work in
+    `keras.distillation.Distiller`, which passes none.
 
     Args:
         temperature: a positive float, or a `CSWT` for per-sample temperatures.
@@ -36,6 +84,8 @@ class LogitLoss(DistillationLoss):
 
     # `temperature` may be a CSWT (a config's `loss.cswt=True` puts one there).
     cswt_argument = "temperature"
+    # LS-KD's logit standardisation, off unless a subclass takes `standardize`.
+    standardize = False
 
     def __init__(self, temperature=4.0, global_batch=True):
         if isinstance(temperature, dict):
@@ -81,6 +131,9 @@ class LogitLoss(DistillationLoss):
         teacher_logits = ops.stop_gradient(ops.cast(teacher_logits, "float32"))
         student_logits = ops.cast(student_logits, "float32")
         self.validate_outputs(teacher_logits, student_logits)
+        if self.standardize:
+            teacher_logits = standardized_logits(teacher_logits)
+            student_logits = standardized_logits(student_logits)
         if self.requires_labels and labels is None:
             raise ValueError(f"{type(self).__name__} needs the labels: pass `labels=`.")
         return self.call(teacher_logits, student_logits, labels=labels, **kwargs)
