@@ -22,6 +22,7 @@ from keras_cskd.models import porting
 
 FIXTURE = np.load(Path(__file__).parent / "golden" / "cifar_zoo.npz")
 ZOO = [str(name) for name in FIXTURE["models"]]
+NEEDS_TORCH = "writing a .pth needs PyTorch: pip install -e '.[torch]'"
 # One model of each reference file in the fast tier; the rest take ~1-2 s each.
 FAST = ["resnet8", "resnet18", "wrn_16_2", "vgg8", "mobilenetv2", "shufflenetv1"]
 FAST += ["shufflenetv2"]
@@ -147,7 +148,7 @@ def _mdistiller_checkpoint(torch):
     [("resnet8", "state_dict"), ("vgg8", "mdistiller"), ("wrn_16_2", "module")],
 )
 def test_command_line_ports_a_checkpoint(name, packing, tmp_path):
-    torch = pytest.importorskip("torch", reason="writing a .pth needs PyTorch")
+    torch = pytest.importorskip("torch", reason=NEEDS_TORCH)
     wrap = {
         "state_dict": lambda state_dict: state_dict,
         "mdistiller": _mdistiller_checkpoint(torch),
@@ -168,7 +169,7 @@ def test_command_line_ports_a_checkpoint(name, packing, tmp_path):
 
 
 def test_command_line_refuses_a_checkpoint_without_a_state_dict(tmp_path, capsys):
-    torch = pytest.importorskip("torch", reason="writing a .pth needs PyTorch")
+    torch = pytest.importorskip("torch", reason=NEEDS_TORCH)
     checkpoint = tmp_path / "ckpt.pth"
     torch.save({"epoch": 240, "best_acc": 79.4}, checkpoint)
     output = tmp_path / "teacher.keras"
@@ -183,7 +184,7 @@ def test_command_line_refuses_a_checkpoint_without_a_state_dict(tmp_path, capsys
 
 
 def test_command_line_refuses_a_mismatched_checkpoint_in_one_line(tmp_path, capsys):
-    torch = pytest.importorskip("torch", reason="writing a .pth needs PyTorch")
+    torch = pytest.importorskip("torch", reason=NEEDS_TORCH)
     checkpoint = _save_checkpoint(
         torch, "resnet8", tmp_path / "ckpt.pth", _mdistiller_checkpoint(torch)
     )
