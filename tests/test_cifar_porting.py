@@ -15,7 +15,11 @@ import keras
 import numpy as np
 import pytest
 from golden.make_cifar_zoo import IMAGE_SIZE, MODELS, SEED
-from golden.make_imagenet_zoo import random_images, random_state_dict
+from golden.make_imagenet_zoo import (
+    fixture_keys_and_shapes,
+    random_images,
+    random_state_dict,
+)
 
 import keras_cskd.models
 from keras_cskd.models import porting
@@ -36,12 +40,7 @@ _BY_SPEED = [
 
 
 def _keys_and_shapes(name):
-    keys = [str(key) for key in FIXTURE[f"{name}/keys"]]
-    shapes = [
-        tuple(int(d) for d in str(shape).split("x") if d)
-        for shape in FIXTURE[f"{name}/shapes"]
-    ]
-    return keys, shapes
+    return fixture_keys_and_shapes(FIXTURE, name)
 
 
 def _seeded(name):

@@ -110,6 +110,16 @@ def shape_string(shape):
     return "x".join(str(d) for d in shape)
 
 
+def fixture_keys_and_shapes(fixture, name):
+    """The state dict keys and shapes the fixture records for model `name`."""
+    keys = [str(key) for key in fixture[f"{name}/keys"]]
+    shapes = [
+        tuple(int(d) for d in str(shape).split("x") if d)
+        for shape in fixture[f"{name}/shapes"]
+    ]
+    return keys, shapes
+
+
 def _load_references(peer_dir):
     import torch
 
