@@ -180,3 +180,12 @@ def _all_finite_function(model, weights):
 
         return check
     return lambda: all_finite(weights)
+
+
+def __getattr__(name):
+    if name == "accuracy":  # not a callback; it moved to the measures of a run
+        raise AttributeError(
+            "keras_cskd.callbacks.accuracy is now "
+            "keras_cskd.metrics.evaluate_accuracy(model, batches): use that."
+        )
+    raise AttributeError(f"module 'keras_cskd.callbacks' has no attribute '{name}'")

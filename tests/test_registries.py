@@ -1,6 +1,7 @@
 """One registry style: losses, models and datasets register with a decorator,
 and a loss declares what it needs (a CSWT, sample indices) instead of lists."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -292,3 +293,15 @@ def test_train_py_list_shows_every_registry_and_what_a_config_registers(tmp_path
     assert "digits_mlp" in lines["models"] and "listed_toy_model" in lines["models"]
     assert "digits" in lines["datasets"] and "tfds:<name>" in lines["datasets"]
     assert "digits_cskd" in lines["configs"]
+
+
+@pytest.mark.parametrize(
+    "module, old, new",
+    [
+        ("keras_cskd.data", "ImageRecords", "StreamedSource"),
+        ("keras_cskd.callbacks", "accuracy", "evaluate_accuracy"),
+    ],
+)
+def test_other_renamed_public_names_are_refused_naming_the_new_one(module, old, new):
+    with pytest.raises(AttributeError, match=new):
+        getattr(importlib.import_module(module), old)

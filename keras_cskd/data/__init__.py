@@ -44,3 +44,15 @@ __all__ = [
     "to_numpy",
     "with_teacher_logits",
 ]
+
+# Names that moved, refused with where they went.
+RENAMED = {"ImageRecords": "StreamedSource"}
+
+
+def __getattr__(name):
+    if name in RENAMED:
+        raise AttributeError(
+            f"keras_cskd.data.{name} is now keras_cskd.data.{RENAMED[name]} "
+            f"(keras_cskd/data/streamed_source.py): use {RENAMED[name]}."
+        )
+    raise AttributeError(f"module 'keras_cskd.data' has no attribute '{name}'")
