@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 
+from keras_cskd.checks import refuse_renamed
 from keras_cskd.metrics import evaluate_accuracy
 
 
@@ -182,10 +183,7 @@ def _all_finite_function(model, weights):
     return lambda: all_finite(weights)
 
 
-def __getattr__(name):
-    if name == "accuracy":  # not a callback; it moved to the measures of a run
-        raise AttributeError(
-            "keras_cskd.callbacks.accuracy is now "
-            "keras_cskd.metrics.evaluate_accuracy(model, batches): use that."
-        )
-    raise AttributeError(f"module 'keras_cskd.callbacks' has no attribute '{name}'")
+# Not a callback: it moved to the measures of a run.
+__getattr__ = refuse_renamed(
+    __name__, {"accuracy": "keras_cskd.metrics.evaluate_accuracy(model, batches)"}
+)

@@ -96,3 +96,22 @@ def class_labels(labels, num_classes, where="The data"):
             f"{num_classes} classes [0, {num_classes - 1}]: {fix}; build the models "
             "with the data's number of classes, or fix the labels."
         )
+
+
+def refuse_renamed(module, renamed):
+    """A module `__getattr__` that refuses each old name of `renamed` (old
+    name to its new spelling), naming the new one in one line.
+
+    Example:
+
+    >>> __getattr__ = refuse_renamed(__name__, {"ImageRecords": "StreamedSource"})
+    """
+
+    def __getattr__(name):
+        if name in renamed:
+            raise AttributeError(
+                f"{module}.{name} is now {renamed[name]}: use that instead."
+            )
+        raise AttributeError(f"module '{module}' has no attribute '{name}'")
+
+    return __getattr__

@@ -5,6 +5,7 @@ Datasets, never downloaded unless asked) and `"folder:<path>"` (image folders);
 `register` adds one (keras_cskd.data.registry, docs/extending.md).
 """
 
+from keras_cskd.checks import refuse_renamed
 from keras_cskd.data import digits, folder, tfds  # noqa: F401  (register themselves)
 from keras_cskd.data.augment import (
     RandomHorizontalFlip,
@@ -46,13 +47,6 @@ __all__ = [
 ]
 
 # Names that moved, refused with where they went.
-RENAMED = {"ImageRecords": "StreamedSource"}
-
-
-def __getattr__(name):
-    if name in RENAMED:
-        raise AttributeError(
-            f"keras_cskd.data.{name} is now keras_cskd.data.{RENAMED[name]} "
-            f"(keras_cskd/data/streamed_source.py): use {RENAMED[name]}."
-        )
-    raise AttributeError(f"module 'keras_cskd.data' has no attribute '{name}'")
+__getattr__ = refuse_renamed(
+    __name__, {"ImageRecords": "keras_cskd.data.StreamedSource"}
+)

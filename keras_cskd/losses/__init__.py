@@ -5,6 +5,7 @@ it is what makes `get("name")` find it; the imports below register the
 package's own. docs/extending.md adds one from outside the package.
 """
 
+from keras_cskd.checks import refuse_renamed
 from keras_cskd.losses.attention_transfer import AttentionTransfer
 from keras_cskd.losses.cskd import CSKD
 from keras_cskd.losses.cswt import CSWT
@@ -19,17 +20,10 @@ from keras_cskd.losses.registry import get, get_class, names, register
 from keras_cskd.losses.skd import SKD
 from keras_cskd.losses.two_view_cskd import TwoViewCSKD
 
-# Old spellings: the new name, refused with it (nothing saved refers to them).
-RENAMED = {"LogitsDistillationLoss": "LogitLoss"}
-
-
-def __getattr__(name):
-    if name in RENAMED:
-        raise AttributeError(
-            f"keras_cskd.losses.{name} is now keras_cskd.losses.{RENAMED[name]} "
-            f"(keras_cskd/losses/logit_loss.py): use {RENAMED[name]}."
-        )
-    raise AttributeError(f"module 'keras_cskd.losses' has no attribute '{name}'")
+# Old spellings, refused with the new one (nothing saved refers to them).
+__getattr__ = refuse_renamed(
+    __name__, {"LogitsDistillationLoss": "keras_cskd.losses.LogitLoss"}
+)
 
 
 __all__ = [
