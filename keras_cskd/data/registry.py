@@ -9,8 +9,6 @@ import inspect
 from keras_cskd.registry import Registry
 
 DATASETS = Registry("dataset")
-# What `load` hands every loader that names it as a parameter.
-SHARED_OPTIONS = ("data_dir", "download", "validation_fraction", "seed")
 
 
 def register(name):
