@@ -7,7 +7,7 @@ teacher/`): PyTorch's SGD at 0.05 with momentum 0.9 and weight decay 5e-4 on
 every parameter, batch 64, 240 epochs, the rate x0.1 at the start of epochs
 151, 181 and 211; black-padded random crop and horizontal flip. Saves
 saved_models/cifar100_<model>.keras.
-Needs CIFAR-100 prepared for TFDS (see the README; --config.data.data_dir).
+Needs CIFAR-100 prepared for TFDS (see docs/recipes.md; --config.data.data_dir).
 """
 
 from keras_cskd.config import default_config, loss_config

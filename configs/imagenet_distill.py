@@ -23,7 +23,7 @@ for evaluation (`keras_cskd.data.transforms`), on ILSVRC 2012 (`tfds:imagenet201
 prepared from the two tar files in `data.manual_dir`; or an ImageNet-style
 `folder:<path>`), tested on its validation split. On N devices every loss term
 is on the global batch of 512, but each replica's BatchNorm statistics are over
-its own 512 / N images (README, "Several devices and machines"). The teacher is
+its own 512 / N images (docs/distributed.md). The teacher is
 read from saved_models/imagenet_<teacher>.keras: port torchvision's pretrained
 weights, as mdistiller does (`python -m keras_cskd.models.porting`), or train it
 with configs/imagenet_teacher.py. docs/reproducing.md gives each value's source.
