@@ -41,9 +41,11 @@ class CSKD(LogitLoss):
 
     Example:
 
+    >>> teacher_logits, student_logits = np.random.default_rng(0).normal(size=(2, 4, 10))
     >>> paper = CSKD(temperature=4.0, cswt=CSWT(t_min=2.0, t_max=6.0))
     >>> fixed_only = CSKD(temperature=4.0, cswt=None)
-    >>> paper.compute_loss(teacher_logits, student_logits)   # a scalar
+    >>> float(paper.compute_loss(teacher_logits, student_logits))
+    2.787
     """
 
     # The CSWT term is the `cswt` argument (a config's `loss.cswt` sets it).
