@@ -83,7 +83,8 @@ def _is_doctest(item):
 
 @pytest.fixture(autouse=True)
 def _doctest_setup(request):
-    """Gives each example the common imports and its own working directory."""
+    """Gives each example the common imports, its own working directory and
+    the environment restored after it."""
     if not _is_doctest(request.node):
         yield
         return
@@ -95,7 +96,9 @@ def _doctest_setup(request):
 
     namespace = request.getfixturevalue("doctest_namespace")
     namespace.update(np=np, keras=keras, tf=tf, keras_cskd=keras_cskd)
-    previous = os.getcwd()
+    directory, environment = os.getcwd(), dict(os.environ)
     os.chdir(request.getfixturevalue("tmp_path"))
     yield
-    os.chdir(previous)
+    os.chdir(directory)
+    os.environ.clear()  # an example may set TF_CONFIG, as a launcher does
+    os.environ.update(environment)
