@@ -7,6 +7,7 @@ optional package that is not installed is skipped with its pip line, as is a
 module that imports one (docs/extending.md, "Docstring examples").
 """
 
+import doctest
 import importlib.util
 import os
 import re
@@ -29,6 +30,9 @@ _OPTIONAL = {
     "matplotlib": 'pip install "keras-cskd[bench]"',
     "PIL": "pip install pillow",
 }
+# `# doctest: +LARGE` on an example (one that builds a full-size model, say)
+# puts its docstring in the large tier (`-m large`), out of the fast one.
+LARGE = doctest.register_optionflag("LARGE")
 _IMPORT = re.compile(r"^\s*(?:import|from)\s+(\w+)", re.MULTILINE)
 _NOT_FOUND = re.compile(r"No module named '(\w+)")
 
@@ -66,10 +70,12 @@ def pytest_make_collect_report(collector):
 
 
 def pytest_collection_modifyitems(items):
-    """An example that imports a missing optional package is skipped."""
+    """Marks `+LARGE` examples large; skips those needing a missing package."""
     for item in items:
         if not _is_doctest(item):
             continue
+        if any(example.options.get(LARGE) for example in item.dtest.examples):
+            item.add_marker(pytest.mark.large)
         source = "".join(example.source for example in item.dtest.examples)
         for package in _IMPORT.findall(source):
             if _missing(package):
