@@ -27,7 +27,7 @@ def report(error):
 
     Example:
 
-    >>> report(FileNotFoundError("no such config"))  # stderr: error: FileNotFoundError: ...
+    >>> report(FileNotFoundError("no such config"))  # prints the line on stderr
     1
     """
     print(f"error: {one_line(error)}", file=sys.stderr)

@@ -41,7 +41,8 @@ class CSKD(LogitLoss):
 
     Example:
 
-    >>> teacher_logits, student_logits = np.random.default_rng(0).normal(size=(2, 4, 10))
+    >>> rng = np.random.default_rng(0)
+    >>> teacher_logits, student_logits = rng.normal(size=(2, 4, 10))  # 4 samples
     >>> paper = CSKD(temperature=4.0, cswt=CSWT(t_min=2.0, t_max=6.0))
     >>> fixed_only = CSKD(temperature=4.0, cswt=None)
     >>> float(paper.compute_loss(teacher_logits, student_logits))

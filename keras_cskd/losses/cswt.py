@@ -33,7 +33,8 @@ class CSWT:
 
     Example:
 
-    >>> teacher_logits, student_logits = np.random.default_rng(0).normal(size=(2, 4, 10))
+    >>> rng = np.random.default_rng(0)
+    >>> teacher_logits, student_logits = rng.normal(size=(2, 4, 10))  # 4 samples
     >>> cswt = CSWT(t_min=2.0, t_max=6.0)
     >>> temperatures = cswt(teacher_logits, student_logits)
     >>> keras.ops.convert_to_numpy(temperatures).round(2).tolist()

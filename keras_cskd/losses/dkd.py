@@ -69,7 +69,8 @@ class DKD(LogitLoss):
 
     Example:
 
-    >>> teacher_logits, student_logits = np.random.default_rng(0).normal(size=(2, 4, 10))
+    >>> rng = np.random.default_rng(0)
+    >>> teacher_logits, student_logits = rng.normal(size=(2, 4, 10))  # 4 samples
     >>> labels = np.array([0, 1, 2, 3])
     >>> loss = DKD(temperature=4.0, alpha=1.0, beta=8.0, warmup_epochs=20)
     >>> float(loss.compute_loss(teacher_logits, student_logits, labels, epoch=3))

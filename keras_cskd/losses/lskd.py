@@ -31,7 +31,8 @@ class LSKD(KD):
 
     Example:
 
-    >>> teacher_logits, student_logits = np.random.default_rng(0).normal(size=(2, 4, 10))
+    >>> rng = np.random.default_rng(0)
+    >>> teacher_logits, student_logits = rng.normal(size=(2, 4, 10))  # 4 samples
     >>> loss = LSKD(temperature=2.0)
     >>> float(loss.compute_loss(teacher_logits, student_logits))
     0.945

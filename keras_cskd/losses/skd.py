@@ -46,7 +46,8 @@ class SKD(LogitLoss):
 
     Example:
 
-    >>> teacher_logits, student_logits = np.random.default_rng(0).normal(size=(2, 4, 10))
+    >>> rng = np.random.default_rng(0)
+    >>> teacher_logits, student_logits = rng.normal(size=(2, 4, 10))  # 4 samples
     >>> loss = SKD(temperature=4.0, multiplier=2.0)
     >>> float(loss.compute_loss(teacher_logits, student_logits))
     4.174

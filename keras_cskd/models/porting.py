@@ -268,7 +268,8 @@ def torch_layout(model):
 
     Example:
 
-    >>> model = keras_cskd.models.get("resnet18_imagenet", 1000, (224, 224, 3))
+    >>> model = keras_cskd.models.get(  # doctest: +LARGE
+    ...     "resnet18_imagenet", 1000, (224, 224, 3))
     >>> torch_layout(model)["layer1.0.conv1.weight"]
     (64, 64, 3, 3)
     """
