@@ -713,7 +713,7 @@ def main(argv=None):
 
     ```python
     main(["--teacher=saved_models/digits_teacher.keras", "--dataset=digits"])
-    # 0
+    # returns 0, the exit code
     ```
     """
     args = _parser().parse_args(argv)

@@ -60,7 +60,7 @@ def main(argv=None):
 
     ```python
     main(["--model=workdir/student.keras", "--output=workdir/export"])
-    # 0
+    # returns 0, the exit code
     ```
     """
     from keras_cskd.export import __main__

@@ -364,7 +364,7 @@ def main(argv=None):
     ```python
     main(["--checkpoint=resnet34.pth", "--model=resnet34_imagenet",
           "--output=teacher.keras"])
-    # 0
+    # returns 0, the exit code
     ```
     """
     args = _parser().parse_args(argv)
