@@ -18,6 +18,7 @@ def build_loss(loss_config):
 
     Example:
 
+    >>> from keras_cskd.config import loss_config
     >>> build_loss(loss_config("dkd", temperature=4.0, beta=8.0))
     DKD(temperature=4.0, ...)
     """
@@ -62,8 +63,10 @@ def build_optimizer(config, steps_per_epoch):
 
     Example:
 
+    >>> config = keras_cskd.config.default_config()
+    >>> config.optimizer.name = "torch_sgd"
     >>> build_optimizer(config, steps_per_epoch=782)
-    <TorchSGD ...>
+    <...TorchSGD object at ...>
     """
     opt = config.optimizer
     if opt.schedule == "constant":
@@ -94,7 +97,10 @@ def build_trainer(config, model, teacher, optimizer):
 
     Example:
 
-    >>> trainer = build_trainer(config, student, teacher, optimizer)
+    >>> config = keras_cskd.config.default_config()
+    >>> teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> trainer = build_trainer(config, student, teacher, optimizer="sgd")
     """
     if teacher is not None:
         distillation_loss = build_loss(config.loss)

@@ -19,7 +19,9 @@ class EpochCounter(keras.callbacks.Callback):
 
     Example:
 
-    >>> distiller.fit(data, epochs=3, callbacks=[EpochCounter()])
+    ```python
+    distiller.fit(data, epochs=3, callbacks=[EpochCounter()])
+    ```
     """
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -53,7 +55,9 @@ class TestAccuracy(keras.callbacks.Callback):
 
     Example:
 
-    >>> trainer.fit(data, callbacks=[TestAccuracy(student, inputs.test)])
+    ```python
+    trainer.fit(data, callbacks=[TestAccuracy(student, inputs.test)])
+    ```
 
     Args:
         model: the model evaluated (the student, not the trainer).
@@ -91,7 +95,9 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
     Example:
 
-    >>> trainer.fit(data, callbacks=[StopOnNonFiniteLoss()])   # may raise
+    ```python
+    trainer.fit(data, callbacks=[StopOnNonFiniteLoss()])   # may raise
+    ```
     """
 
     def __init__(self, first_step=0):
@@ -147,8 +153,12 @@ def trained_weights(model):
 
     Example:
 
+    >>> teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> student = keras.Sequential(
+    ...     [keras.Input((4,)), keras.layers.Dense(3, name="hidden")])
+    >>> distiller = keras_cskd.Distiller(teacher, student, "kd")
     >>> [v.path for v in trained_weights(distiller)][:2]
-    ['hidden/kernel', 'hidden/bias']
+    ['.../hidden/kernel', '.../hidden/bias']
     """
     owner = getattr(model, "student", model)
     variables = [*model.trainable_variables, *owner.non_trainable_variables]

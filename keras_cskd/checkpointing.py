@@ -79,6 +79,10 @@ def save(directory, trainer, epoch, step, history, frozen=(), **metadata):
 
     Example:
 
+    >>> teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> distiller = keras_cskd.Distiller(teacher, student, "kd")
+    >>> distiller.compile(optimizer="sgd")
     >>> save("workdir/checkpoint", distiller, epoch=3, step=0, history={},
     ...      frozen=[teacher])
     """
@@ -171,6 +175,9 @@ def load(directory):
 
     Example:
 
+    >>> student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> student.compile(optimizer="sgd", loss="mse")
+    >>> save("workdir/checkpoint", student, epoch=3, step=20, history={})
     >>> metadata, arrays = load("workdir/checkpoint")
     >>> metadata["epoch"], metadata["step"]
     (3, 20)
@@ -388,7 +395,9 @@ class Checkpointer(keras.callbacks.Callback):
 
     Example:
 
-    >>> model.fit(data, epochs=10, callbacks=[Checkpointer("run/checkpoint", 100)])
+    ```python
+    model.fit(data, epochs=10, callbacks=[Checkpointer("run/checkpoint", 100)])
+    ```
     """
 
     def __init__(

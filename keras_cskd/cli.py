@@ -27,7 +27,8 @@ def report(error):
 
     Example:
 
-    >>> sys.exit(report(FileNotFoundError("no such config")))
+    >>> report(FileNotFoundError("no such config"))  # prints the line on stderr
+    1
     """
     print(f"error: {one_line(error)}", file=sys.stderr)
     return EXIT_ERROR

@@ -100,9 +100,13 @@ class Distiller(keras.Model):
 
     Example:
 
+    >>> images = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+    >>> labels = np.arange(32) % 4
+    >>> teacher = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    >>> student = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     >>> distiller = keras_cskd.Distiller(teacher, student, keras_cskd.losses.CSKD())
     >>> distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
-    >>> distiller.fit(train_dataset, epochs=10, validation_data=val_dataset)
+    >>> history = distiller.fit(images, labels, batch_size=16, epochs=2, verbose=0)
     >>> student = distiller.student
     """
 

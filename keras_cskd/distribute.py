@@ -55,9 +55,11 @@ def get_strategy(name="auto"):
 
     Example:
 
-    >>> strategy = get_strategy("mirrored")
-    >>> with strategy.scope():
-    ...     distiller = keras_cskd.Distiller(teacher, student, "cskd")
+    ```python
+    strategy = get_strategy("mirrored")
+    with strategy.scope():
+        distiller = keras_cskd.Distiller(teacher, student, "cskd")
+    ```
     """
     if name not in STRATEGIES:
         raise ValueError(
@@ -115,6 +117,10 @@ def tf_config():
 
     Example:
 
+    >>> os.environ["TF_CONFIG"] = json.dumps({
+    ...     "cluster": {"worker": ["host0:2222", "host1:2222"]},
+    ...     "task": {"type": "worker", "index": 0},
+    ... })
     >>> tf_config()["task"]
     {'type': 'worker', 'index': 0}
     """

@@ -46,7 +46,8 @@ def atomic_path(path):
 
     Example:
 
-    >>> with atomic_path("workdir/student.keras") as tmp:
+    >>> student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> with atomic_path("student.keras") as tmp:
     ...     student.save(tmp)
     """
     path = Path(path)
@@ -75,7 +76,7 @@ def write_bytes(path, data):
 
     Example:
 
-    >>> write_bytes("workdir/state.npz", buffer.getvalue())
+    >>> write_bytes("state.bin", b"complete or absent")
     """
     with atomic_path(path) as tmp:
         write_new(tmp, data)
@@ -174,8 +175,10 @@ def exclusive(path):
 
     Example:
 
-    >>> with exclusive("teachers/cache.npy.lock"):
-    ...     build_unless_complete()
+    ```python
+    with exclusive("teachers/cache.npy.lock"):
+        build_unless_complete()
+    ```
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,9 +209,11 @@ def exclusive_nowait(path, create=True):
 
     Example:
 
-    >>> with exclusive_nowait("runs/kd/.lock") as note:
-    ...     note.write(f"PID {os.getpid()}")
-    ...     note.flush()
+    ```python
+    with exclusive_nowait("runs/kd/.lock") as note:
+        note.write(f"PID {os.getpid()}")
+        note.flush()
+    ```
     """
     flags = os.O_RDWR | (os.O_CREAT if create else 0)
     while True:
@@ -239,8 +244,9 @@ def sha256(path):
 
     Example:
 
-    >>> sha256("saved_models/digits_teacher.keras")
-    '...'
+    >>> write_bytes("abc.txt", b"abc")
+    >>> sha256("abc.txt")
+    'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad'
     """
     digest = hashlib.sha256()
     with open(path, "rb") as file:

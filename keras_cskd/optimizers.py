@@ -43,6 +43,7 @@ class TorchSGD(keras.optimizers.Optimizer):
     Example:
 
     >>> optimizer = TorchSGD(0.05, momentum=0.9, weight_decay=5e-4)
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     >>> model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
     """
 

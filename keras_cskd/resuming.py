@@ -4,8 +4,10 @@ an epoch whose steps all ran, and trim the CSV log to the epochs it holds.
 
 Example:
 
->>> for begin, end, skip in segments(resumed.epoch, resumed.step, 30):
-...     trainer.fit(batches(begin, end, skip), epochs=end, initial_epoch=begin)
+```python
+for begin, end, skip in segments(resumed.epoch, resumed.step, 30):
+    trainer.fit(batches(begin, end, skip), epochs=end, initial_epoch=begin)
+```
 """
 
 import keras

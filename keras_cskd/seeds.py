@@ -26,8 +26,10 @@ def run_seeds(config, workdir, seeds, run_one, overwrite=False):
 
     Example:
 
-    >>> aggregate = run_seeds(config, "runs/kd", [0, 1, 2], training.run)
-    >>> aggregate["metrics"]["student_test_accuracy"]["mean"]
+    ```python
+    aggregate = run_seeds(config, "runs/kd", [0, 1, 2], training.run)
+    aggregate["metrics"]["student_test_accuracy"]["mean"]
+    ```
     """
     repeated = sorted({seed for seed in seeds if list(seeds).count(seed) > 1})
     if repeated:

@@ -38,8 +38,10 @@ def aggregate(seeds, summaries):
 
     Example:
 
-    >>> aggregate([0, 1], [summary_0, summary_1])["metrics"]["student_test_accuracy"]
-    {'mean': ..., 'std': ..., 'values': [...]}
+    ```python
+    aggregate([0, 1], [summary_0, summary_1])["metrics"]["student_test_accuracy"]
+    # {'mean': ..., 'std': ..., 'values': [...]}
+    ```
     """
     return {
         "seeds": [int(seed) for seed in seeds],

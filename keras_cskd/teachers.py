@@ -4,8 +4,10 @@ the run writes anything.
 
 Example:
 
->>> path = teacher_path(config, "runs/kd", train=training.run)
->>> teacher, accuracy = load_checked(path, inputs, config.teacher)
+```python
+path = teacher_path(config, "runs/kd", train=training.run)
+teacher, accuracy = load_checked(path, inputs, config.teacher)
+```
 """
 
 import warnings

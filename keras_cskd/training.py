@@ -15,7 +15,9 @@
 
 Example:
 
->>> summary = run(load_config("configs/digits_kd.py"), "runs/digits_kd")
+```python
+summary = run(load_config("configs/digits_kd.py"), "runs/digits_kd")
+```
 """
 
 import dataclasses
@@ -107,7 +109,9 @@ def run_seeds(config, workdir, seeds, overwrite=False):
 
     Example:
 
-    >>> aggregate = run_seeds(config, "runs/kd", seeds=[0, 1, 2, 3, 4])
+    ```python
+    aggregate = run_seeds(config, "runs/kd", seeds=[0, 1, 2, 3, 4])
+    ```
     """
     return seeds_module.run_seeds(config, workdir, seeds, run, overwrite=overwrite)
 

@@ -12,9 +12,11 @@ run. docs/workdir.md lists every entry.
 
 Example:
 
->>> check("runs/kd")  # before any work: refuses a workdir this run must not use
->>> with claim("runs/kd"):  # locked, checked again, manifest written
-...     train()
+```python
+check("runs/kd")  # before any work: refuses a workdir this run must not use
+with claim("runs/kd"):  # locked, checked again, manifest written
+    train()
+```
 """
 
 import contextlib
@@ -154,8 +156,10 @@ def claim(workdir, overwrite=False, layout="run", runs=(), chief=True):
 
     Example:
 
-    >>> with claim("runs/kd", layout="seeds", runs=["seed_0", "seed_1"]):
-    ...     run_both_seeds()
+    ```python
+    with claim("runs/kd", layout="seeds", runs=["seed_0", "seed_1"]):
+        run_both_seeds()
+    ```
     """
     stack = contextlib.ExitStack()
     if not chief:
@@ -192,8 +196,10 @@ def lock(workdir):
 
     Example:
 
-    >>> with lock(Path("runs/kd")):
-    ...     write_the_run()
+    ```python
+    with lock(Path("runs/kd")):
+        write_the_run()
+    ```
     """
     path = Path(workdir) / LOCK
     with _locked(workdir) as note:

@@ -294,7 +294,8 @@ def cifar_augmentation(image_size=32, padding=4, seed=None, normalization=None):
 
     Example:
 
-    >>> augmentation = cifar_augmentation(normalization=cifar.normalization)
+    >>> normalization = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))  # mean, std
+    >>> augmentation = cifar_augmentation(normalization=normalization)
     >>> augmentation(np.zeros((8, 32, 32, 3)), training=True).shape
     TensorShape([8, 32, 32, 3])
     """
@@ -332,7 +333,8 @@ def cifar_strong_augmentation(
 
     Example:
 
-    >>> strong = cifar_strong_augmentation(cifar.normalization, seed=0)
+    >>> normalization = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))  # mean, std
+    >>> strong = cifar_strong_augmentation(normalization, seed=0)
     >>> strong(np.zeros((8, 32, 32, 3)), training=True).shape
     TensorShape([8, 32, 32, 3])
     """
@@ -415,6 +417,7 @@ def get_strong_augmentation(name, dataset, seed=None):
 
     Example:
 
+    >>> digits = keras_cskd.data.load("digits")
     >>> strong = get_strong_augmentation("cifar_randaugment", digits, seed=0)
     """
     return STRONG_AUGMENTATIONS.get(name)(dataset, seed)

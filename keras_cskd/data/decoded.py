@@ -8,8 +8,10 @@ pipelines in `keras_cskd.data.streaming`.
 
 Example:
 
->>> digits = keras_cskd.data.load("digits")
->>> distiller.fit(pipeline(digits.train, 64, training=True, epochs=30), epochs=30)
+```python
+digits = keras_cskd.data.load("digits")
+distiller.fit(pipeline(digits.train, 64, training=True, epochs=30), epochs=30)
+```
 """
 
 import numpy as np
@@ -184,8 +186,11 @@ def with_teacher_logits(dataset, teacher, batch_size=256):
 
     Example:
 
+    >>> digits = keras_cskd.data.load("digits")
+    >>> teacher = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+    ...                             keras.layers.Dense(10)])
     >>> cached = with_teacher_logits(digits.train, teacher)
-    >>> distiller.fit(pipeline(cached, 64, training=True), epochs=30)
+    >>> train = pipeline(cached, 64, training=True)
     """
     images = dataset.map(lambda x, y: x).batch(batch_size)
     logits = teacher.predict(images, verbose=0).astype("float32")

@@ -72,12 +72,14 @@ def load(path, validation_fraction=0.0, seed=0, image_size=None, streaming=False
 
     Example:
 
-    >>> flowers = load("/data/flowers", validation_fraction=0.1, image_size=64)
-    >>> flowers.input_shape
-    (64, 64, 3)
-    >>> imagenet = load("/data/imagenet", validation_fraction=0.01, streaming=True)
-    >>> imagenet.train
-    FileRecords('folder:/data/imagenet/train', 1268355 examples)
+    ```python
+    flowers = load("/data/flowers", validation_fraction=0.1, image_size=64)
+    flowers.input_shape
+    # (64, 64, 3)
+    imagenet = load("/data/imagenet", validation_fraction=0.01, streaming=True)
+    imagenet.train
+    # FileRecords('folder:/data/imagenet/train', 1268355 examples)
+    ```
     """
     root = Path(path).expanduser()
     if streaming:
@@ -384,8 +386,10 @@ class FileRecords(StreamedSource):
 
         Example:
 
-        >>> imagenet.train.balanced_sample(1000).num_examples  # one a class
-        1000
+        ```python
+        imagenet.train.balanced_sample(1000).num_examples  # one a class
+        # 1000
+        ```
         """
         chosen = sampling.balanced_indices(self.labels, count, seed)
         return FileRecords(

@@ -19,10 +19,12 @@ anything.
 
 Example:
 
->>> inputs = load_inputs(config.data, seed=0, strategy=strategy)
->>> trainer.fit(inputs.train_batches(0, 30), epochs=30,
-...             steps_per_epoch=inputs.steps_per_epoch,
-...             validation_data=inputs.validation)
+```python
+inputs = load_inputs(config.data, seed=0, strategy=strategy)
+trainer.fit(inputs.train_batches(0, 30), epochs=30,
+            steps_per_epoch=inputs.steps_per_epoch,
+            validation_data=inputs.validation)
+```
 """
 
 import math

@@ -30,6 +30,7 @@ def register(name):
 
     Example:
 
+    >>> from keras_cskd.data import Dataset
     >>> @register("noise")
     ... def load_noise(seed=0):
     ...     images = np.random.default_rng(seed).random((30, 4, 4, 1), "float32")

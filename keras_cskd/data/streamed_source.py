@@ -44,7 +44,13 @@ class StreamedSource:
     ...         return self.keys().shuffle(self.num_examples, seed=seed + epoch)
     ...     def read(self, key):
     ...         return tf.gather(self.images, key), tf.gather(self.labels, key)
-    >>> train_pipeline(Bytes(jpegs, labels), batch_size=2)
+    >>> jpeg = tf.io.encode_jpeg(np.zeros((40, 40, 3), "uint8"))
+    >>> source = Bytes(tf.stack([jpeg] * 4), tf.constant([0, 1, 0, 1]))
+    >>> [int(label) for _, label in source.dataset()]
+    [0, 1, 0, 1]
+
+    `keras_cskd.data.streaming.train_pipeline(source, batch_size=2)` then
+    trains on it.
     """
 
     name = ""
@@ -99,7 +105,8 @@ class EncodedRecords(StreamedSource):
 
     Example:
 
-    >>> records = EncodedRecords([Path("a.jpg").read_bytes()], [0])
+    >>> jpeg = tf.io.encode_jpeg(np.zeros((4, 4, 3), "uint8")).numpy()
+    >>> records = EncodedRecords([jpeg], [0])
     >>> records.num_examples
     1
     """

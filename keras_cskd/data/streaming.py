@@ -32,14 +32,16 @@ TensorFlow shards the global batches among the workers.
 
 Example:
 
->>> imagenet = keras_cskd.data.load("folder:/data/imagenet", streaming=True)
->>> train = strategy.distribute_datasets_from_function(
-...     lambda context: train_pipeline(
-...         imagenet.train, 1024, seed=0, epochs=90, input_context=context
-...     )
-... )
->>> steps = steps_per_epoch(imagenet.train, 1024)
->>> distiller.fit(train, epochs=90, steps_per_epoch=steps)
+```python
+imagenet = keras_cskd.data.load("folder:/data/imagenet", streaming=True)
+train = strategy.distribute_datasets_from_function(
+    lambda context: train_pipeline(
+        imagenet.train, 1024, seed=0, epochs=90, input_context=context
+    )
+)
+steps = steps_per_epoch(imagenet.train, 1024)
+distiller.fit(train, epochs=90, steps_per_epoch=steps)
+```
 """
 
 import tensorflow as tf
@@ -111,9 +113,11 @@ def train_pipeline(
 
     Example:
 
-    >>> train = train_pipeline(imagenet.train, 256, seed=0, epochs=90)
-    >>> steps = steps_per_epoch(imagenet.train, 256)
-    >>> distiller.fit(train, epochs=90, steps_per_epoch=steps)
+    ```python
+    train = train_pipeline(imagenet.train, 256, seed=0, epochs=90)
+    steps = steps_per_epoch(imagenet.train, 256)
+    distiller.fit(train, epochs=90, steps_per_epoch=steps)
+    ```
     """
     steps = steps_per_epoch(source, batch_size)
     if steps < 1:
@@ -174,7 +178,9 @@ def eval_pipeline(
 
     Example:
 
-    >>> distiller.evaluate(eval_pipeline(imagenet.test, 500))
+    ```python
+    distiller.evaluate(eval_pipeline(imagenet.test, 500))
+    ```
     """
     keys = source.keys()
     local_batch = batch_size
@@ -221,7 +227,9 @@ def sample_views(
 
     Example:
 
-    >>> images, labels = keras_cskd.data.to_numpy(sample_views(imagenet.test, 1000))
+    ```python
+    images, labels = keras_cskd.data.to_numpy(sample_views(imagenet.test, 1000))
+    ```
     """
     return eval_pipeline(
         source.balanced_sample(count, seed),

@@ -32,9 +32,11 @@ checked again, and a corrupt one is refused.
 
 Example:
 
->>> logits = teacher_cache.ensure(teacher_path, teacher, digits, augmentation)
->>> train = teacher_cache.pipeline(digits.train, logits, 64, augmentation)
->>> distiller.fit(train, epochs=30)
+```python
+logits = teacher_cache.ensure(teacher_path, teacher, digits, augmentation)
+train = teacher_cache.pipeline(digits.train, logits, 64, augmentation)
+distiller.fit(train, epochs=30)
+```
 """
 
 import argparse
@@ -139,6 +141,7 @@ def variant_space(augmentation):
 
     Example:
 
+    >>> from keras_cskd.data.augment import cifar_augmentation
     >>> variant_space(cifar_augmentation()).size
     162
     """
@@ -157,6 +160,7 @@ def draw_variants(augmentation, batch_size, seed):
 
     Example:
 
+    >>> from keras_cskd.data.augment import digits_augmentation
     >>> draw_variants(digits_augmentation(), 4, [0, 1]).shape
     TensorShape([4])
     """
@@ -284,8 +288,10 @@ def build(
 
     Example:
 
-    >>> key = cache_key(teacher_path, digits, augmentation)
-    >>> build(default_path(teacher_path, "digits"), key, teacher, digits, augmentation)
+    ```python
+    key = cache_key(teacher_path, digits, augmentation)
+    build(default_path(teacher_path, "digits"), key, teacher, digits, augmentation)
+    ```
     """
     _check_positive(batch_size=batch_size, chunk_size=chunk_size)
     path = Path(path)
@@ -430,7 +436,9 @@ def load_logits(path, key):
 
     Example:
 
-    >>> logits = load_logits(default_path(teacher_path, "digits"), key)
+    ```python
+    logits = load_logits(default_path(teacher_path, "digits"), key)
+    ```
     """
     path = Path(path)
     metadata = _metadata(path)
@@ -564,7 +572,9 @@ def pipeline(
 
     Example:
 
-    >>> train = pipeline(digits.train, logits, 64, digits_augmentation(), epochs=30)
+    ```python
+    train = pipeline(digits.train, logits, 64, digits_augmentation(), epochs=30)
+    ```
     """
     _refuse(strong_augmentation, mixup_alpha)
     space = variant_space(augmentation)
@@ -701,8 +711,10 @@ def main(argv=None):
 
     Example:
 
-    >>> main(["--teacher=saved_models/digits_teacher.keras", "--dataset=digits"])
-    0
+    ```python
+    main(["--teacher=saved_models/digits_teacher.keras", "--dataset=digits"])
+    # returns 0, the exit code
+    ```
     """
     args = _parser().parse_args(argv)
     try:

@@ -187,9 +187,11 @@ def load(
 
     Example:
 
-    >>> cifar = load("cifar100", data_dir="/data/tfds", validation_fraction=0.1)
-    >>> cifar.num_classes, cifar.input_shape
-    (100, (32, 32, 3))
+    ```python
+    cifar = load("cifar100", data_dir="/data/tfds", validation_fraction=0.1)
+    cifar.num_classes, cifar.input_shape
+    # (100, (32, 32, 3))
+    ```
     """
     name, version, splits = parse_spec(spec)
     if not 0.0 <= validation_fraction < 1.0:
@@ -329,8 +331,10 @@ class TFDSRecords(StreamedSource):
 
         Example:
 
-        >>> imagenet2012.train.balanced_sample(1000).num_examples
-        1000
+        ```python
+        imagenet2012.train.balanced_sample(1000).num_examples
+        # 1000
+        ```
         """
         num_classes = int(self.builder.info.features["label"].num_classes)
         kept = sampling.fill_quotas(

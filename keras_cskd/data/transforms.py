@@ -28,6 +28,7 @@ absolute difference 0.29), and rounded to 8 bits it differs by one level on
 
 Example:
 
+>>> tf.io.write_file("cat.jpg", tf.io.encode_jpeg(np.zeros((300, 400, 3), "uint8")))
 >>> view = train_transform(tf.io.read_file("cat.jpg"), seed=[0, 1])
 >>> view.shape
 TensorShape([224, 224, 3])
@@ -394,7 +395,8 @@ def train_transform(
 
     Example:
 
-    >>> train_transform(tf.io.read_file("cat.jpg"), [0, 1]).shape
+    >>> jpeg = tf.io.encode_jpeg(np.zeros((300, 400, 3), "uint8"))  # a file's bytes
+    >>> train_transform(jpeg, [0, 1]).shape
     TensorShape([224, 224, 3])
     """
     image = decode(encoded)

@@ -58,8 +58,10 @@ def main(argv=None):
 
     Example:
 
-    >>> main(["--model=workdir/student.keras", "--output=workdir/export"])
-    0
+    ```python
+    main(["--model=workdir/student.keras", "--output=workdir/export"])
+    # returns 0, the exit code
+    ```
     """
     from keras_cskd.export import __main__
 

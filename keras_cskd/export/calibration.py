@@ -71,6 +71,9 @@ def calibration_sample(
 
     Example:
 
+    >>> from keras_cskd.export.layout import input_spec
+    >>> digits = keras_cskd.data.load("digits")
+    >>> student = keras_cskd.models.get("digits_mlp", 10, (8, 8, 1))
     >>> sample = calibration_sample(digits.train, input_spec(student))
     >>> sample.num_examples, len(sample.examples_per_class)
     (640, 10)
@@ -130,6 +133,8 @@ def calibration_batches(
     Example:
 
     >>> digits = keras_cskd.data.load("digits")
+    >>> from keras_cskd.export.layout import input_spec
+    >>> student = keras_cskd.models.get("digits_mlp", 10, (8, 8, 1))
     >>> batches = calibration_batches(digits.train, input_spec(student))
     >>> len(batches), batches[0].shape
     (20, (32, 8, 8, 1))

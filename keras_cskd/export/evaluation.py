@@ -66,9 +66,11 @@ def evaluate_exports(
 
     Example:
 
-    >>> images, labels = keras_cskd.data.to_numpy(digits.test)
-    >>> report = evaluate_exports(student, "workdir/export", images, labels)
-    >>> print(format_table(report))
+    ```python
+    images, labels = keras_cskd.data.to_numpy(digits.test)
+    report = evaluate_exports(student, "workdir/export", images, labels)
+    print(format_table(report))
+    ```
     """
     if isinstance(student, (str, os.PathLike)):
         student = models.load(student, safe_mode=safe_mode)
@@ -118,8 +120,10 @@ def tflite_operators(model):
 
     Example:
 
-    >>> tflite_operators("export/model_float32.tflite")
-    ['FULLY_CONNECTED', 'PACK', 'RESHAPE', 'SHAPE', 'STRIDED_SLICE']
+    ```python
+    tflite_operators("export/model_float32.tflite")
+    # ['FULLY_CONNECTED', 'PACK', 'RESHAPE', 'SHAPE', 'STRIDED_SLICE']
+    ```
     """
     from ai_edge_litert import schema_py_generated as schema
 

@@ -85,6 +85,7 @@ def input_spec(student):
 
     Example:
 
+    >>> student = keras_cskd.models.get("digits_mlp", 10, (8, 8, 1))
     >>> input_spec(student)
     TensorSpec(shape=(None, 8, 8, 1), dtype=tf.float32, name='images')
     """
@@ -109,6 +110,7 @@ def num_outputs(student):
 
     Example:
 
+    >>> student = keras_cskd.models.get("digits_mlp", 10, (8, 8, 1))
     >>> num_outputs(student)
     10
     """
@@ -133,6 +135,7 @@ def check_num_classes(student, num_classes, data_name):
 
     Example:
 
+    >>> student = keras_cskd.models.get("digits_mlp", 10, (8, 8, 1))
     >>> check_num_classes(student, 10, "dataset 'digits'")
     """
     outputs = num_outputs(student)

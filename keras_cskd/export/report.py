@@ -26,8 +26,10 @@ def format_table(report):
 
     Example:
 
-    >>> print(format_table(report).splitlines()[0])  # The digits CNN.
-    Keras student: 94,634 parameters, accuracy 100.00% on 270 examples
+    ```python
+    print(format_table(report).splitlines()[0])  # The digits CNN.
+    # Keras student: 94,634 parameters, accuracy 100.00% on 270 examples
+    ```
     """
     student = report["keras"]
     rows = [_row(name, entry) for name, entry in report["artefacts"].items()]

@@ -20,7 +20,9 @@ def runner(name, path):
 
     Example:
 
-    >>> logits = runner("tflite", "export/model_float32.tflite").predict(images, 128)
+    ```python
+    logits = runner("tflite", "export/model_float32.tflite").predict(images, 128)
+    ```
     """
     return SavedModelRunner(path) if name == "savedmodel" else TFLiteRunner(path)
 

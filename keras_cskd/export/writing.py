@@ -84,8 +84,10 @@ def export(
 
     Example:
 
-    >>> paths = export(student, "workdir/export", formats="tflite,tflite_int8",
-    ...                representative_data=keras_cskd.data.load("digits").train)
+    ```python
+    paths = export(student, "workdir/export", formats="tflite,tflite_int8",
+                   representative_data=keras_cskd.data.load("digits").train)
+    ```
     """
     formats = parse_formats(formats)
     if isinstance(student, (str, os.PathLike)):

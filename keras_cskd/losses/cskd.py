@@ -41,9 +41,12 @@ class CSKD(LogitLoss):
 
     Example:
 
+    >>> rng = np.random.default_rng(0)
+    >>> teacher_logits, student_logits = rng.normal(size=(2, 4, 10))  # 4 samples
     >>> paper = CSKD(temperature=4.0, cswt=CSWT(t_min=2.0, t_max=6.0))
     >>> fixed_only = CSKD(temperature=4.0, cswt=None)
-    >>> paper.compute_loss(teacher_logits, student_logits)   # a scalar
+    >>> float(paper.compute_loss(teacher_logits, student_logits))
+    2.787
     """
 
     # The CSWT term is the `cswt` argument (a config's `loss.cswt` sets it).

@@ -33,8 +33,12 @@ class CSWT:
 
     Example:
 
+    >>> rng = np.random.default_rng(0)
+    >>> teacher_logits, student_logits = rng.normal(size=(2, 4, 10))  # 4 samples
     >>> cswt = CSWT(t_min=2.0, t_max=6.0)
-    >>> temperatures = cswt(teacher_logits, student_logits)   # [B, 1]
+    >>> temperatures = cswt(teacher_logits, student_logits)
+    >>> keras.ops.convert_to_numpy(temperatures).round(2).tolist()
+    [[2.38], [4.33], [6.0], [2.0]]
     >>> loss = keras_cskd.losses.KD(temperature=cswt)        # KD with CSWT
     """
 

@@ -64,6 +64,8 @@ class DistillationLoss(keras.distillation.DistillationLoss):
     ...     def compute_loss(self, teacher, student, epoch=1.0, **kwargs):
     ...         ramp = keras.ops.minimum(epoch / 5.0, 1.0)
     ...         return ramp * keras.ops.mean(keras.ops.square(teacher - student))
+    >>> teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     >>> distiller = keras_cskd.Distiller(teacher, student, WarmLogitMSE())
     """
 

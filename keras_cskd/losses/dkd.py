@@ -69,9 +69,14 @@ class DKD(LogitLoss):
 
     Example:
 
+    >>> rng = np.random.default_rng(0)
+    >>> teacher_logits, student_logits = rng.normal(size=(2, 4, 10))  # 4 samples
+    >>> labels = np.array([0, 1, 2, 3])
     >>> loss = DKD(temperature=4.0, alpha=1.0, beta=8.0, warmup_epochs=20)
-    >>> loss.compute_loss(teacher_logits, student_logits, labels=y, epoch=3)
+    >>> float(loss.compute_loss(teacher_logits, student_logits, labels, epoch=3))
+    0.952
     >>> DKD(temperature=2.0, alpha=9.0, beta=72.0, standardize=True)  # DKD+LS
+    DKD(temperature=2.0, ..., standardize=True)
     """
 
     requires_labels = True

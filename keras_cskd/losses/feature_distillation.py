@@ -48,6 +48,7 @@ class FeatureDistillation(DistillationLoss):
     >>> loss = FeatureDistillation(regressor=True)
     >>> loss.build((None, 8, 8, 64), (None, 8, 8, 16))   # the Distiller does it
     >>> loss.compute_loss(keras.ops.ones((2, 8, 8, 64)), keras.ops.ones((2, 8, 8, 16)))
+    <...>
     """
 
     def __init__(
@@ -188,6 +189,8 @@ def check_named_layers(loss, teacher, student):
 
     Example:
 
+    >>> teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     >>> check_named_layers(FeatureDistillation(), teacher, student)   # no names
     """
     for role, model, name in (

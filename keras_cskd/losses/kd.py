@@ -27,9 +27,13 @@ class KD(LogitLoss):
 
     Example:
 
+    >>> rng = np.random.default_rng(0)
+    >>> teacher_logits, student_logits = rng.normal(size=(2, 4, 10))  # 4 samples
     >>> loss = KD(temperature=4.0)
-    >>> loss.compute_loss(teacher_logits, student_logits)   # a scalar
+    >>> float(loss.compute_loss(teacher_logits, student_logits))
+    0.881
     >>> KD(temperature=2.0, standardize=True)   # KD+LS, equal to LSKD()
+    KD(temperature=2.0, ..., standardize=True)
     """
 
     def __init__(self, temperature=4.0, global_batch=True, standardize=False):

@@ -19,11 +19,13 @@ def register(name):
 
     Example:
 
-    >>> @register("logit_mse")
+    >>> from keras_cskd.losses import DistillationLoss
+    >>> @register("logit_mse_example")
     ... class LogitMSE(DistillationLoss):
     ...     def compute_loss(self, teacher_logits, student_logits, **kwargs):
     ...         return keras.ops.mean(keras.ops.square(teacher_logits - student_logits))
-    >>> keras_cskd.losses.get("logit_mse")
+    >>> keras_cskd.losses.get("logit_mse_example")
+    <...LogitMSE object at ...>
     """
     return LOSSES.register(str(name).lower())
 

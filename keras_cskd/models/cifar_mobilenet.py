@@ -72,7 +72,7 @@ def cifar_mobilenetv2(
 
     Example:
 
-    >>> cifar_mobilenetv2(expansion=6, width=0.5).count_params()
+    >>> cifar_mobilenetv2(expansion=6, width=0.5).count_params()  # doctest: +LARGE
     831204
     """
     inputs = keras.Input(input_shape, name="images")

@@ -269,7 +269,7 @@ Returns:
 
 Example:
 
->>> model = keras_cskd.models.get("{name}", num_classes=100,
+>>> model = keras_cskd.models.get("{name}", num_classes=100,  # doctest: +LARGE
 ...                               input_shape=(32, 32, 3))
 >>> model.count_params()
 {params}

@@ -161,7 +161,9 @@ def cifar_shufflenet(
 
     Example:
 
-    >>> cifar_shufflenet(2, (116, 232, 464), (3, 7, 3), top_filters=1024).count_params()
+    >>> model = cifar_shufflenet(  # doctest: +LARGE
+    ...     2, (116, 232, 464), (3, 7, 3), top_filters=1024)
+    >>> model.count_params()
     1371708
     """
     inputs = keras.Input(input_shape, name="images")

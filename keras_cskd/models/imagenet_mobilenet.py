@@ -63,8 +63,8 @@ def mobilenetv1_imagenet(
 
     Example:
 
-    >>> model = keras_cskd.models.get("mobilenetv1_imagenet", num_classes=1000,
-    ...                               input_shape=(224, 224, 3))
+    >>> model = keras_cskd.models.get(  # doctest: +LARGE
+    ...     "mobilenetv1_imagenet", num_classes=1000, input_shape=(224, 224, 3))
     >>> model.count_params()
     4253864
     """

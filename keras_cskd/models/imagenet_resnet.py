@@ -98,7 +98,7 @@ Returns:
 
 Example:
 
->>> model = keras_cskd.models.get("{name}", num_classes=1000,
+>>> model = keras_cskd.models.get("{name}", num_classes=1000,  # doctest: +LARGE
 ...                               input_shape=(224, 224, 3))
 >>> model.count_params()
 {params}

@@ -268,7 +268,8 @@ def torch_layout(model):
 
     Example:
 
-    >>> model = keras_cskd.models.get("resnet18_imagenet", 1000, (224, 224, 3))
+    >>> model = keras_cskd.models.get(  # doctest: +LARGE
+    ...     "resnet18_imagenet", 1000, (224, 224, 3))
     >>> torch_layout(model)["layer1.0.conv1.weight"]
     (64, 64, 3, 3)
     """
@@ -301,12 +302,14 @@ def load_torch_state_dict(model, state_dict):
 
     Example:
 
-    >>> import torch
-    >>> state_dict = torch.load("resnet34-b627a593.pth", weights_only=True)
-    >>> teacher = load_torch_state_dict(
-    ...     keras_cskd.models.get("resnet34_imagenet", 1000, (224, 224, 3)),
-    ...     {key: value.numpy() for key, value in state_dict.items()},
-    ... )
+    ```python
+    import torch
+    state_dict = torch.load("resnet34-b627a593.pth", weights_only=True)
+    teacher = load_torch_state_dict(
+        keras_cskd.models.get("resnet34_imagenet", 1000, (224, 224, 3)),
+        {key: value.numpy() for key, value in state_dict.items()},
+    )
+    ```
     """
     mapping = _mapping(model)
     given = {k for k in state_dict if not str(k).endswith(_IGNORED_SUFFIX)}
@@ -358,9 +361,11 @@ def main(argv=None):
 
     Example:
 
-    >>> main(["--checkpoint=resnet34.pth", "--model=resnet34_imagenet",
-    ...       "--output=teacher.keras"])
-    0
+    ```python
+    main(["--checkpoint=resnet34.pth", "--model=resnet34_imagenet",
+          "--output=teacher.keras"])
+    # returns 0, the exit code
+    ```
     """
     args = _parser().parse_args(argv)
     try:

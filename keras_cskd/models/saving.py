@@ -35,7 +35,9 @@ def load(path, safe_mode=True):
 
     Example:
 
-    >>> teacher = keras_cskd.models.load("saved_models/digits_teacher.keras")
+    ```python
+    teacher = keras_cskd.models.load("saved_models/digits_teacher.keras")
+    ```
     """
     path = Path(path)
     if not path.exists():

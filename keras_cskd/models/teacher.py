@@ -24,7 +24,9 @@ def load_teacher(path, dataset, outputs="logits", images=None):
 
     Example:
 
-    >>> teacher = load_teacher("saved_models/digits_teacher.keras", digits)
+    ```python
+    teacher = load_teacher("saved_models/digits_teacher.keras", digits)
+    ```
     """
     teacher = _load_teacher_file(path)
     classes = teacher.output_shape[-1]
