@@ -58,7 +58,9 @@ def _reference_check(prefix, method, expected):
         (total, "total"),
     ):
         assert float(ours) == pytest.approx(float(expected(theirs)), rel=1e-5), theirs
-    for gradient, view in zip(tape.gradient(total, student), ("weak", "strong")):
+    for gradient, view in zip(
+        tape.gradient(total, student), ("weak", "strong"), strict=True
+    ):
         assert _relative_error(gradient, expected(f"grad_s_{view}")) < 1e-5, view
 
 
@@ -125,7 +127,9 @@ def _numpy_mlkd(t_weak, s_weak, t_strong, s_strong, masks, weak_at_2_6, strong_g
     ],
 )
 def test_each_option_computes_its_formula(options):
-    logits = [GOLDEN[f"case1_{k}"] for k in ("t_weak", "s_weak", "t_strong", "s_strong")]
+    logits = [
+        GOLDEN[f"case1_{k}"] for k in ("t_weak", "s_weak", "t_strong", "s_strong")
+    ]
     expected = _numpy_mlkd(
         *[z.astype(np.float64) for z in logits],
         masks=options.get("confidence_masks", True),
@@ -138,7 +142,9 @@ def test_each_option_computes_its_formula(options):
 
 
 def test_masks_scale_the_weak_terms_by_about_a_half():
-    logits = [GOLDEN[f"case0_{k}"] for k in ("t_weak", "s_weak", "t_strong", "s_strong")]
+    logits = [
+        GOLDEN[f"case0_{k}"] for k in ("t_weak", "s_weak", "t_strong", "s_strong")
+    ]
     teacher, student = (logits[0], logits[2]), (logits[1], logits[3])
     masked = losses.MLKD().terms(teacher, student)
     unmasked = losses.MLKD(confidence_masks=False).terms(teacher, student)
@@ -152,15 +158,17 @@ def test_the_strong_view_at_t_2_and_6_is_ignored_by_default():
     # Strong student logits that differ only matter through T 4, 3 and 5.
     base = losses.MLKD().compute_loss((weak, strong), (student_weak, strong))
     clean = losses.MLKD(weak_view_at_2_and_6=False)
-    assert float(clean.compute_loss((weak, strong), (student_weak, strong))) < float(base)
+    assert float(clean.compute_loss((weak, strong), (student_weak, strong))) < float(
+        base
+    )
 
 
 def test_identical_teacher_and_student_views_give_zero():
     views = (GOLDEN["case1_t_weak"], GOLDEN["case1_t_strong"])
     for options in ({}, {"standardize": True, "strong_gram_terms": True}):
-        assert float(losses.MLKD(**options).compute_loss(views, views)) == pytest.approx(
-            0.0, abs=1e-6
-        )
+        assert float(
+            losses.MLKD(**options).compute_loss(views, views)
+        ) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_one_view_is_refused_with_the_fix():
@@ -185,7 +193,9 @@ def test_bad_arguments_are_refused(kwargs, message):
 
 def test_config_round_trip_and_registry():
     loss = losses.MLKD(2.0, standardize=True, strong_gram_terms=True)
-    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
+    again = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(loss)
+    )
     assert again.get_config() == loss.get_config()
     assert losses.get_class("mlkd") is losses.MLKD and losses.MLKD.num_views == 2
 
@@ -327,7 +337,9 @@ def _backend_run(inputs, backend):
     command = [sys.executable, str(script), f"--backend={backend}"]
     command += [f"--inputs={inputs}", f"--out={out}"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     with np.load(out) as arrays:
         return dict(arrays)
@@ -344,15 +356,22 @@ def test_jax_trains_like_tensorflow_and_computes_the_reference_loss(tmp_path):
     runs = {backend: _backend_run(inputs, backend) for backend in ("tensorflow", "jax")}
     assert str(runs["jax"]["backend"]) == "jax"
     for run in runs.values():  # the value and gradient of golden case 1
-        assert float(run["loss"]) == pytest.approx(float(GOLDEN["mlkd_case1_total"]), rel=1e-5)
+        assert float(run["loss"]) == pytest.approx(
+            float(GOLDEN["mlkd_case1_total"]), rel=1e-5
+        )
         for view in ("weak", "strong"):
             expected = GOLDEN[f"mlkd_case1_grad_s_{view}"]
             assert _relative_error(run[f"grad_s_{view}"], expected) < 1e-5
+    # Relative to the largest of each weight (float32 sums in another order).
     weights = [backend_run.read_weights(run, "student") for run in runs.values()]
-    for index, (jax_weight, tf_weight) in enumerate(zip(*weights[::-1], strict=True)):
-        np.testing.assert_allclose(jax_weight, tf_weight, rtol=1e-4, atol=1e-4, err_msg=str(index))
+    with np.load(inputs) as arrays:
+        initial = backend_run.read_weights(arrays, "student")
+    moved = max(_relative_error(a, b) for a, b in zip(weights[0], initial, strict=True))
+    assert moved > 100 * 1e-4  # so that matching says something
+    for index, (tf_weight, jax_weight) in enumerate(zip(*weights, strict=True)):
+        assert _relative_error(jax_weight, tf_weight) < 1e-4, index
     for key in runs["tensorflow"]:
         if key.startswith("history_"):
-            np.testing.assert_allclose(
-                runs["jax"][key], runs["tensorflow"][key], rtol=1e-4, atol=1e-4, err_msg=key
+            assert _relative_error(runs["jax"][key], runs["tensorflow"][key]) < 1e-4, (
+                key
             )

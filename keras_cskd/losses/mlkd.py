@@ -91,9 +91,7 @@ class MLKD(LogitLoss):
     ):
         super().__init__(temperature=temperature, global_batch=True)
         if not isinstance(self.temperature, float | int):
-            raise ValueError(
-                f"MLKD takes a float `temperature`, got {temperature!r}."
-            )
+            raise ValueError(f"MLKD takes a float `temperature`, got {temperature!r}.")
         self.standardize = standardize_flag(standardize)
         self.confidence_masks = _flag("confidence_masks", confidence_masks)
         self.weak_view_at_2_and_6 = _flag("weak_view_at_2_and_6", weak_view_at_2_and_6)
@@ -117,16 +115,15 @@ class MLKD(LogitLoss):
         for position, temperature in enumerate(self.temperature_levels):
             # The reference's "strong" terms at T 2 and 6 read the weak view.
             strong_or_weak = strong
-            if self.weak_view_at_2_and_6 and position in _WEAK_POSITIONS_IN_STRONG_TERMS:
+            if (
+                self.weak_view_at_2_and_6
+                and position in _WEAK_POSITIONS_IN_STRONG_TERMS
+            ):
                 strong_or_weak = weak
             terms["kd"] += sample_fraction * self._kd(*weak, temperature)
             terms["kd"] += self._kd(*strong_or_weak, temperature)
-            terms["class_gram"] += class_fraction * class_gram_loss(
-                *weak, temperature
-            )
-            terms["batch_gram"] += sample_fraction * batch_gram_loss(
-                *weak, temperature
-            )
+            terms["class_gram"] += class_fraction * class_gram_loss(*weak, temperature)
+            terms["batch_gram"] += sample_fraction * batch_gram_loss(*weak, temperature)
             if self.strong_gram_terms:
                 terms["class_gram"] += class_gram_loss(*strong_or_weak, temperature)
                 terms["batch_gram"] += sample_fraction * batch_gram_loss(

@@ -45,11 +45,21 @@ from make_reference_training import (  # noqa: E402
 )
 
 COMMITS = {"mlkd": "5ee473f", "lskd": "f6e5aa5", "mdistiller": "a08d46f"}
-FILES = ("mlkd_KD_ours.py", "mlkd_loss.py", "lskd_MLKD.py", "mdistiller_cifar_resnet.py")
+FILES = (
+    "mlkd_KD_ours.py",
+    "mlkd_loss.py",
+    "lskd_MLKD.py",
+    "mdistiller_cifar_resnet.py",
+)
 OUTPUT = Path(__file__).with_name("mlkd.npz")
 STEPS = Path(__file__).with_name("sgd_steps.npz")
 # (batch, classes, teacher scale, student scale): realistic, small, odd, sharp.
-SHAPES = [(64, 100, 4.0, 2.0), (8, 10, 2.0, 1.0), (7, 5, 1.0, 3.0), (32, 100, 12.0, 2.0)]
+SHAPES = [
+    (64, 100, 4.0, 2.0),
+    (8, 10, 2.0, 1.0),
+    (7, 5, 1.0, 3.0),
+    (32, 100, 12.0, 2.0),
+]
 SETTINGS = {
     "mlkd": dict(TEMPERATURE=4.0, CE_WEIGHT=0.1, KD_WEIGHT=0.9, LOGIT_STAND=False),
     "mlkd_ls": dict(TEMPERATURE=2.0, CE_WEIGHT=0.1, KD_WEIGHT=9.0, LOGIT_STAND=True),
@@ -111,7 +121,9 @@ def loss_cases(classes):
             for scale in (t_scale, s_scale, t_scale, s_scale)
         ]
         labels = rng.integers(0, num_classes, size=batch)
-        for key, value in zip(("t_weak", "s_weak", "t_strong", "s_strong"), logits):
+        for key, value in zip(
+            ("t_weak", "s_weak", "t_strong", "s_strong"), logits, strict=True
+        ):
             out[f"case{case}_{key}"] = value
         out[f"case{case}_labels"] = labels
         for method, distiller_class in classes.items():
@@ -120,9 +132,13 @@ def loss_cases(classes):
             ).items():
                 out[f"{method}_case{case}_{key}"] = value
     out["cases"] = np.int64(len(SHAPES))
-    logits = [out[f"case1_{k}"].copy() for k in ("t_weak", "s_weak", "t_strong", "s_strong")]
+    logits = [
+        out[f"case1_{k}"].copy() for k in ("t_weak", "s_weak", "t_strong", "s_strong")
+    ]
     logits[0][0], logits[3][1] = 3.0, -1.0  # a constant teacher row, a student row
-    for key, value in zip(("t_weak", "s_weak", "t_strong", "s_strong"), logits):
+    for key, value in zip(
+        ("t_weak", "s_weak", "t_strong", "s_strong"), logits, strict=True
+    ):
         out[f"constant_{key}"] = value
     for key, value in reference_terms(
         classes["mlkd_ls"], "mlkd_ls", logits, out["case1_labels"]
@@ -147,7 +163,10 @@ def sgd_steps(source, distiller_class):
     student.train()
     weak, strong = (torch.tensor(np.ascontiguousarray(x)) for x in images)
     teacher = FixedLogits(
-        [(weak, torch.tensor(teacher_logits[0])), (strong, torch.tensor(teacher_logits[1]))]
+        [
+            (weak, torch.tensor(teacher_logits[0])),
+            (strong, torch.tensor(teacher_logits[1])),
+        ]
     )
     distiller = distiller_class(student, teacher, reference_cfg("mlkd"))
     optimizer = torch.optim.SGD(
