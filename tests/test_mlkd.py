@@ -375,3 +375,15 @@ def test_jax_trains_like_tensorflow_and_computes_the_reference_loss(tmp_path):
             assert _relative_error(runs["jax"][key], runs["tensorflow"][key]) < 1e-4, (
                 key
             )
+
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("method", ["mlkd", "mlkd_ls"])
+def test_every_pair_of_the_recipes_parses_and_validates(method):
+    from test_cifar import distill_module
+
+    for teacher, student in distill_module().PAIRS:
+        config = config_module.load_config(f"{DISTILL}:{method},{teacher},{student}")
+        config_module.validate(config)
+        assert config.epochs in (480, 960) and config.loss.method == "mlkd"
