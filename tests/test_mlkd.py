@@ -377,7 +377,6 @@ def test_jax_trains_like_tensorflow_and_computes_the_reference_loss(tmp_path):
             )
 
 
-
 @pytest.mark.large
 @pytest.mark.parametrize("method", ["mlkd", "mlkd_ls"])
 def test_every_pair_of_the_recipes_parses_and_validates(method):
