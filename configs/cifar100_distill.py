@@ -20,6 +20,13 @@ CSKD paper's CIFAR-100 table (PAIRS) and one of:
 - `dkd_ls`: DKD with logit standardisation: CE 1, the pair's temperature, alpha
   = 1 x weight and beta = the pair's beta x weight (`LS_DKD_PAIRS`), 20
   warm-up epochs, 240 epochs.
+- `mlkd`: MLKD (Jin et al., CVPR 2023) as its code trains: a weak and a strong
+  view (the CSKD code's strong view, the same transform), CE 0.1 on each, `MLKD`
+  at T 4 with weight 0.9; the pair's epochs and rate (`MLKD_PAIRS`: 480 and
+  0.025 for most), decay at epochs 150, 180, 210 as every recipe.
+- `mlkd_ls`: `mlkd` with LS-KD's logit standardisation of its KD terms
+  (`MLKD(standardize=True)`), the pair's base temperature and weight
+  (`LS_MLKD_PAIRS`; 2 and 9 for most).
 
 Every recipe trains with PyTorch's SGD (momentum 0.9, weight decay 5e-4 added
 to the gradient of every parameter), batch 64, the rate x0.1 at the start of
@@ -79,8 +86,39 @@ LS_DKD_PAIRS = {
     ("vgg13", "mobilenetv2"): (3.0, 9.0, 2.0),
     ("resnet50", "mobilenetv2"): (2.0, 15.0, 2.0),
 }
+# MLKD, per pair: (epochs, base rate) of LS-KD's configs/cifar100/mlkd/*.yaml,
+# and MLKD+LS's (base temperature, KD weight) from the names of the logs its
+# README's CIFAR-100 tables link (`mlkd,TEACHER,STUDENT,T,WEIGHT`); a pair with
+# no log gets the README command's `--base-temp 2 --kd-weight 9`.
+MLKD_PAIRS = {
+    ("resnet56", "resnet20"): (480, 0.025),
+    ("resnet110", "resnet32"): (480, 0.025),
+    ("resnet32x4", "resnet8x4"): (480, 0.025),
+    ("wrn_40_2", "wrn_16_2"): (480, 0.025),
+    ("wrn_40_2", "wrn_40_1"): (480, 0.025),
+    ("vgg13", "vgg8"): (480, 0.01),
+    ("resnet32x4", "shufflenetv1"): (960, 0.01),
+    ("resnet32x4", "shufflenetv2"): (960, 0.01),
+    ("wrn_40_2", "shufflenetv1"): (480, 0.01),
+    ("vgg13", "mobilenetv2"): (480, 0.01),
+    ("resnet50", "mobilenetv2"): (480, 0.01),
+}
+LS_MLKD_PAIRS = {
+    ("resnet56", "resnet20"): (2.0, 9.0),  # no log
+    ("resnet110", "resnet32"): (2.0, 9.0),
+    ("resnet32x4", "resnet8x4"): (2.0, 9.0),
+    ("wrn_40_2", "wrn_16_2"): (2.0, 9.0),
+    ("wrn_40_2", "wrn_40_1"): (2.0, 9.0),
+    ("vgg13", "vgg8"): (2.0, 6.0),
+    ("resnet32x4", "shufflenetv1"): (2.0, 9.0),  # no log
+    ("resnet32x4", "shufflenetv2"): (2.0, 6.0),
+    ("wrn_40_2", "shufflenetv1"): (2.0, 9.0),  # no log
+    ("vgg13", "mobilenetv2"): (2.0, 6.0),
+    ("resnet50", "mobilenetv2"): (2.0, 9.0),
+}
 SMALL_LEARNING_RATE_STUDENTS = ("shufflenetv1", "shufflenetv2", "mobilenetv2")
 METHODS = ("kd", "dkd", "cskd", "cskd_reference", "kd_ls", "dkd_ls")
+MLKD_METHODS = ("mlkd", "mlkd_ls")
 
 
 def get_config(spec="cskd_reference,resnet32x4,resnet8x4"):
@@ -88,9 +126,10 @@ def get_config(spec="cskd_reference,resnet32x4,resnet8x4"):
     if (teacher, student) not in PAIRS:
         pairs = ", ".join(f"{t},{s}" for t, s in PAIRS)
         raise ValueError(f"Unknown pair {teacher},{student}; known pairs: {pairs}.")
-    if method not in METHODS:
+    if method not in METHODS + MLKD_METHODS:
         raise ValueError(
-            f"Unknown method '{method}' for CIFAR-100: {', '.join(METHODS)}."
+            f"Unknown method '{method}' for CIFAR-100: "
+            f"{', '.join(METHODS + MLKD_METHODS)}."
         )
     config = default_config()
     config.model = student
@@ -125,7 +164,7 @@ def get_config(spec="cskd_reference,resnet32x4,resnet8x4"):
         )
     elif method == "cskd":
         config.loss = loss_config("cskd", temperature=4.0, cswt=True, alpha=2.0)
-    else:
+    elif method == "cskd_reference":
         config.loss = loss_config(
             "two_view_cskd", temperature=4.0, cswt=True, alpha=2.0
         )
@@ -143,4 +182,28 @@ def get_config(spec="cskd_reference,resnet32x4,resnet8x4"):
         decay_rate=0.1,
     )
     config.export.formats = "savedmodel,tflite,tflite_int8"
+    if method in MLKD_METHODS:
+        _use_mlkd(config, teacher, student, standardize=method == "mlkd_ls")
     return config
+
+
+def _use_mlkd(config, teacher, student, standardize):
+    """MLKD (or MLKD+LS) as its code trains the pair: two views, CE 0.1 on
+    each, the loss at weight 0.9 (9 or 6 with LS), the pair's epochs and rate."""
+    temperature, weight = 4.0, 0.9
+    if standardize:
+        temperature, weight = LS_MLKD_PAIRS[teacher, student]
+    # The reference's surprises, each a switch (docs/reproducing.md, "mlkd").
+    config.loss = loss_config(
+        "mlkd",
+        temperature=temperature,
+        standardize=standardize,
+        confidence_masks=True,
+        weak_view_at_2_and_6=True,
+        strong_gram_terms=False,
+    )
+    config.ce_weight, config.distillation_loss_weight = 0.1, weight
+    config.data.two_views = True
+    config.data.strong_augmentation = "cifar_randaugment"
+    config.view_weights = (1.0, 1.0)  # CE on both views, at ce_weight each
+    config.epochs, config.optimizer.learning_rate = MLKD_PAIRS[teacher, student]

@@ -381,11 +381,13 @@ def _combination_problems(config):
         )
     if data.two_views and data.mixup_alpha > 0:
         problems.append("data.two_views and data.mixup_alpha cannot be combined")
-    if config.loss.method == "two_view_cskd" and not data.two_views:
-        problems.append(
-            "loss.method two_view_cskd needs data.two_views=True (it takes a weak "
-            "and a strong view of every batch)"
-        )
+    method = config.loss.method
+    if method in losses_module.names() and not data.two_views:
+        if losses_module.get_class(method).num_views > 1:  # two_view_cskd, mlkd
+            problems.append(
+                f"loss.method {method} needs data.two_views=True (it takes a weak "
+                "and a strong view of every batch)"
+            )
     return problems
 
 

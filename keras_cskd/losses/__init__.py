@@ -16,6 +16,7 @@ from keras_cskd.losses.feature_distillation import FeatureDistillation
 from keras_cskd.losses.kd import KD
 from keras_cskd.losses.logit_loss import LogitLoss
 from keras_cskd.losses.lskd import LSKD
+from keras_cskd.losses.mlkd import MLKD
 from keras_cskd.losses.registry import get, get_class, names, register
 from keras_cskd.losses.skd import SKD
 from keras_cskd.losses.two_view_cskd import TwoViewCSKD
@@ -37,6 +38,7 @@ __all__ = [
     "KD",
     "LSKD",
     "LogitLoss",
+    "MLKD",
     "SKD",
     "TwoViewCSKD",
     "get",
