@@ -22,11 +22,12 @@ CSKD paper's CIFAR-100 table (PAIRS) and one of:
   warm-up epochs, 240 epochs.
 - `mlkd`: MLKD (Jin et al., CVPR 2023) as its code trains: a weak and a strong
   view (the CSKD code's strong view, the same transform), CE 0.1 on each, `MLKD`
-  at T 4 with weight 0.9; the pair's epochs and rate (`MLKD_PAIRS`: 480 and
-  0.025 for most), decay at epochs 150, 180, 210 as every recipe.
+  at T 4 with weight 0.9; the pair's epochs and rate in MLKD's configs
+  (`MLKD_PAIRS`: 240 and 0.025 for most), decay at epochs 150, 180, 210.
 - `mlkd_ls`: `mlkd` with LS-KD's logit standardisation of its KD terms
   (`MLKD(standardize=True)`), the pair's base temperature and weight
-  (`LS_MLKD_PAIRS`; 2 and 9 for most).
+  (`LS_MLKD_PAIRS`; 2 and 9 for most), the epochs and rate of LS-KD's MLKD
+  configs (`LS_MLKD_SCHEDULES`: 480 and 0.025 for most).
 
 Every recipe trains with PyTorch's SGD (momentum 0.9, weight decay 5e-4 added
 to the gradient of every parameter), batch 64, the rate x0.1 at the start of
@@ -86,11 +87,23 @@ LS_DKD_PAIRS = {
     ("vgg13", "mobilenetv2"): (3.0, 9.0, 2.0),
     ("resnet50", "mobilenetv2"): (2.0, 15.0, 2.0),
 }
-# MLKD, per pair: (epochs, base rate) of LS-KD's configs/cifar100/mlkd/*.yaml,
-# and MLKD+LS's (base temperature, KD weight) from the names of the logs its
-# README's CIFAR-100 tables link (`mlkd,TEACHER,STUDENT,T,WEIGHT`); a pair with
-# no log gets the README command's `--base-temp 2 --kd-weight 9`.
+# MLKD, per pair: (epochs, base rate) of MLKD's own configs
+# (Jin-Ying/Multi-Level-Logit-Distillation @ 5ee473f, configs/cifar100/ours/).
 MLKD_PAIRS = {
+    ("resnet56", "resnet20"): (240, 0.025),
+    ("resnet110", "resnet32"): (240, 0.025),
+    ("resnet32x4", "resnet8x4"): (240, 0.025),
+    ("wrn_40_2", "wrn_16_2"): (240, 0.025),
+    ("wrn_40_2", "wrn_40_1"): (240, 0.025),
+    ("vgg13", "vgg8"): (240, 0.025),
+    ("resnet32x4", "shufflenetv1"): (960, 0.01),
+    ("resnet32x4", "shufflenetv2"): (960, 0.01),
+    ("wrn_40_2", "shufflenetv1"): (480, 0.01),
+    ("vgg13", "mobilenetv2"): (480, 0.01),
+    ("resnet50", "mobilenetv2"): (480, 0.01),
+}
+# MLKD+LS, per pair: (epochs, base rate) of LS-KD's configs/cifar100/mlkd/*.yaml
+LS_MLKD_SCHEDULES = {
     ("resnet56", "resnet20"): (480, 0.025),
     ("resnet110", "resnet32"): (480, 0.025),
     ("resnet32x4", "resnet8x4"): (480, 0.025),
@@ -103,6 +116,9 @@ MLKD_PAIRS = {
     ("vgg13", "mobilenetv2"): (480, 0.01),
     ("resnet50", "mobilenetv2"): (480, 0.01),
 }
+# and its (base temperature, KD weight) from the names of the logs its
+# README's CIFAR-100 tables link (`mlkd,TEACHER,STUDENT,T,WEIGHT`); a pair with
+# no log gets the README command's `--base-temp 2 --kd-weight 9`.
 LS_MLKD_PAIRS = {
     ("resnet56", "resnet20"): (2.0, 9.0),  # no log
     ("resnet110", "resnet32"): (2.0, 9.0),
@@ -206,4 +222,5 @@ def _use_mlkd(config, teacher, student, standardize):
     config.data.two_views = True
     config.data.strong_augmentation = "cifar_randaugment"
     config.view_weights = (1.0, 1.0)  # CE on both views, at ce_weight each
-    config.epochs, config.optimizer.learning_rate = MLKD_PAIRS[teacher, student]
+    schedules = LS_MLKD_SCHEDULES if standardize else MLKD_PAIRS
+    config.epochs, config.optimizer.learning_rate = schedules[teacher, student]
