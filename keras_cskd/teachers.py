@@ -133,8 +133,10 @@ def ported_teacher(checkpoint, model_name, num_classes=100, input_shape=None):
 
     Example:
 
-    >>> ported_teacher(Path("resnet32x4_vanilla/ckpt_epoch_240.pth"), "resnet32x4")
-    PosixPath('resnet32x4_vanilla/ckpt_epoch_240.keras')
+    ```python
+    ported_teacher("resnet32x4_vanilla/ckpt_epoch_240.pth", "resnet32x4")
+    # -> Path("resnet32x4_vanilla/ckpt_epoch_240.keras"), written on the first call
+    ```
     """
     from keras_cskd.models import porting
 

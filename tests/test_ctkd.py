@@ -3,6 +3,7 @@ the reference code's (tests/golden/ctkd.npz); it trains with the student, is
 checkpointed with the Distiller, never exported, and trains alike on two
 replicas, on JAX and from the `ctkd` recipe."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -205,8 +206,15 @@ def test_the_ctkd_recipe_runs_a_few_steps_end_to_end(tmp_path):
     assert config.optimizer.learning_rate == 0.05
     config.model = "resnet8"  # the smallest student keeps this test quick
     teacher = keras_cskd.models.get("resnet8", 100, (32, 32, 3))
-    teacher.save(tmp_path / "teacher.keras")
-    config.teacher.path = str(tmp_path / "teacher.keras")
+    if importlib.util.find_spec("torch") is None:
+        teacher.save(tmp_path / "teacher.keras")
+        config.teacher.path = str(tmp_path / "teacher.keras")
+    else:  # also a run from a PyTorch teacher, ported on load
+        from test_pth_teacher import save_mdistiller_checkpoint, seeded_state_dict
+
+        checkpoint = tmp_path / "resnet8_vanilla" / "ckpt_epoch_240.pth"
+        save_mdistiller_checkpoint(seeded_state_dict(teacher), checkpoint)
+        config.teacher.path = str(checkpoint)
     config.teacher.allow_untrained = True  # an untrained teacher, on mock data
     config.epochs, config.data.batch_size, config.verbose = 1, 8, "0"
     config.export.formats = "tflite"
@@ -216,6 +224,8 @@ def test_the_ctkd_recipe_runs_a_few_steps_end_to_end(tmp_path):
     # (A finished run has removed its checkpoint: the one above keeps it.)
     student = keras.saving.load_model(tmp_path / "run" / "student.keras")
     assert not any("temperature" in w.path for w in student.weights)
+    if config.teacher.path.endswith(".pth"):
+        assert (tmp_path / "resnet8_vanilla" / "ckpt_epoch_240.keras").is_file()
 
 
 @pytest.mark.large
@@ -242,8 +252,6 @@ def test_two_replicas_train_the_temperature_as_one_device(monkeypatch):
 @pytest.mark.large
 @pytest.mark.parametrize("backend", ["jax"])
 def test_the_temperature_trains_alike_on_jax(backend, tmp_path):
-    import importlib.util
-
     import backend_run
 
     if importlib.util.find_spec(backend) is None:

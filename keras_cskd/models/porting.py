@@ -427,8 +427,10 @@ def port_checkpoint(checkpoint, model_name, output, num_classes, input_shape):
 
     Example:
 
-    >>> port_checkpoint("resnet32x4_vanilla/ckpt_epoch_240.pth", "resnet32x4",
-    ...                 "resnet32x4.keras", 100, (32, 32, 3))
+    ```python
+    port_checkpoint("resnet32x4_vanilla/ckpt_epoch_240.pth", "resnet32x4",
+                    "resnet32x4.keras", 100, (32, 32, 3))
+    ```
     """
     from keras_cskd.models import registry
 
