@@ -4,6 +4,8 @@
     python train.py --config=configs/digits_kd.py --config.epochs=5
     python train.py --config=configs/digits_teacher.py   # rebuild the teacher
     python train.py --list                # losses, models, datasets, configs
+    python train.py --config=configs/cifar100_distill.py:kd,resnet32x4,resnet8x4 \
+        --config.teacher=cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth
 
 Everything goes under --workdir (default runs/<config name>): config.json,
 log.csv, tensorboard/, student.keras, export/, summary.json and manifest.json
@@ -51,6 +53,20 @@ def _explained(error):
     return error
 
 
+def teacher_file_shorthand(argv):
+    """`argv` with `--config.teacher=FILE` (a `.keras` or PyTorch `.pth`
+    teacher) spelled `--config.teacher.path=FILE`, the key it sets. Applied
+    to `sys.argv` before config_flags reads the overrides from it."""
+    prefix = "--config.teacher="
+    return [
+        f"--config.teacher.path={arg[len(prefix) :]}"
+        if arg.startswith(prefix) and arg.endswith((".keras", ".pth"))
+        else arg
+        for arg in argv
+    ]
+
+
+sys.argv = teacher_file_shorthand(sys.argv)
 try:  # config_flags applies the --config.key=value overrides right here
     _CONFIG = config_flags.DEFINE_config_file(
         "config", "configs/digits_cskd.py", "Experiment config file (get_config())."
