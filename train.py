@@ -22,6 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from keras_cskd.config import teacher_file_shorthand  # noqa: E402
+
 
 def fail(error):
     """Reports a command-line error as `keras_cskd.cli` does, and exits."""
@@ -53,19 +55,8 @@ def _explained(error):
     return error
 
 
-def teacher_file_shorthand(argv):
-    """`argv` with `--config.teacher=FILE` (a `.keras` or PyTorch `.pth`
-    teacher) spelled `--config.teacher.path=FILE`, the key it sets. Applied
-    to `sys.argv` before config_flags reads the overrides from it."""
-    prefix = "--config.teacher="
-    return [
-        f"--config.teacher.path={arg[len(prefix) :]}"
-        if arg.startswith(prefix) and arg.endswith((".keras", ".pth"))
-        else arg
-        for arg in argv
-    ]
-
-
+# `--config.teacher=FILE` means `--config.teacher.path=FILE`; config_flags
+# reads the overrides from sys.argv when the flag is defined, below.
 sys.argv = teacher_file_shorthand(sys.argv)
 try:  # config_flags applies the --config.key=value overrides right here
     _CONFIG = config_flags.DEFINE_config_file(

@@ -115,7 +115,8 @@ class CTKD(LogitLoss):
 
     The temperature's weight lives in the loss's `layers`: the Distiller
     trains it, saves it in its checkpoints and never exports it with the
-    student.
+    student. (`keras.distillation.Distiller` trains no loss weights: use
+    `keras_cskd.Distiller`.)
 
     Args:
         min_temperature: the lowest temperature (CTKD's `--t_start`, 1).
