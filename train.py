@@ -4,6 +4,8 @@
     python train.py --config=configs/digits_kd.py --config.epochs=5
     python train.py --config=configs/digits_teacher.py   # rebuild the teacher
     python train.py --list                # losses, models, datasets, configs
+    python train.py --config=configs/cifar100_distill.py:kd,resnet32x4,resnet8x4 \
+        --config.teacher=cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth
 
 Everything goes under --workdir (default runs/<config name>): config.json,
 log.csv, tensorboard/, student.keras, export/, summary.json and manifest.json
@@ -19,6 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from keras_cskd.config import teacher_file_shorthand  # noqa: E402
 
 
 def fail(error):
@@ -51,6 +55,9 @@ def _explained(error):
     return error
 
 
+# `--config.teacher=FILE` means `--config.teacher.path=FILE`; config_flags
+# reads the overrides from sys.argv when the flag is defined, below.
+sys.argv = teacher_file_shorthand(sys.argv)
 try:  # config_flags applies the --config.key=value overrides right here
     _CONFIG = config_flags.DEFINE_config_file(
         "config", "configs/digits_cskd.py", "Experiment config file (get_config())."

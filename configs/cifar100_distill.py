@@ -28,6 +28,9 @@ CSKD paper's CIFAR-100 table (PAIRS) and one of:
   (`MLKD(standardize=True)`), the pair's base temperature and weight
   (`LS_MLKD_PAIRS`; 2 and 9 for most), the epochs and rate of LS-KD's MLKD
   configs (`LS_MLKD_SCHEDULES`: 480 and 0.025 for most).
+- `ctkd`: CTKD's global learnable temperature (`losses.CTKD`: T in (1, 21),
+  its gradient reversed with the cosine curriculum 0 -> -1 over epochs 1-10)
+  as its `scripts/run_cifar_distill.sh`: CE 0.1, KD 0.9, 240 epochs, rate 0.05.
 
 Every recipe trains with PyTorch's SGD (momentum 0.9, weight decay 5e-4 added
 to the gradient of every parameter), batch 64, the rate x0.1 at the start of
@@ -133,7 +136,7 @@ LS_MLKD_PAIRS = {
     ("resnet50", "mobilenetv2"): (2.0, 9.0),
 }
 SMALL_LEARNING_RATE_STUDENTS = ("shufflenetv1", "shufflenetv2", "mobilenetv2")
-METHODS = ("kd", "dkd", "cskd", "cskd_reference", "kd_ls", "dkd_ls")
+METHODS = ("kd", "dkd", "cskd", "cskd_reference", "kd_ls", "dkd_ls", "ctkd")
 MLKD_METHODS = ("mlkd", "mlkd_ls")
 
 
@@ -178,6 +181,8 @@ def get_config(spec="cskd_reference,resnet32x4,resnet8x4"):
             warmup_epochs=20,
             standardize=True,
         )
+    elif method == "ctkd":
+        _use_ctkd(config)
     elif method == "cskd":
         config.loss = loss_config("cskd", temperature=4.0, cswt=True, alpha=2.0)
     elif method == "cskd_reference":
@@ -224,3 +229,22 @@ def _use_mlkd(config, teacher, student, standardize):
     config.view_weights = (1.0, 1.0)  # CE on both views, at ce_weight each
     schedules = LS_MLKD_SCHEDULES if standardize else MLKD_PAIRS
     config.epochs, config.optimizer.learning_rate = schedules[teacher, student]
+
+
+def _use_ctkd(config):
+    """CTKD (zhengli97/CTKD @ 7d52522): `scripts/run_cifar_distill.sh`'s
+    `-r 0.1 -a 0.9 -b 0 --have_mlp 1 --mlp_name global --cosine_decay 1
+    --decay_max 0 --decay_min -1 --decay_loops 10` with `train_student.py`'s
+    `--t_start 1 --t_end 20` (its batch 64 and rate 0.05 are every recipe's
+    here). docs/reproducing.md gives each value's line."""
+    config.loss = loss_config(
+        "ctkd",
+        min_temperature=1.0,
+        temperature_range=20.0,
+        initial_logit=1.0,
+        lambda_start=0.0,
+        lambda_end=-1.0,
+        lambda_epochs=10,
+        reversal="reference",
+    )
+    config.ce_weight, config.distillation_loss_weight = 0.1, 0.9

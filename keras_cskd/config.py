@@ -137,6 +137,24 @@ def loss_config(method, cswt=False, t_min=2.0, t_max=6.0, standardize=False, **o
     )
 
 
+def teacher_file_shorthand(argv):
+    """`argv` with `--config.teacher=FILE` (a `.keras` or PyTorch `.pth`
+    teacher) spelled `--config.teacher.path=FILE`, the key it sets.
+
+    Example:
+
+    >>> teacher_file_shorthand(["--config.teacher=r32x4_vanilla/ckpt.pth"])
+    ['--config.teacher.path=r32x4_vanilla/ckpt.pth']
+    """
+    prefix = "--config.teacher="
+    return [
+        f"--config.teacher.path={arg[len(prefix) :]}"
+        if arg.startswith(prefix) and arg.endswith((".keras", ".pth"))
+        else arg
+        for arg in argv
+    ]
+
+
 def load_config(path):
     """Loads `get_config()` from a Python config file; `"file.py:arg"` passes
     `arg` to it, as `--config=file.py:arg` does on the command line.

@@ -152,7 +152,9 @@ def prepare(config, workdir, overwrite=False):
     state.strategy = distribute.get_strategy(config.strategy)
     state.inputs = load_inputs(config.data, config.seed, state.strategy)
     if config.loss.method != "scratch":
-        state.teacher_path = teachers.teacher_path(config, state.workdir, train=run)
+        state.teacher_path = teachers.teacher_path(
+            config, state.workdir, train=run, inputs=state.inputs
+        )
     return state
 
 

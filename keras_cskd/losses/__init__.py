@@ -9,6 +9,7 @@ from keras_cskd.checks import refuse_renamed
 from keras_cskd.losses.attention_transfer import AttentionTransfer
 from keras_cskd.losses.cskd import CSKD
 from keras_cskd.losses.cswt import CSWT
+from keras_cskd.losses.ctkd import CTKD
 from keras_cskd.losses.dist import DIST
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.dkd import DKD
@@ -31,6 +32,7 @@ __all__ = [
     "AttentionTransfer",
     "CSKD",
     "CSWT",
+    "CTKD",
     "DIST",
     "DKD",
     "DistillationLoss",

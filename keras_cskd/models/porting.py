@@ -418,19 +418,35 @@ def _defaults(args):
 
 
 def _port(args):
-    from keras_cskd.models import registry
-
     if not args.output.endswith(".keras"):
         raise ValueError(f"--output must end in .keras, not '{args.output}'.")
     num_classes, input_shape = _defaults(args)
-    state_dict = _read_state_dict(args.checkpoint)
+    port_checkpoint(args.checkpoint, args.model, args.output, num_classes, input_shape)
+
+
+def port_checkpoint(checkpoint, model_name, output, num_classes, input_shape):
+    """Ports the PyTorch checkpoint file `checkpoint` into the zoo model
+    `model_name` and saves it at `output` (a `.keras` path), atomically.
+
+    What the command line does; needs PyTorch to read the file.
+
+    Example:
+
+    ```python
+    port_checkpoint("resnet32x4_vanilla/ckpt_epoch_240.pth", "resnet32x4",
+                    "resnet32x4.keras", 100, (32, 32, 3))
+    ```
+    """
+    from keras_cskd.models import registry
+
+    state_dict = _read_state_dict(checkpoint)
     import keras_cskd.models  # noqa: F401  (registers the zoo)
 
-    model = registry.get(args.model, num_classes, input_shape)
+    model = registry.get(model_name, num_classes, tuple(input_shape))
     load_torch_state_dict(model, state_dict)
     # Written beside the output and moved onto it when complete: a full disk
     # or a kill leaves no truncated `.keras` file, and an earlier one intact.
-    with files.atomic_path(args.output) as tmp:
+    with files.atomic_path(output) as tmp:
         model.save(tmp)
 
 
