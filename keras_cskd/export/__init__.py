@@ -3,9 +3,10 @@
 `export` writes the requested artefacts into a directory atomically (int8 files
 calibrated on a class-balanced sample of the training split), `evaluate_exports`
 runs each artefact itself (the SavedModel through its serving signature, TFLite
-files on the `ai_edge_litert` interpreter, ONNX files on ONNX Runtime) and compares it with the Keras
-student, and `format_table` prints that report. `python -m keras_cskd.export
---model=student.keras --output=DIR` does all three for a saved `.keras` student.
+files on the `ai_edge_litert` interpreter, ONNX files on ONNX Runtime) and
+compares it with the Keras student, and `format_table` prints that report.
+`python -m keras_cskd.export --model=student.keras --output=DIR` does all three
+for a saved `.keras` student.
 
 The modules: `layout` (formats, file names, the signature), `calibration` (the
 int8 calibration sample), `writing` (`export`), `onnx_conversion` (the ONNX

@@ -6,9 +6,10 @@ python -m keras_cskd.export --model=workdir/student.keras --dataset=digits \\
 ```
 
 int8 calibration (`tflite_int8`, `onnx_int8`) uses the dataset's training
-split, the report its test split; for a streamed dataset (`tfds:imagenet2012`, or a folder with `--streaming`),
-class-balanced samples of `STREAMED_SAMPLE` images of each
-(`keras_cskd.data.streaming.sample_views`), found without reading the splits.
+split, the report its test split; for a streamed dataset (`tfds:imagenet2012`,
+or a folder with `--streaming`), class-balanced samples of `STREAMED_SAMPLE`
+images of each (`keras_cskd.data.streaming.sample_views`), found without
+reading the splits.
 Errors follow `keras_cskd.cli`: one line on stderr and exit code 1, for a usage
 error as for a bad file or format.
 """
