@@ -12,14 +12,16 @@ import warnings
 from pathlib import Path
 
 from keras_cskd import config as config_module
-from keras_cskd import models
+from keras_cskd import files, models
 from keras_cskd.metrics import evaluate_accuracy
 
 
 def teacher_path(config, workdir, train):
     """The teacher's path; `train(teacher_config, workdir / "teacher")` trains
-    it from its own config first if the file is missing."""
-    path = Path(config.teacher.path)
+    it from its own config first if the file is missing. A relative path
+    missing here that the package ships (the digits teacher) is its copy
+    (`files.shipped`): the default run works from an installed wheel."""
+    path = files.shipped(config.teacher.path)
     if not path.exists() and not config.teacher.config:
         raise FileNotFoundError(
             f"The teacher {path} does not exist: set teacher.path to a trained "
