@@ -110,10 +110,11 @@ def quantize_onnx(float_path, int8_path, batches, per_channel=True):
 def onnx_operators(path):
     """Sorted operator names of an ONNX file, `domain:op` outside ONNX's own.
 
-    Example:
+    Example (needs an export):
 
-    >>> onnx_operators("export/student.onnx")
-    ['Add', 'MatMul', 'Relu']
+    ```python
+    onnx_operators("export/student.onnx")  # ['Add', 'MatMul', 'Relu', 'Reshape']
+    ```
     """
     import onnx
 
