@@ -315,7 +315,7 @@ def test_corrupt_keras_files_give_a_clear_error(student, tmp_path):
     "args, message",
     [
         (["--model=missing.keras"], "No such file"),
-        (["--model={good}", "--formats=tflite,onnx"], "Unknown export format 'onnx'"),
+        (["--model={good}", "--formats=tflite,onxx"], "Unknown export format 'onxx'"),
         (["--model={corrupt}"], "is corrupt"),
         (["--model={code}"], "error: CodeInModelError: Refusing to load"),
         (["--formats=tflite"], "the following arguments are required: --model"),
