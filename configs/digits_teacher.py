@@ -2,6 +2,9 @@
 
 Rebuilds saved_models/digits_teacher.keras:
     python train.py --config=configs/digits_teacher.py
+
+That path links to keras_cskd/assets/digits_teacher.keras, the copy the package
+ships (an installed wheel's default run distils from it), which is written here.
 """
 
 from keras_cskd.config import default_config
@@ -16,5 +19,6 @@ def get_config():
     config.optimizer.name = "adam"
     config.optimizer.learning_rate = 3e-3
     config.export.formats = ""
-    config.save_model_to = "saved_models/digits_teacher.keras"
+    # Not through the link: a file written atomically would replace it.
+    config.save_model_to = "keras_cskd/assets/digits_teacher.keras"
     return config

@@ -104,7 +104,8 @@ def default_config():
         }
     )
     # Any of savedmodel, tflite, tflite_float16, tflite_dynamic_range,
-    # tflite_int8, comma-separated; "" exports nothing.
+    # tflite_int8, onnx, onnx_int8 (these two need the [onnx] extra),
+    # comma-separated; "" exports nothing.
     config.export = ml_collections.ConfigDict({"formats": "savedmodel,tflite"})
     config.save_model_to = ""  # also save the trained model here (teachers)
     return config

@@ -1,6 +1,7 @@
 """Durable, atomic file writes (a reader sees the old file or the new one, never
 half of one, and a written file survives a crash), exclusive locks, file
-checksums, and the fault-injection hook that tests crash consistency with."""
+checksums, the fault-injection hook that tests crash consistency with, and the
+files the package ships (`shipped`)."""
 
 import contextlib
 import ctypes
@@ -237,6 +238,29 @@ def exclusive_nowait(path, create=True):
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+# Files the package ships (the digits teacher, the default run's config), so an
+# installed wheel runs the default job outside a checkout.
+ASSETS = Path(__file__).parent / "assets"
+
+
+def shipped(path):
+    """`path`, or the package's own copy of it when `path` is missing here.
+
+    A relative path that does not exist from the working directory and names
+    a file in `keras_cskd/assets/` (`saved_models/digits_teacher.keras`) is
+    that file: the default config finds its teacher in an installed wheel.
+
+    Example:
+
+    >>> shipped("saved_models/digits_teacher.keras").name
+    'digits_teacher.keras'
+    """
+    path = Path(path)
+    if path.is_absolute() or path.exists() or not (ASSETS / path.name).is_file():
+        return path
+    return ASSETS / path.name
 
 
 def sha256(path):

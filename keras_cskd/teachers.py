@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from keras_cskd import config as config_module
-from keras_cskd import models
+from keras_cskd import files, models
 from keras_cskd.metrics import evaluate_accuracy
 
 PYTORCH_SUFFIX = ".pth"
@@ -36,8 +36,10 @@ def teacher_path(config, workdir, train, inputs=None):
     it from its own config first if the file is missing. A PyTorch checkpoint
     (`.pth`) is ported into a `.keras` file beside it (`ported_teacher`), for
     the classes and image shape of `inputs` (a run's inputs; CIFAR-100's
-    without)."""
-    path = Path(config.teacher.path)
+    without). A relative path missing here that the package ships (the digits
+    teacher) is its copy (`files.shipped`): the default run works from an
+    installed wheel."""
+    path = files.shipped(config.teacher.path)
     if path.suffix == PYTORCH_SUFFIX:
         shape = (inputs.num_classes, inputs.input_shape) if inputs else (100, None)
         return ported_teacher(path, zoo_name(path, config.teacher.config), *shape)

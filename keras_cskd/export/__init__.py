@@ -1,14 +1,16 @@
-"""Exports a trained student to SavedModel and TFLite, and checks every artefact.
+"""Exports a trained student to SavedModel, TFLite and ONNX, and checks every artefact.
 
 `export` writes the requested artefacts into a directory atomically (int8 files
 calibrated on a class-balanced sample of the training split), `evaluate_exports`
 runs each artefact itself (the SavedModel through its serving signature, TFLite
-files on the `ai_edge_litert` interpreter) and compares it with the Keras
-student, and `format_table` prints that report. `python -m keras_cskd.export
---model=student.keras --output=DIR` does all three for a saved `.keras` student.
+files on the `ai_edge_litert` interpreter, ONNX files on ONNX Runtime) and
+compares it with the Keras student, and `format_table` prints that report.
+`python -m keras_cskd.export --model=student.keras --output=DIR` does all three
+for a saved `.keras` student.
 
 The modules: `layout` (formats, file names, the signature), `calibration` (the
-int8 calibration sample), `writing` (`export`), `runners` (running one
+int8 calibration sample), `writing` (`export`), `onnx_conversion` (the ONNX
+files, with the `[onnx]` extra), `runners` (running one
 artefact), `evaluation` (`evaluate_exports`, `tflite_operators`), `report`
 (`format_table`) and `__main__` (the command line).
 

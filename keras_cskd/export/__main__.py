@@ -5,10 +5,11 @@ python -m keras_cskd.export --model=workdir/student.keras --dataset=digits \\
     --formats=savedmodel,tflite,tflite_int8 --output=workdir/export
 ```
 
-int8 calibration uses the dataset's training split, the report its test split;
-for a streamed dataset (`tfds:imagenet2012`, or a folder with `--streaming`),
-class-balanced samples of `STREAMED_SAMPLE` images of each
-(`keras_cskd.data.streaming.sample_views`), found without reading the splits.
+int8 calibration (`tflite_int8`, `onnx_int8`) uses the dataset's training
+split, the report its test split; for a streamed dataset (`tfds:imagenet2012`,
+or a folder with `--streaming`), class-balanced samples of `STREAMED_SAMPLE`
+images of each (`keras_cskd.data.streaming.sample_views`), found without
+reading the splits.
 Errors follow `keras_cskd.cli`: one line on stderr and exit code 1, for a usage
 error as for a bad file or format.
 """
@@ -61,7 +62,7 @@ def main(argv=None):
 def _parser():
     parser = cli.ArgumentParser(
         prog="python -m keras_cskd.export",
-        description="Export a trained .keras student to SavedModel/TFLite and "
+        description="Export a trained .keras student to SavedModel/TFLite/ONNX and "
         "report each artefact's accuracy, size and latency.",
     )
     parser.add_argument("--model", required=True, help="the student, a .keras file")

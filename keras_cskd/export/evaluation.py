@@ -2,9 +2,9 @@
 
 `evaluate_exports` runs each artefact itself (`keras_cskd.export.runners`) on the
 test images and reports its size, accuracy, top-1 agreement with the student,
-largest logit difference and batch-1 latency, and for TFLite files the operators
-they use (`tflite_operators`). `keras_cskd.export.report.format_table` prints the
-report.
+largest logit difference and batch-1 latency, and for TFLite and ONNX files the
+operators they use (`tflite_operators`, `onnx_conversion.onnx_operators`).
+`keras_cskd.export.report.format_table` prints the report.
 """
 
 import json
@@ -56,8 +56,9 @@ def evaluate_exports(
     Returns:
         The report: a dict with `num_examples`, `keras` (the student's accuracy
         and parameter count), `artefacts` (`{format: measurements}`) and, for
-        an export with `"tflite_int8"`, `calibration` (its sample's size,
-        `examples`, and `examples_per_class`, `None` for unlabelled images).
+        an export with `"tflite_int8"` or `"onnx_int8"`, `calibration` (its
+        sample's size, `examples`, and `examples_per_class`, `None` for
+        unlabelled images).
 
     Raises:
         ValueError: if `exports` holds no export, or the student's outputs are
@@ -175,10 +176,20 @@ def _measure(name, path, images, labels, reference, batch_size, latency_runs):
         "input_dtype": artefact.input_dtype,
         "output_dtype": artefact.output_dtype,
     }
-    if name != "savedmodel":
+    if name.startswith("tflite"):
         entry["operators"] = tflite_operators(path)
         entry["builtin_ops_only"] = not any(
             op.startswith("CUSTOM") for op in entry["operators"]
+        )
+    if name.startswith("onnx"):
+        from keras_cskd.export.onnx_conversion import onnx_operators
+
+        # ONNX's own ops and ONNX Runtime's contrib ops (`com.microsoft:`,
+        # QOperator int8's QLinearAdd), which every onnxruntime build has.
+        entry["operators"] = onnx_operators(path)
+        entry["builtin_ops_only"] = all(
+            ":" not in op or op.startswith("com.microsoft:")
+            for op in entry["operators"]
         )
     return entry
 

@@ -12,10 +12,16 @@ and returning float32 `logits`. The formats:
 - `"tflite_dynamic_range"`: int8 weights, float activations.
 - `"tflite_int8"`: full-integer int8, calibrated on representative images;
   float32 inputs and outputs unless exported with `int8_io`.
+- `"onnx"`: float32 ONNX (`student.onnx`), run by ONNX Runtime.
+- `"onnx_int8"`: ONNX Runtime's static int8 quantization of it, calibrated
+  as `"tflite_int8"` is; float32 inputs and outputs.
+
+The ONNX formats need the `[onnx]` extra (`keras_cskd.export.onnx_conversion`).
 """
 
 import contextlib
 import difflib
+import importlib.util
 import json
 
 import tensorflow as tf
@@ -27,7 +33,14 @@ FORMATS = {
     "tflite_float16": "model_float16.tflite",
     "tflite_dynamic_range": "model_dynamic_range.tflite",
     "tflite_int8": "model_int8.tflite",
+    "onnx": "student.onnx",
+    "onnx_int8": "student_int8.onnx",
 }
+# The formats whose int8 files are calibrated on representative images.
+CALIBRATED_FORMATS = ("tflite_int8", "onnx_int8")
+# The packages a format needs beyond the default install, and the pip line.
+ONNX_PACKAGES = ("onnx", "onnxruntime", "tf2onnx")
+ONNX_PIP_LINE = 'pip install "keras-cskd[onnx]"'
 DEFAULT_FORMATS = ("savedmodel", "tflite")
 SIGNATURE_KEY = "serving_default"
 INPUT_NAME = "images"
@@ -46,7 +59,8 @@ def parse_formats(formats):
         A tuple of the names, duplicates removed, in the order given.
 
     Raises:
-        ValueError: for an unknown or missing name.
+        ValueError: for an unknown or missing name, or an ONNX format without
+            the `[onnx]` extra installed (naming the pip line).
 
     Example:
 
@@ -68,6 +82,13 @@ def parse_formats(formats):
                 f"Unknown export format '{name}'.{hint} "
                 f"Known formats: {', '.join(FORMATS)}."
             )
+    onnx_formats = [name for name in names if name.startswith("onnx")]
+    missing = [n for n in ONNX_PACKAGES if importlib.util.find_spec(n) is None]
+    if onnx_formats and missing:
+        raise ValueError(
+            f"Export format '{onnx_formats[0]}' needs {', '.join(missing)}, not "
+            f"installed: {ONNX_PIP_LINE}"
+        )
     return names
 
 

@@ -3,8 +3,9 @@
 `SavedModelRunner` calls the SavedModel's serving signature, as TensorFlow
 Serving would; `TFLiteRunner` runs a TFLite file on `ai_edge_litert`'s
 interpreter, quantizing int8 inputs and dequantizing int8 outputs with the
-parameters stored in the file. Both have `predict(images, batch_size)`,
-`latency_ms(images, runs)`, `input_dtype` and `output_dtype`.
+parameters stored in the file; `OnnxRunner` runs an ONNX file on ONNX
+Runtime's CPU provider (its default threads). Each has `predict(images,
+batch_size)`, `latency_ms(images, runs)`, `input_dtype` and `output_dtype`.
 """
 
 import time
@@ -24,6 +25,8 @@ def runner(name, path):
     logits = runner("tflite", "export/model_float32.tflite").predict(images, 128)
     ```
     """
+    if name.startswith("onnx"):
+        return OnnxRunner(path)
     return SavedModelRunner(path) if name == "savedmodel" else TFLiteRunner(path)
 
 
@@ -124,6 +127,54 @@ class TFLiteRunner:
         batches = [self._quantize(images[i % len(images)][None]) for i in range(runs)]
         self._invoke(batches[0])  # Warm-up: delegates prepare on the first call.
         return median_ms(self._invoke, batches)
+
+
+class OnnxRunner:
+    """Runs an ONNX file on ONNX Runtime's CPU execution provider.
+
+    Args:
+        path: the `.onnx` file, with one input `images` and one output `logits`.
+    """
+
+    def __init__(self, path):
+        import onnxruntime
+
+        self._session = onnxruntime.InferenceSession(
+            str(path), providers=["CPUExecutionProvider"]
+        )
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(f"{path}: expected one input and one output.")
+        self._input_name = inputs[0].name
+        # ONNX type strings look like "tensor(float)".
+        self.input_dtype = _onnx_dtype(inputs[0].type)
+        self.output_dtype = _onnx_dtype(outputs[0].type)
+
+    def _call(self, batch):
+        return self._session.run(None, {self._input_name: batch})[0]
+
+    def predict(self, images, batch_size):
+        """float64 logits of `images`, run `batch_size` at a time."""
+        images = np.asarray(images, dtype=self.input_dtype)
+        return np.concatenate(
+            [
+                np.asarray(self._call(images[i : i + batch_size]), "f8")
+                for i in range(0, len(images), batch_size)
+            ]
+        )
+
+    def latency_ms(self, images, runs):
+        """The median milliseconds of one image's call, over `runs` calls."""
+        images = np.asarray(images, dtype=self.input_dtype)
+        batches = [images[i % len(images)][None] for i in range(runs)]
+        self._call(batches[0])  # Warm-up: the first run allocates.
+        return median_ms(self._call, batches)
+
+
+def _onnx_dtype(type_string):
+    """The NumPy dtype name of an ONNX Runtime type string, `"tensor(float)"`."""
+    element = type_string.removeprefix("tensor(").removesuffix(")")
+    return {"float": "float32", "double": "float64"}.get(element, element)
 
 
 def median_ms(call, batches):

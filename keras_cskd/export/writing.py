@@ -1,4 +1,4 @@
-"""Writes a student's artefacts, SavedModel and TFLite, into an export directory.
+"""Writes a student's artefacts, SavedModel, TFLite and ONNX, into an export directory.
 
 `export` writes everything into a temporary sibling of the export directory and
 moves it into place when complete (`keras_cskd.files.atomic_path`): a failed
@@ -15,6 +15,11 @@ channel by default (TFLite's default, the more accurate); per tensor
 (`int8_per_channel=False`) each channel no longer costs a float32 scale and an
 int64 zero point for its kernel and its bias, a fifth of the int8 file of the
 digits MLP (fan-in 64). Convolutions stay per channel.
+
+The ONNX files are written by `keras_cskd.export.onnx_conversion` (tf2onnx from
+the SavedModel's endpoint; `"onnx_int8"` by ONNX Runtime's static quantization,
+on the same calibration sample as `"tflite_int8"`, per channel or not as
+`int8_per_channel` says).
 """
 
 import contextlib
@@ -32,6 +37,7 @@ import tensorflow as tf
 from keras_cskd import files, models
 from keras_cskd.export import calibration
 from keras_cskd.export.layout import (
+    CALIBRATED_FORMATS,
     DEFAULT_FORMATS,
     FORMATS,
     INPUT_NAME,
@@ -63,8 +69,9 @@ def export(
             (loaded with `keras_cskd.models.load`).
         directory: the export directory: new, empty, or an earlier export.
         formats: names from `FORMATS`, or a comma-separated string.
-        representative_data: images to calibrate `"tflite_int8"` on, usually the
-            training split, as `calibration.calibration_batches` takes them.
+        representative_data: images to calibrate `"tflite_int8"` and
+            `"onnx_int8"` on, usually the training split, as
+            `calibration.calibration_batches` takes them.
         calibration_batches: number of calibration batches.
         calibration_batch_size: images per calibration batch.
         int8_io: give `"tflite_int8"` int8 inputs and outputs (quantization
@@ -77,8 +84,9 @@ def export(
         A dict `{format: path}` of the artefacts written.
 
     Raises:
-        ValueError: for an unknown format, a student with several inputs,
-            `"tflite_int8"` without `representative_data`, an existing
+        ValueError: for an unknown format (or an ONNX one without the
+            `[onnx]` extra), a student with several inputs, an int8 format
+            without `representative_data`, an existing
             non-empty `directory` that is not an export, or a student TFLite
             cannot convert (one line naming the ops its built-in ops lack).
 
@@ -93,15 +101,16 @@ def export(
     if isinstance(student, (str, os.PathLike)):
         student = models.load(student, safe_mode=safe_mode)
     spec = input_spec(student)
-    if "tflite_int8" in formats and representative_data is None:
+    calibrated = [name for name in formats if name in CALIBRATED_FORMATS]
+    if calibrated and representative_data is None:
         raise ValueError(
-            "Format 'tflite_int8' needs `representative_data` to calibrate on, "
-            "e.g. the training split."
+            f"Format '{calibrated[0]}' needs `representative_data` to calibrate "
+            "on, e.g. the training split."
         )
     directory = Path(directory)
     _check_replaceable(directory)
     sample = None
-    if "tflite_int8" in formats:
+    if calibrated:
         sample = calibration.calibration_sample(
             representative_data, spec, calibration_batches, calibration_batch_size
         )
@@ -113,19 +122,36 @@ def export(
 
 
 def _write_artefacts(student, spec, staging, formats, sample, int8_io, per_channel):
-    """Writes the SavedModel, each TFLite file converted from it, and the manifest."""
+    """Writes the SavedModel, each TFLite file converted from it, the ONNX
+    files, and the manifest."""
     staging.mkdir()
     saved_model = staging / FORMATS["savedmodel"]
     _write_saved_model(student, spec, saved_model)
     batches = sample.batches if sample is not None else None
     for name in formats:
-        if name != "savedmodel":
+        if name.startswith("tflite"):
             flatbuffer = _convert(saved_model, name, batches, int8_io, per_channel)
             (staging / FORMATS[name]).write_bytes(flatbuffer)
+    if any(name.startswith("onnx") for name in formats):
+        _write_onnx_files(student, spec, staging, formats, batches, per_channel)
     if "savedmodel" not in formats:
         shutil.rmtree(saved_model)
     manifest = _manifest(formats, spec, sample, int8_io, per_channel)
     (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _write_onnx_files(student, spec, staging, formats, batches, per_channel):
+    """Writes `"onnx"` and, quantized from it, `"onnx_int8"`."""
+    from keras_cskd.export import onnx_conversion
+
+    float_path = staging / FORMATS["onnx"]
+    onnx_conversion.write_onnx(student, spec, float_path)
+    if "onnx_int8" in formats:
+        onnx_conversion.quantize_onnx(
+            float_path, staging / FORMATS["onnx_int8"], batches, per_channel
+        )
+    if "onnx" not in formats:
+        float_path.unlink()
 
 
 def _write_saved_model(student, spec, path):
