@@ -20,6 +20,9 @@ CSKD paper's CIFAR-100 table (PAIRS) and one of:
 - `dkd_ls`: DKD with logit standardisation: CE 1, the pair's temperature, alpha
   = 1 x weight and beta = the pair's beta x weight (`LS_DKD_PAIRS`), 20
   warm-up epochs, 240 epochs.
+- `kd_dot`: `kd` trained by mdistiller's DOT (momentum 0.9 -+ 0.075 for the
+  task and the distillation gradients, `optimizers.DOT`), for the three pairs
+  of its `configs/cifar100/dot/` (`DOT_PAIRS`).
 
 Every recipe trains with PyTorch's SGD (momentum 0.9, weight decay 5e-4 added
 to the gradient of every parameter), batch 64, the rate x0.1 at the start of
@@ -79,8 +82,19 @@ LS_DKD_PAIRS = {
     ("vgg13", "mobilenetv2"): (3.0, 9.0, 2.0),
     ("resnet50", "mobilenetv2"): (2.0, 15.0, 2.0),
 }
+# mdistiller's configs/cifar100/dot/*.yaml (a08d46f): the pairs DOT was run on.
+DOT_PAIRS = (
+    ("resnet32x4", "resnet8x4"),
+    ("resnet32x4", "shufflenetv2"),
+    ("vgg13", "vgg8"),
+)
 SMALL_LEARNING_RATE_STUDENTS = ("shufflenetv1", "shufflenetv2", "mobilenetv2")
-METHODS = ("kd", "dkd", "cskd", "cskd_reference", "kd_ls", "dkd_ls")
+METHODS = ("kd", "dkd", "cskd", "cskd_reference", "kd_ls", "dkd_ls", "kd_dot")
+
+
+def pairs(method):
+    """The (teacher, student) pairs `method` has a recipe for."""
+    return DOT_PAIRS if method == "kd_dot" else tuple(PAIRS)
 
 
 def get_config(spec="cskd_reference,resnet32x4,resnet8x4"):
@@ -92,6 +106,8 @@ def get_config(spec="cskd_reference,resnet32x4,resnet8x4"):
         raise ValueError(
             f"Unknown method '{method}' for CIFAR-100: {', '.join(METHODS)}."
         )
+    if method == "kd_dot":
+        return _kd_dot(teacher, student)
     config = default_config()
     config.model = student
     config.teacher.path = f"saved_models/cifar100_{teacher}.keras"
@@ -143,4 +159,20 @@ def get_config(spec="cskd_reference,resnet32x4,resnet8x4"):
         decay_rate=0.1,
     )
     config.export.formats = "savedmodel,tflite,tflite_int8"
+    return config
+
+
+def _kd_dot(teacher, student):
+    """The `kd` recipe trained by DOT, as mdistiller's dot/*.yaml: KD's
+    distiller and solver (its rates: 0.05, 0.01 for ShuffleNetV2) with
+    `TRAINER: dot` and `DOT.DELTA: 0.075`."""
+    if (teacher, student) not in DOT_PAIRS:
+        pairs = ", ".join(f"{t},{s}" for t, s in DOT_PAIRS)
+        raise ValueError(
+            f"kd_dot has no reference recipe for {teacher},{student}; mdistiller's "
+            f"DOT configs cover {pairs}."
+        )
+    config = get_config(f"kd,{teacher},{student}")
+    config.optimizer.name = "dot"
+    config.optimizer.dot.update(delta=0.075, as_mdistiller=True)
     return config

@@ -211,3 +211,158 @@ def test_three_kd_dot_steps_equal_the_dot_trainer():
     # Plain SGD (momentum 0.9) on the same steps ends elsewhere.
     sgd = _train_kd_dot(TorchSGD(_schedule(), momentum=0.9, weight_decay=5e-4))[-1]
     assert max(_relative_error(a, b) for a, b in zip(sgd, expected, strict=True)) > 1e-4
+
+
+# The Distiller's split step, the recipe, checkpoints, replicas and backends.
+
+ROOT = Path(__file__).resolve().parents[1]
+DISTILL = ROOT / "configs" / "cifar100_distill.py"
+
+
+def _digits_distiller(optimizer, student=None):
+    teacher = keras_cskd.models.get("digits_cnn", 10, (8, 8, 1), width=8)
+    student = student or keras_cskd.models.get("digits_mlp", 10, (8, 8, 1))
+    distiller = keras_cskd.Distiller(
+        teacher, student, losses.KD(4.0), ce_weight=0.1, distillation_loss_weight=0.9
+    )
+    distiller.compile(optimizer=optimizer)
+    return distiller
+
+
+def _digits(count=64):
+    from keras_cskd.data import digits_arrays
+
+    x, y = digits_arrays()["train"]
+    return x[:count], y[:count]
+
+
+def test_split_loss_sums_to_the_loss():
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    distiller = _digits_distiller(DOT(0.1))
+    x, y = _digits(16)
+    y_pred = distiller(x, training=True)
+    task, distillation = distiller.compute_split_loss(x, tf.constant(y), y_pred)
+    total = distiller.compute_loss(x, tf.constant(y), y_pred)
+    assert float(task) + float(distillation) == pytest.approx(float(total), rel=1e-6)
+    assert float(task) > 0 and float(distillation) > 0
+
+
+def test_kd_dot_recipe_is_kd_under_mdistillers_dot_config():
+    from keras_cskd import builders
+    from keras_cskd import config as config_module
+
+    for pair, rate in {"resnet32x4,resnet8x4": 0.05, "resnet32x4,shufflenetv2": 0.01,
+                       "vgg13,vgg8": 0.05}.items():
+        config = config_module.load_config(f"{DISTILL}:kd_dot,{pair}")
+        config_module.validate(config)
+        kd = config_module.load_config(f"{DISTILL}:kd,{pair}")
+        assert config.loss == kd.loss and config.epochs == kd.epochs == 240
+        assert (config.ce_weight, config.distillation_loss_weight) == (0.1, 0.9)
+        optimizer = builders.build_optimizer(config, steps_per_epoch=782)
+        assert isinstance(optimizer, DOT) and optimizer.as_mdistiller
+        assert float(optimizer.learning_rate) == pytest.approx(rate)
+        assert (optimizer.task_momentum, optimizer.distillation_momentum) == (
+            pytest.approx(0.825),
+            pytest.approx(0.975),
+        )
+        assert optimizer.coupled_weight_decay == 5e-4
+    with pytest.raises(ValueError, match="vgg13,vgg8") as error:
+        config_module.load_config(f"{DISTILL}:kd_dot,resnet56,resnet20")
+    assert "\n" not in str(error.value)
+
+
+def test_a_checkpoint_keeps_both_momentum_buffers(tmp_path):
+    from keras_cskd import checkpointing
+
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    distiller = _digits_distiller(DOT(0.1, weight_decay=5e-4))
+    distiller.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    optimizer = distiller.optimizer
+    saved = [np.asarray(v) for v in optimizer.variables]
+    for buffers in (optimizer.task_momentums, optimizer.distillation_momentums):
+        assert all(np.abs(np.asarray(b)).max() > 0 for b in buffers)
+    checkpointing.save(tmp_path / "checkpoint", distiller, epoch=1, step=0, history={})
+    keras.utils.set_random_seed(1)
+    restored = _digits_distiller(DOT(0.1, weight_decay=5e-4))
+    restored.build((None, 8, 8, 1))
+    checkpointing.restore(tmp_path / "checkpoint", restored)
+    assert [v.path for v in restored.optimizer.variables] == [
+        v.path for v in optimizer.variables
+    ]
+    for value, variable in zip(saved, restored.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(variable), value)
+
+
+def _train_digits(strategy, steps=4, global_batch=32):
+    """Four KD+DOT steps of a BatchNorm-free digits student under `strategy`."""
+    import tensorflow as tf
+
+    x, y = _digits(global_batch * steps)
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        distiller = _digits_distiller(
+            DOT(0.1, momentum=0.9, delta=0.075, weight_decay=5e-3)
+        )
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(global_batch)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    history = distiller.fit(dataset.with_options(options), epochs=1, verbose=0)
+    weights = [w.numpy() for w in distiller.trainable_weights]
+    return weights, {k: float(v[-1]) for k, v in history.history.items()}
+
+
+@pytest.mark.large
+def test_mirrored_two_replicas_equal_one_device():
+    import tensorflow as tf
+    from test_distributed import assert_same_training, two_cpus
+
+    single = _train_digits(tf.distribute.get_strategy())
+    mirrored = _train_digits(two_cpus())
+    assert_same_training(single, mirrored)
+    # And DOT moved the student otherwise than one summed gradient would.
+    assert single[1]["loss"] > 0
+
+
+@pytest.mark.large
+def test_kd_dot_runs_from_the_command_line_on_mock_data(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    teacher = keras_cskd.models.get("resnet8", 100, (32, 32, 3))
+    teacher.save(tmp_path / "teacher.keras")
+    workdir = tmp_path / "run"
+    argv = [
+        "train.py",
+        "--config=configs/cifar100_distill.py:kd_dot,resnet32x4,resnet8x4",
+        "--config.model=resnet8",  # the smallest student keeps this test quick
+        f"--config.teacher.path={tmp_path / 'teacher.keras'}",
+        "--config.teacher.allow_untrained=True",
+        "--config.epochs=1",
+        "--config.data.batch_size=8",
+        "--config.verbose=0",
+        "--config.export.formats=",
+        f"--workdir={workdir}",
+    ]
+    script = (
+        "import runpy, sys\n"
+        "import tensorflow_datasets as tfds\n"
+        f"sys.argv = {argv!r}\n"
+        "with tfds.testing.mock_data(num_examples=16):\n"
+        "    runpy.run_path('train.py', run_name='__main__')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["optimizer"]["name"] == "dot"
+    assert config["optimizer"]["dot"] == {"delta": 0.075, "as_mdistiller": True}
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["last_epoch"] == 1
