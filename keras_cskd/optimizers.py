@@ -357,9 +357,7 @@ class DOT(keras.optimizers.Optimizer):
             # A variable that lacks the other gradient gets the mean of the
             # two momenta (engine/dot.py:39, :54); the clean variant keeps its own.
             task_momentum = task_momentum if has_distillation else self.momentum
-            distillation_momentum = (
-                distillation_momentum if has_task else self.momentum
-            )
+            distillation_momentum = distillation_momentum if has_task else self.momentum
         elif not has_task and decay:
             task, has_task = ops.zeros_like(variable), True  # decay only
         if has_task:

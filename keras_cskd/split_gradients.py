@@ -104,7 +104,11 @@ def _jax_step(model, state, data):
 
     def split_losses(trainable):
         return _stateless_split_loss(
-            model, trainable, non_trainable, metrics_variables, optimizer_variables,
+            model,
+            trainable,
+            non_trainable,
+            metrics_variables,
+            optimizer_variables,
             (x, y, sample_weight),
         )
 
@@ -135,9 +139,9 @@ def _stateless_split_loss(
     # pass's regularisation losses on these values.
     model._losses_override = forward_losses
     mapping = [
-        *zip(model.trainable_variables, trainable),
-        *zip(model.non_trainable_variables, non_trainable),
-        *zip(model.metrics_variables, metrics_variables),
+        *zip(model.trainable_variables, trainable, strict=True),
+        *zip(model.non_trainable_variables, non_trainable, strict=True),
+        *zip(model.metrics_variables, metrics_variables, strict=True),
     ]
     try:
         with keras.StatelessScope(state_mapping=mapping) as scope:
@@ -148,7 +152,9 @@ def _stateless_split_loss(
         model._losses_override = []
     non_trainable = [scope.get_current_value(v) for v in model.non_trainable_variables]
     metrics_variables = [scope.get_current_value(v) for v in model.metrics_variables]
-    optimizer_mapping = list(zip(model.optimizer.variables, optimizer_variables))
+    optimizer_mapping = list(
+        zip(model.optimizer.variables, optimizer_variables, strict=True)
+    )
     with keras.StatelessScope(state_mapping=optimizer_mapping):
         losses = tuple(_scaled(model, losses))
     return losses, (y_pred, non_trainable, metrics_variables)
@@ -157,11 +163,11 @@ def _stateless_split_loss(
 def _stateless_metrics(model, metrics_variables, batch, y_pred):
     """`model.compute_metrics` on the metrics' values: (logs, new values)."""
     x, y, sample_weight = batch
-    mapping = list(zip(model.metrics_variables, metrics_variables))
+    mapping = list(zip(model.metrics_variables, metrics_variables, strict=True))
     with keras.StatelessScope(state_mapping=mapping) as scope:
         logs = model.compute_metrics(x, y, y_pred, sample_weight)
     new_values = []
-    for variable, value in zip(model.metrics_variables, metrics_variables):
+    for variable, value in zip(model.metrics_variables, metrics_variables, strict=True):
         current = scope.get_current_value(variable)
         new_values.append(value if current is None else current)
     return logs, new_values

@@ -20,7 +20,11 @@ GOLDEN = Path(__file__).parent / "golden"
 with np.load(GOLDEN / "dot.npz") as _data:
     FIXTURE = dict(_data)
 with np.load(GOLDEN / "sgd_steps.npz") as _data:
-    INPUTS = {k: v for k, v in _data.items() if not k.startswith(("kd/", "dkd/", "cskd", "two"))}
+    INPUTS = {
+        k: v
+        for k, v in _data.items()
+        if not k.startswith(("kd/", "dkd/", "cskd", "two"))
+    }
 MOMENTUM, DELTA = float(FIXTURE["momentum"]), float(FIXTURE["delta"])
 PARAMETERS = "abc"  # a: both gradients, b: task only, c: distillation only
 
@@ -134,7 +138,9 @@ def test_refuses_one_gradient_and_one_gradient_arguments():
 
 
 def test_config_round_trips():
-    optimizer = DOT(0.05, momentum=0.9, delta=0.05, weight_decay=5e-4, as_mdistiller=False)
+    optimizer = DOT(
+        0.05, momentum=0.9, delta=0.05, weight_decay=5e-4, as_mdistiller=False
+    )
     restored = DOT.from_config(optimizer.get_config())
     for key in ("momentum", "delta", "coupled_weight_decay", "as_mdistiller"):
         assert getattr(restored, key) == getattr(optimizer, key), key
@@ -175,10 +181,15 @@ def _train_kd_dot(optimizer):
     student = load_torch_state_dict(_resnet8(), _state_dict("initial/"))
     distiller = _kd_distiller(student)
     distiller.compile(optimizer=optimizer)
-    batch = {"images": INPUTS["images"][0], "teacher_logits": INPUTS["teacher_logits"][0]}
+    batch = {
+        "images": INPUTS["images"][0],
+        "teacher_logits": INPUTS["teacher_logits"][0],
+    }
     dataset = tf.data.Dataset.from_tensors((batch, INPUTS["labels"])).repeat()
     snapshots = _Snapshots(student)
-    distiller.fit(dataset, epochs=3, steps_per_epoch=1, callbacks=[snapshots], verbose=0)
+    distiller.fit(
+        dataset, epochs=3, steps_per_epoch=1, callbacks=[snapshots], verbose=0
+    )
     return snapshots.steps
 
 
@@ -194,7 +205,9 @@ def _schedule():
 def test_three_kd_dot_steps_equal_the_dot_trainer():
     """KD (CE 0.1, KD 0.9) + DOT on resnet8, one step per epoch with the rate
     x0.1 after epochs 1 and 2, against mdistiller's `DOT.train_iter`."""
-    steps = _train_kd_dot(DOT(_schedule(), momentum=0.9, delta=0.075, weight_decay=5e-4))
+    steps = _train_kd_dot(
+        DOT(_schedule(), momentum=0.9, delta=0.075, weight_decay=5e-4)
+    )
     initial = load_torch_state_dict(_resnet8(), _state_dict("initial/")).get_weights()
     expected_model = _resnet8()
     for step, ours in enumerate(steps, start=1):
@@ -253,8 +266,11 @@ def test_kd_dot_recipe_is_kd_under_mdistillers_dot_config():
     from keras_cskd import builders
     from keras_cskd import config as config_module
 
-    for pair, rate in {"resnet32x4,resnet8x4": 0.05, "resnet32x4,shufflenetv2": 0.01,
-                       "vgg13,vgg8": 0.05}.items():
+    for pair, rate in {
+        "resnet32x4,resnet8x4": 0.05,
+        "resnet32x4,shufflenetv2": 0.01,
+        "vgg13,vgg8": 0.05,
+    }.items():
         config = config_module.load_config(f"{DISTILL}:kd_dot,{pair}")
         config_module.validate(config)
         kd = config_module.load_config(f"{DISTILL}:kd,{pair}")
@@ -357,7 +373,10 @@ def test_kd_dot_runs_from_the_command_line_on_mock_data(tmp_path):
         "    runpy.run_path('train.py', run_name='__main__')\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -366,3 +385,80 @@ def test_kd_dot_runs_from_the_command_line_on_mock_data(tmp_path):
     assert config["optimizer"]["dot"] == {"delta": 0.075, "as_mdistiller": True}
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["last_epoch"] == 1
+
+
+@pytest.fixture(scope="module")
+def backend_inputs(tmp_path_factory):
+    import backend_run
+
+    path = tmp_path_factory.mktemp("dot_backends") / "inputs.npz"
+    backend_run.make_inputs(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tensorflow_run(backend_inputs):
+    return _run_on("tensorflow", backend_inputs)
+
+
+def _run_on(backend, inputs, *flags):
+    import os
+    import subprocess
+    import sys
+
+    import backend_run
+
+    name = backend + "".join(flags).replace("-", "_")
+    out = inputs.with_name(f"{name}.npz")
+    env = dict(os.environ)
+    if "--data_parallel" in flags:
+        env["XLA_FLAGS"] = (
+            f"--xla_force_host_platform_device_count={backend_run.DATA_PARALLEL_DEVICES}"
+        )
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("dot_backend_run.py")),
+            f"--backend={backend}",
+            f"--inputs={inputs}",
+            f"--out={out}",
+            *flags,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(out) as arrays:
+        return dict(arrays)
+
+
+@pytest.mark.large
+@pytest.mark.parametrize(
+    "backend, flags", [("jax", ()), ("jax", ("--data_parallel",)), ("torch", ())]
+)
+def test_kd_dot_trains_alike_on_every_backend(
+    backend_inputs, tensorflow_run, backend, flags
+):
+    """JAX (one device, and DataParallel over two) and PyTorch end where
+    TensorFlow ends: student weights, both momentum buffers and logs to 1e-4."""
+    import importlib.util
+
+    import backend_run
+
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    reference = tensorflow_run
+    other = _run_on(backend, backend_inputs, *flags)
+    assert str(other["backend"]) == backend
+    for role in ("student", "buffer"):
+        expected = backend_run.read_weights(reference, role)
+        actual = backend_run.read_weights(other, role)
+        assert len(actual) == len(expected) > 0
+        for index, (a, b) in enumerate(zip(actual, expected, strict=True)):
+            np.testing.assert_allclose(
+                a, b, rtol=1e-4, atol=1e-4, err_msg=f"{role} {index}"
+            )
+    for key in (k for k in reference if k.startswith("history_")):
+        np.testing.assert_allclose(other[key], reference[key], rtol=1e-4, atol=1e-4)

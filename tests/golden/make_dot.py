@@ -1,4 +1,4 @@
-"""Makes the golden fixture of DOT (the Distillation-Oriented Trainer) from its PyTorch code.
+"""Makes the golden fixture of DOT (the Distillation-Oriented Trainer) from its code.
 
     pip install torch==2.13.0 pyyaml   # CPU build; only for this script, never for CI
     python tests/golden/make_dot.py --source=../shared/reference/peer
@@ -25,9 +25,10 @@ only the numbers it produces are committed, in `dot.npz` next to this script:
   `DOT` trainer's own `init_optimizer` and `train_iter` with mdistiller's KD
   (T 4, CE 0.1, KD 0.9) under the config of `dot/res32x4_res8x4.yaml`
   (momentum 0.9, delta 0.075, weight decay 5e-4) with the decay stages moved
-  to epochs 1 and 2 and the base rate 0.1 (see `LEARNING_RATE`): one step per epoch for three epochs, from the
-  initial weights, batch (the first view) and teacher logits of
-  `sgd_steps.npz`, every parameter and BatchNorm buffer after each step.
+  to epochs 1 and 2 and the base rate 0.1 (see `LEARNING_RATE`): one step per
+  epoch for three epochs, from the initial weights, batch (the first view)
+  and teacher logits of `sgd_steps.npz`, every parameter and BatchNorm
+  buffer after each step.
 """
 
 import argparse
@@ -73,7 +74,9 @@ def load(source, filename, name):
         package.__path__ = []
         sys.modules["peer"] = package
         sys.modules.setdefault("tqdm", types.SimpleNamespace(tqdm=None))
-        sys.modules.setdefault("tensorboardX", types.SimpleNamespace(SummaryWriter=None))
+        sys.modules.setdefault(
+            "tensorboardX", types.SimpleNamespace(SummaryWriter=None)
+        )
     spec = importlib.util.spec_from_file_location(
         f"peer.{name}", Path(source) / filename
     )
