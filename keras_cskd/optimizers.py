@@ -194,10 +194,15 @@ class DOT(keras.optimizers.Optimizer):
             (`loss_scale_factor`); clipping, EMA and gradient accumulation
             are refused.
 
-    Example:
+    Example (`distiller.compile(optimizer=DOT(0.05, weight_decay=5e-4))` for
+    a `keras_cskd.Distiller`; one step by hand):
 
-    >>> optimizer = DOT(0.05, momentum=0.9, delta=0.075, weight_decay=5e-4)
-    >>> distiller.compile(optimizer=optimizer)   # a keras_cskd.Distiller
+    >>> import keras
+    >>> optimizer = DOT(0.1, momentum=0.9, delta=0.075)
+    >>> weights = keras.Variable([1.0, 2.0])
+    >>> optimizer.apply_split([keras.ops.ones(2)], [keras.ops.ones(2)], [weights])
+    >>> [round(float(w), 4) for w in keras.ops.convert_to_numpy(weights)]
+    [0.8, 1.8]
     """
 
     # Read by keras_cskd.Distiller: train with `apply_split`.
