@@ -41,7 +41,9 @@ class Distiller(keras.Model):
     (1 - alpha) * sum_i w_i * L_i`; plus the student's regularisation losses.
     Labels may be integers `[B]` or one-hot/soft `[B, C]` (mixup). It runs on
     every Keras 3 backend through Keras's own training loops: it only defines
-    `call` and `compute_loss`.
+    `call` and `compute_loss` (and, for an optimizer that takes the task and
+    distillation gradients apart, `optimizers.DOT`, a train step of
+    `keras_cskd/split_gradients.py` over `compute_split_loss`).
 
     Every term is computed on the global batch. Under `tf.distribute`
     (MirroredStrategy, MultiWorkerMirroredStrategy) each replica gathers the
