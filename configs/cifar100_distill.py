@@ -31,6 +31,9 @@ CSKD paper's CIFAR-100 table (PAIRS) and one of:
 - `ctkd`: CTKD's global learnable temperature (`losses.CTKD`: T in (1, 21),
   its gradient reversed with the cosine curriculum 0 -> -1 over epochs 1-10)
   as its `scripts/run_cifar_distill.sh`: CE 0.1, KD 0.9, 240 epochs, rate 0.05.
+- `kd_dot`: `kd` trained by mdistiller's DOT (momentum 0.9 -+ 0.075 for the
+  task and the distillation gradients, `optimizers.DOT`), for the three pairs
+  of its `configs/cifar100/dot/` (`DOT_PAIRS`).
 
 Every recipe trains with PyTorch's SGD (momentum 0.9, weight decay 5e-4 added
 to the gradient of every parameter), batch 64, the rate x0.1 at the start of
@@ -135,21 +138,34 @@ LS_MLKD_PAIRS = {
     ("vgg13", "mobilenetv2"): (2.0, 6.0),
     ("resnet50", "mobilenetv2"): (2.0, 9.0),
 }
+# mdistiller's configs/cifar100/dot/*.yaml (a08d46f): the pairs DOT was run on.
+DOT_PAIRS = (
+    ("resnet32x4", "resnet8x4"),
+    ("resnet32x4", "shufflenetv2"),
+    ("vgg13", "vgg8"),
+)
 SMALL_LEARNING_RATE_STUDENTS = ("shufflenetv1", "shufflenetv2", "mobilenetv2")
-METHODS = ("kd", "dkd", "cskd", "cskd_reference", "kd_ls", "dkd_ls", "ctkd")
+METHODS = ("kd", "dkd", "cskd", "cskd_reference", "kd_ls", "dkd_ls", "ctkd", "kd_dot")
 MLKD_METHODS = ("mlkd", "mlkd_ls")
+
+
+def pairs(method):
+    """The (teacher, student) pairs `method` has a recipe for."""
+    return DOT_PAIRS if method == "kd_dot" else tuple(PAIRS)
 
 
 def get_config(spec="cskd_reference,resnet32x4,resnet8x4"):
     method, teacher, student = (part.strip() for part in spec.split(","))
     if (teacher, student) not in PAIRS:
-        pairs = ", ".join(f"{t},{s}" for t, s in PAIRS)
-        raise ValueError(f"Unknown pair {teacher},{student}; known pairs: {pairs}.")
+        known = ", ".join(f"{t},{s}" for t, s in PAIRS)
+        raise ValueError(f"Unknown pair {teacher},{student}; known pairs: {known}.")
     if method not in METHODS + MLKD_METHODS:
         raise ValueError(
             f"Unknown method '{method}' for CIFAR-100: "
             f"{', '.join(METHODS + MLKD_METHODS)}."
         )
+    if method == "kd_dot":
+        return _kd_dot(teacher, student)
     config = default_config()
     config.model = student
     config.teacher.path = f"saved_models/cifar100_{teacher}.keras"
@@ -248,3 +264,19 @@ def _use_ctkd(config):
         reversal="reference",
     )
     config.ce_weight, config.distillation_loss_weight = 0.1, 0.9
+
+
+def _kd_dot(teacher, student):
+    """The `kd` recipe trained by DOT, as mdistiller's dot/*.yaml: KD's
+    distiller and solver (its rates: 0.05, 0.01 for ShuffleNetV2) with
+    `TRAINER: dot` and `DOT.DELTA: 0.075`."""
+    if (teacher, student) not in DOT_PAIRS:
+        known = ", ".join(f"{t},{s}" for t, s in DOT_PAIRS)
+        raise ValueError(
+            f"kd_dot has no reference recipe for {teacher},{student}; mdistiller's "
+            f"DOT configs cover {known}."
+        )
+    config = get_config(f"kd,{teacher},{student}")
+    config.optimizer.name = "dot"
+    config.optimizer.dot.update(delta=0.075, as_mdistiller=True)
+    return config

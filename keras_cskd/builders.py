@@ -59,7 +59,8 @@ def build_optimizer(config, steps_per_epoch):
     """The configured optimizer and its learning-rate schedule (per step).
 
     `torch_sgd` with the `multistep` schedule is the reference recipes'
-    `torch.optim.SGD` with the rate set at each epoch start (docs/reproducing.md).
+    `torch.optim.SGD` with the rate set at each epoch start (docs/reproducing.md);
+    `dot` is mdistiller's DOT (`optimizers.DOT`, `optimizer.dot.*`).
 
     Example:
 
@@ -78,6 +79,14 @@ def build_optimizer(config, steps_per_epoch):
     else:  # multistep, validated
         learning_rate = optimizers.EpochStepDecay(
             opt.learning_rate, steps_per_epoch, opt.milestones, opt.decay_rate
+        )
+    if opt.name == "dot":
+        return optimizers.DOT(
+            learning_rate,
+            momentum=opt.momentum,
+            delta=opt.dot.delta,
+            weight_decay=opt.weight_decay,
+            as_mdistiller=opt.dot.as_mdistiller,
         )
     if opt.name == "torch_sgd":
         return optimizers.TorchSGD(

@@ -93,6 +93,8 @@ def default_config():
         {
             # sgd | adam (Keras's, decoupled weight decay) | torch_sgd (PyTorch's
             # SGD: weight decay added to the gradient, as the reference recipes)
+            # | dot (mdistiller's DOT: momentum -+ dot.delta for the task and the
+            # distillation gradients; optimizers.DOT)
             "name": "sgd",
             "learning_rate": 0.05,
             "momentum": 0.9,
@@ -101,6 +103,13 @@ def default_config():
             # multistep: x decay_rate at the start of each epoch after these
             "milestones": (150, 180, 210),
             "decay_rate": 0.1,
+            "dot": ml_collections.ConfigDict(
+                {
+                    "delta": 0.075,  # mdistiller's SOLVER.DOT.DELTA
+                    # mdistiller's rules (docs/reproducing.md), or the clean variant
+                    "as_mdistiller": True,
+                }
+            ),
         }
     )
     # Any of savedmodel, tflite, tflite_float16, tflite_dynamic_range,
@@ -210,9 +219,10 @@ _RANGES = [
     ("view_weights", lambda v: len(v) == 2 and min(v) >= 0, "two weights >= 0"),
     (
         "optimizer.name",
-        lambda v: v in ("sgd", "adam", "torch_sgd"),
-        "sgd, adam or torch_sgd",
+        lambda v: v in ("sgd", "adam", "torch_sgd", "dot"),
+        "sgd, adam, torch_sgd or dot",
     ),
+    ("optimizer.dot.delta", lambda v: v >= 0, ">= 0"),
     ("optimizer.learning_rate", lambda v: v > 0, "> 0"),
     ("optimizer.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("optimizer.weight_decay", lambda v: v >= 0, ">= 0"),
@@ -397,6 +407,20 @@ def _combination_problems(config):
             "or data.two_views (mixed images and the strong view are continuous: "
             "no finite set of variants to cache; data.augmentation's crops and flips "
             "can be)"
+        )
+    optimizer = config.optimizer
+    if optimizer.name == "dot" and not (
+        0 <= optimizer.momentum - optimizer.dot.delta
+        and optimizer.momentum + optimizer.dot.delta < 1
+    ):
+        problems.append(
+            "optimizer.momentum -+ optimizer.dot.delta (DOT's two momenta) must be "
+            f"in [0, 1) (got {optimizer.momentum} and {optimizer.dot.delta})"
+        )
+    if optimizer.name == "dot" and config.loss.method == "scratch":
+        problems.append(
+            "optimizer.name dot needs a distillation loss (it takes the task and "
+            "the distillation gradients apart): choose torch_sgd for scratch"
         )
     if data.two_views and data.mixup_alpha > 0:
         problems.append("data.two_views and data.mixup_alpha cannot be combined")

@@ -7,6 +7,7 @@ import keras
 from keras import ops
 
 from keras_cskd import losses as losses_module
+from keras_cskd import split_gradients
 from keras_cskd.callbacks import EpochCounter, RefuseEmptyEpochs, trained_weights
 from keras_cskd.checks import class_labels, non_negative_number
 from keras_cskd.losses.distillation_loss import as_distillation_loss
@@ -40,7 +41,9 @@ class Distiller(keras.Model):
     (1 - alpha) * sum_i w_i * L_i`; plus the student's regularisation losses.
     Labels may be integers `[B]` or one-hot/soft `[B, C]` (mixup). It runs on
     every Keras 3 backend through Keras's own training loops: it only defines
-    `call` and `compute_loss`.
+    `call` and `compute_loss` (and, for an optimizer that takes the task and
+    distillation gradients apart, `optimizers.DOT`, a train step of
+    `keras_cskd/split_gradients.py` over `compute_split_loss`).
 
     Every term is computed on the global batch. Under `tf.distribute`
     (MirroredStrategy, MultiWorkerMirroredStrategy) each replica gathers the
@@ -271,10 +274,36 @@ class Distiller(keras.Model):
             iterator = None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
+    def train_step(self, *args):
+        # An optimizer that takes the task and distillation gradients apart
+        # (DOT) gets them from a step of its own (keras_cskd/split_gradients.py).
+        if split_gradients.takes_split_gradients(self.optimizer):
+            return split_gradients.train_step(self, *args)
+        return super().train_step(*args)
+
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
         """The loss this replica differentiates; logs the global terms."""
+        terms = self._replica_terms(x, y, y_pred, sample_weight, training)
+        # Under tf.distribute each replica differentiates the global objective
+        # through its own student outputs only, and the optimizer sums the
+        # replicas' gradients. Regularisation is the same on every replica.
+        return terms["objective"] + terms["regularization"] / _num_replicas()
+
+    def compute_split_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        """`compute_loss` in two parts, `(task, distillation)`, for an
+        optimizer that takes their gradients apart (`optimizers.DOT`): the
+        weighted cross-entropy plus the regularisation, and the weighted
+        distillation losses."""
+        terms = self._replica_terms(x, y, y_pred, sample_weight, training)
+        task = terms["task_objective"] + terms["regularization"] / _num_replicas()
+        return task, terms["distillation_objective"]
+
+    def _replica_terms(self, x, y, y_pred, sample_weight, training):
+        """Every term of the loss on the global batch; logs them."""
         _check_targets(y, sample_weight)
         views = self._views(x)
         if y_pred is None:
@@ -289,10 +318,7 @@ class Distiller(keras.Model):
             ),
             num_samples=ops.shape(terms["correct"])[0],
         )
-        # Under tf.distribute each replica differentiates the global objective
-        # through its own student outputs only, and the optimizer sums the
-        # replicas' gradients. Regularisation is the same on every replica.
-        return terms["objective"] + terms["regularization"] / _num_replicas()
+        return terms
 
     def _logged(self, terms, sources):
         """The loss terms as logged: NaN where `sources` (the batch, the
@@ -399,6 +425,7 @@ class Distiller(keras.Model):
         )
         ce_scale, distillation_scale = self._term_scales
         objective = ce_scale * ce_loss + distillation_scale * distillation_loss
+        weighted_distillation = distillation_loss
         if len(values) == 1:
             # One loss logs unweighted, like the cross-entropy.
             distillation_loss = next(iter(values.values()))
@@ -415,6 +442,8 @@ class Distiller(keras.Model):
         return {
             **values,
             "objective": objective,
+            "task_objective": ce_scale * ce_loss,
+            "distillation_objective": distillation_scale * weighted_distillation,
             "regularization": regularization,
             "loss": objective + regularization,
             "ce_loss": ce_loss,

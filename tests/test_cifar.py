@@ -28,9 +28,15 @@ def distill_module():
 SPECS = [
     f"{method},{teacher},{student}"
     for method in distill_module().METHODS
-    for teacher, student in distill_module().PAIRS
+    for teacher, student in distill_module().pairs(method)
 ]
-LOSS_OF_METHOD = {"cskd_reference": "two_view_cskd", "kd_ls": "kd", "dkd_ls": "dkd"}
+LOSS_OF_METHOD = {
+    "cskd_reference": "two_view_cskd",
+    "kd_ls": "kd",
+    "dkd_ls": "dkd",
+    "kd_dot": "kd",
+}
+OPTIMIZER_OF_METHOD = {"kd_dot": "dot"}
 
 
 @functools.cache
@@ -49,7 +55,8 @@ def test_every_distillation_recipe_parses_validates_and_builds(spec):
     assert config.teacher.config.endswith(f"cifar100_teacher.py:{teacher}")
     assert config.optimizer.milestones == (150, 180, 210)
     assert config.epochs == (480 if method == "cskd_reference" else 240)
-    assert (config.optimizer.name, config.optimizer.weight_decay) == ("torch_sgd", 5e-4)
+    optimizer = OPTIMIZER_OF_METHOD.get(method, "torch_sgd")
+    assert (config.optimizer.name, config.optimizer.weight_decay) == (optimizer, 5e-4)
     teacher_config = config_module.load_config(ROOT / config.teacher.config)
     config_module.validate(teacher_config)
     assert teacher_config.save_model_to == config.teacher.path
