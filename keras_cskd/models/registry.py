@@ -76,6 +76,11 @@ def get(name, num_classes, input_shape, **kwargs):
     if isinstance(name, keras.Model):
         return name
     if isinstance(name, str) and name.startswith(KERAS_APPLICATIONS):
+        if kwargs.get("batch_norm_group"):
+            raise ValueError(
+                f"batch_norm_group needs the zoo's GroupBatchNormalization; {name} "
+                "has keras.layers.BatchNormalization: use a zoo model, or leave it 0."
+            )
         return _keras_application(
             name[len(KERAS_APPLICATIONS) :], num_classes, input_shape
         )
