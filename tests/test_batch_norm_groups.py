@@ -145,7 +145,7 @@ def test_zoo_models_take_the_group(name):
     assert {n.group_size for n in norms} == {64}
 
 
-def run_on_two_replicas(layer_of, x, upstream):
+def run_on_two_replicas(layer_of, x, upstream, static_shapes):
     """Outputs (replicas' concatenated) and gradients (summed over replicas)
     of a layer on 2 logical CPUs, each replica holding half of `x`."""
     strategy = distribute.get_strategy("mirrored")
@@ -156,7 +156,8 @@ def run_on_two_replicas(layer_of, x, upstream):
     def step(x_shard, upstream_shard):
         return forward_and_gradients(layer, x_shard, upstream_shard)
 
-    dataset = tf.data.Dataset.from_tensor_slices((x, upstream)).batch(len(x))
+    dataset = tf.data.Dataset.from_tensor_slices((x, upstream))
+    dataset = dataset.batch(len(x), drop_remainder=static_shapes)
     shards = next(iter(strategy.experimental_distribute_dataset(dataset)))
     outputs, grads = strategy.run(step, args=shards)
     local = strategy.experimental_local_results
@@ -166,25 +167,29 @@ def run_on_two_replicas(layer_of, x, upstream):
     return outputs, [grad_x, *summed], layer
 
 
+@pytest.mark.parametrize("static_shapes", [False, True])
 @pytest.mark.parametrize("group_size", [None, 8, 4, 2, 3])
-def test_two_replicas_compute_one_devices_group_batch_norm(batch, group_size):
+def test_two_replicas_compute_one_devices_group_batch_norm(
+    batch, group_size, static_shapes
+):
     """Groups spanning both replicas (None, 8, 3) get every output's gradient
     through the shared mean and variance once: summed over replicas they are
-    one device's; groups inside a shard (4, 2) are ghost batches."""
+    one device's; groups inside a shard (4, 2) are ghost batches, computed
+    without communication when the shard's size is static."""
     x, upstream, gamma, beta = (a.astype("float32") for a in batch)
     expected, expected_grads, (mean, variance) = numpy_group_batch_norm(
         x.astype("float64"), gamma, beta, group_size, upstream.astype("float64")
     )
     outputs, grads, layer = run_on_two_replicas(
-        lambda: new_layer(group_size, gamma, beta), x, upstream
+        lambda: new_layer(group_size, gamma, beta), x, upstream, static_shapes
     )
     np.testing.assert_allclose(outputs, expected, atol=1e-5)
     for grad, expected_grad in zip(grads, expected_grads, strict=True):
         np.testing.assert_allclose(grad, expected_grad, atol=1e-4)
-    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.1 * mean, atol=1e-6)
-    np.testing.assert_allclose(
-        layer.moving_variance.numpy(), 0.9 + 0.1 * variance, rtol=1e-5
-    )
+    for copy in layer.moving_mean.value.values:  # every replica's: replica 0's
+        np.testing.assert_allclose(copy.numpy(), 0.1 * mean, atol=1e-6)
+    for copy in layer.moving_variance.value.values:
+        np.testing.assert_allclose(copy.numpy(), 0.9 + 0.1 * variance, rtol=1e-5)
 
 
 @pytest.mark.parametrize(

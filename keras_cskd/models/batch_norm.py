@@ -161,7 +161,12 @@ def group_moments(x, axis, group_size):
     >>> np.ravel(moments.variance).tolist()
     [1.0, 1.0, 4.0, 4.0]
     """
-    gather = _ReplicaGather.current()
+    shard = x.shape[0]
+    # Whole groups in every shard (replicas share static shapes): ghost
+    # batches, with no communication but for the moving statistics.
+    gather = _ReplicaGather.current(
+        local=bool(group_size and shard and shard % group_size == 0)
+    )
     image_axes = [a for a in range(1, len(x.shape)) if a != axis]
     values_per_image = math.prod(x.shape[a] for a in image_axes)
     broadcast = [-1 if a in (0, axis) else 1 for a in range(len(x.shape))]
@@ -183,7 +188,7 @@ def group_moments(x, axis, group_size):
     return GroupMoments(
         per_image(gather.own(mean)),
         per_image(gather.own(variance)),
-        (mean[0], variance[0], counts[0, 0]),
+        gather.first_replicas((mean[0], variance[0], counts[0, 0])),
     )
 
 
@@ -207,14 +212,15 @@ def _group_sums(rows, group_size):
 
 class _ReplicaGather:
     """This replica's rows of the global batch (`tf.distribute`), or the
-    identity where the batch is one array (one device, JAX, PyTorch)."""
+    identity where the batch is one array (one device, JAX, PyTorch) or the
+    groups are `local` to each shard."""
 
-    def __init__(self, context=None):
-        self.context = context
+    def __init__(self, context=None, local=False):
+        self.context, self.local = context, local
         self._start = self._size = None
 
     @classmethod
-    def current(cls):
+    def current(cls, local=False):
         if keras.backend.backend() != "tensorflow":
             return cls()
         import tensorflow as tf
@@ -222,11 +228,24 @@ class _ReplicaGather:
         context = tf.distribute.get_replica_context()
         if context is None or context.num_replicas_in_sync == 1:
             return cls()
-        return cls(context)
+        return cls(context, local)
+
+    def first_replicas(self, values):
+        """Replica 0's `values` on every replica (shard-local groups), so
+        that every copy of the moving statistics gets the same update."""
+        if self.context is None or not self.local:
+            return values
+        import tensorflow as tf
+
+        first = ops.cast(ops.equal(self.context.replica_id_in_sync_group, 0), "float32")
+        return self.context.all_reduce(
+            tf.distribute.ReduceOp.SUM,
+            [ops.stop_gradient(v) * ops.cast(first, v.dtype) for v in values],
+        )
 
     def rows(self, local):
         """All replicas' `local` rows [shard, k], in replica order."""
-        if self.context is None:
+        if self.context is None or self.local:
             return local
         import tensorflow as tf
 
@@ -242,6 +261,6 @@ class _ReplicaGather:
 
     def own(self, rows):
         """This replica's part of global `rows`."""
-        if self.context is None:
+        if self.context is None or self.local:
             return rows
         return rows[self._start : self._start + self._size]
