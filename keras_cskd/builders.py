@@ -14,7 +14,12 @@ def build_model(config, num_classes, input_shape):
 
     Example:
 
-    >>> model = build_model(config, num_classes=10, input_shape=(8, 8, 1))
+    >>> from keras_cskd.config import default_config
+    >>> config = default_config()
+    >>> config.model, config.batch_norm_group = "resnet8", 32
+    >>> model = build_model(config, num_classes=10, input_shape=(32, 32, 3))
+    >>> model.get_layer("stem_bn").group_size
+    32
     """
     options = {}
     if config.batch_norm_group:
