@@ -194,20 +194,16 @@ def group_moments(x, axis, group_size):
 
 def _group_sums(rows, group_size):
     """`rows` [batch, k] -> [batch, k]: each row is replaced by the sum of its
-    group's rows (summed in order, so every replica gets the same numbers)."""
+    group's rows (plain sums in a fixed order, so every replica and every
+    device gets the same numbers; the batch may be of unknown size)."""
     if group_size is None:
         return ops.broadcast_to(ops.sum(rows, axis=0, keepdims=True), ops.shape(rows))
-    batch = rows.shape[0]
-    if batch is None:  # a retraced TensorFlow function: sorted segment sums
-        group_of_row = ops.arange(ops.shape(rows)[0]) // group_size
-        sums = ops.segment_sum(rows, group_of_row, sorted=True)
-        return ops.take(sums, group_of_row, axis=0)
-    padding = -batch % group_size
-    padded = ops.pad(rows, [[0, padding], [0, 0]])
+    batch = ops.shape(rows)[0]
+    padded = ops.pad(rows, [[0, -batch % group_size], [0, 0]])
     grouped = ops.reshape(padded, (-1, group_size, rows.shape[1]))
     sums = ops.sum(grouped, axis=1, keepdims=True)
-    spread = ops.reshape(ops.broadcast_to(sums, grouped.shape), padded.shape)
-    return spread[:batch]
+    spread = ops.broadcast_to(sums, ops.shape(grouped))
+    return ops.reshape(spread, ops.shape(padded))[:batch]
 
 
 class _ReplicaGather:
@@ -257,7 +253,7 @@ class _ReplicaGather:
         if self._start is None:
             self._size = tf.shape(local)[0]
             self._start = ops.sum(ops.cast(gathered[:, -1] < replica, "int32"))
-        return gathered[:, :-1]
+        return ops.reshape(gathered[:, :-1], (-1, local.shape[1]))
 
     def own(self, rows):
         """This replica's part of global `rows`."""
