@@ -173,6 +173,7 @@ def get_config(spec="cskd_reference,resnet32x4,resnet8x4"):
     config.data.name = "tfds:cifar100"
     config.data.augmentation = "cifar_crop_flip"
     config.data.batch_size = 64
+    config.batch_norm_group = 64  # the reference's one GPU: BatchNorm over 64
     config.data.eval_batch_size = 500
     config.epochs = 240
     if method == "kd":

@@ -24,6 +24,8 @@ def get_config(model="resnet34_imagenet"):
     config.data.augmentation = "imagenet_rrc"
     config.data.streaming = True
     config.data.batch_size = 256
+    # torchvision's reference: 8 GPUs x 32 images, BatchNorm over each 32.
+    config.batch_norm_group = 32
     config.data.eval_batch_size = 128
     config.epochs = 90
     config.checkpoint_every_steps = 500  # an epoch of 256 is 5,005 steps

@@ -1,11 +1,30 @@
-"""What a run config builds: the loss, the optimizer, the teacher and the trainer."""
+"""What a run config builds: the model, the loss, the optimizer and the trainer."""
 
 import inspect
 
 import keras
 
-from keras_cskd import losses, optimizers
+from keras_cskd import losses, models, optimizers
 from keras_cskd.distiller import Distiller
+
+
+def build_model(config, num_classes, input_shape):
+    """The model `config.model` names, its BatchNorm statistics over groups of
+    `config.batch_norm_group` images (0: the global batch).
+
+    Example:
+
+    >>> from keras_cskd.config import default_config
+    >>> config = default_config()
+    >>> config.model, config.batch_norm_group = "resnet8", 32
+    >>> model = build_model(config, num_classes=10, input_shape=(32, 32, 3))
+    >>> model.get_layer("stem_bn").group_size
+    32
+    """
+    options = {}
+    if config.batch_norm_group:
+        options["batch_norm_group"] = config.batch_norm_group
+    return models.get(config.model, num_classes, input_shape, **options)
 
 
 def build_loss(loss_config):

@@ -65,6 +65,10 @@ def default_config():
         }
     )
     config.model = "digits_mlp"  # the model this run trains (the student)
+    # Images per BatchNorm statistics group in the zoo model: the reference's
+    # per-device batch, the same on any device count (docs/distributed.md).
+    # 0: the whole global batch, one device's behaviour.
+    config.batch_norm_group = 0
     config.teacher = ml_collections.ConfigDict(
         {
             # A trained teacher; if the file is missing and `config` names a
@@ -201,6 +205,7 @@ _RANGES = [
     ("seed", lambda v: v >= 0, "an integer >= 0"),
     ("epochs", lambda v: v >= 1, "an integer >= 1"),
     ("checkpoint_every_steps", lambda v: v >= 0, "an integer >= 0"),
+    ("batch_norm_group", lambda v: v >= 0, "an integer >= 0 (0: the global batch)"),
     ("verbose", lambda v: str(v) in ("auto", "0", "1", "2"), "auto, 0, 1 or 2"),
     ("strategy", lambda v: v in distribute.STRATEGIES, "|".join(distribute.STRATEGIES)),
     ("data.batch_size", lambda v: v >= 1, "an integer >= 1"),
@@ -440,8 +445,8 @@ RESUMABLE_CHANGES = (
     "name",
     "epochs",
     "verbose",
-    # Every loss term is on the global batch whatever the replicas (BatchNorm
-    # statistics are per replica: the README's "Several devices and machines").
+    # Every loss term is on the global batch, and BatchNorm statistics over
+    # batch_norm_group images, whatever the replicas (docs/distributed.md).
     "strategy",
     "checkpoint_every_steps",
     "data.data_dir",

@@ -50,11 +50,11 @@ class Distiller(keras.Model):
     teacher outputs, student outputs and labels of all replicas in one
     forward `all_gather` and differentiates the global loss through its own
     shard of student outputs, so batch-wise losses (CSKD, CSWT) see the
-    whole batch and, for a student without BatchNorm, the summed gradients
-    of N replicas are the gradient one device gets from the same global
-    batch. A BatchNorm student's batch statistics are per replica (each over
-    its own shard; `synchronized=True` in the zoo is closer but not
-    identical), so it does not train exactly as on one device. Under JAX's
+    whole batch and the summed gradients of N replicas are the gradient one
+    device gets from the same global batch. Zoo students' BatchNorm layers
+    compute their statistics over groups of `batch_norm_group` images of the
+    global batch across replicas (docs/distributed.md), so a BatchNorm
+    student trains as on one device too. Under JAX's
     `keras.distribution.DataParallel` the step is one program over the
     global batch, BatchNorm statistics included. A loss with
     `global_batch=False` is instead computed on each device's shard and

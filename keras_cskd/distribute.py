@@ -1,12 +1,12 @@
 """`tf.distribute` for the Distiller: strategies by name, and the global batch.
 
 Under a strategy the Distiller computes every loss term on the global batch
-(`global_batch`), so the loss, and for a student without BatchNorm the summed
-gradients of the replicas, are what one device computes on the same batch.
-The student's forward pass still runs on each replica's shard, so its
-BatchNorm layers in training normalise with their shard's statistics (zoo
-models' `synchronized=True` uses all replicas': closer to one device, not
-identical), and a BatchNorm student does not train exactly as on one device.
+(`global_batch`), so the loss and the summed gradients of the replicas are
+what one device computes on the same batch. The student's forward pass runs
+on each replica's shard; zoo models' BatchNorm layers
+(`models.batch_norm.GroupBatchNormalization`) gather what their statistics
+need across replicas themselves, so a BatchNorm student trains as on one
+device too (docs/distributed.md).
 """
 
 import functools

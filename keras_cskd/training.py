@@ -40,7 +40,6 @@ from keras_cskd import (
     teachers,
 )
 from keras_cskd import config as config_module
-from keras_cskd import models as models_module
 from keras_cskd import seeds as seeds_module
 from keras_cskd import summary as summary_module
 from keras_cskd import workdir as workdir_module
@@ -166,8 +165,8 @@ def build(state):
     `workdir/.<task>`, removed at the end (a killed worker's is replaced)."""
     config, inputs = state.config, state.inputs
     with state.strategy.scope():
-        state.model = models_module.get(
-            config.model, inputs.num_classes, inputs.input_shape
+        state.model = builders.build_model(
+            config, inputs.num_classes, inputs.input_shape
         )
         if state.teacher_path is not None:
             state.teacher, state.teacher_accuracy = teachers.load_checked(

@@ -50,6 +50,7 @@ def runs(tmp_path_factory):
         "step_time": ["step_time.py", "--smoke", f"--json={tmp / 'step.json'}"],
         "memory_probe": ["step_time.py", "--smoke", "--memory_probe=cskd_cswt"],
         "distributed_overhead": ["distributed_overhead.py", "--smoke"],
+        "batch_norm_groups": ["batch_norm_groups.py", "--smoke"],
         "throughput": ["throughput.py", "--smoke"],
         "accuracy": ["accuracy.py", "--smoke", f"--output={tmp / 'accuracy'}"],
         "teacher_cache": ["teacher_cache.py", "--smoke"],
@@ -180,6 +181,23 @@ def test_distributed_overhead_compares_one_and_two_devices(runs):
         assert float(iqr) >= 0
         positive(ratio)
     assert body[0][3] == "1.00"
+
+
+def test_batch_norm_groups_compares_cross_and_per_replica_statistics(runs):
+    text = output_of(runs, "batch_norm_groups")
+    assert "; commit " in text
+    (table,) = tables_in(text)
+    header = ["BatchNorm statistics", "median ms/step", "IQR ms", "÷ per-replica"]
+    body = check_table(
+        table,
+        header,
+        [
+            "1 device, global batch",
+            "2 devices, per-replica (group = batch / 2)",
+            "2 devices, cross-replica (global batch)",
+        ],
+    )
+    assert [positive(ratio) for *_, ratio in body][1] == 1.0
 
 
 def test_throughput_reports_images_per_second(runs):

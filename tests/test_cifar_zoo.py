@@ -75,14 +75,14 @@ def test_zoo_model(name):
     "name",
     ["resnet8", "wrn_16_1", "vgg8", "mobilenetv2", "shufflenetv1", "shufflenetv2"],
 )
-def test_synchronized_batch_norm(name):
+def test_batch_norm_group(name):
     model = keras_cskd.models.get(
-        name, num_classes=10, input_shape=(32, 32, 3), synchronized=True
+        name, num_classes=10, input_shape=(32, 32, 3), batch_norm_group=64
     )
     bns = [
         layer
         for layer in model.layers
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
-    assert bns and all(bn.synchronized for bn in bns)
+    assert bns and all(bn.group_size == 64 for bn in bns)
     assert all(bn.momentum == 0.9 and bn.epsilon == 1e-5 for bn in bns)

@@ -292,14 +292,14 @@ def test_batch_norm_tracks_the_unbiased_variance_like_pytorch():
 
 
 @pytest.mark.large
-def test_synchronized_batch_norm_counts_the_global_batch():
+def test_batch_norm_on_two_replicas_counts_the_global_batch():
     from test_distributed import two_cpus  # one MirroredStrategy per process
 
     strategy = two_cpus()
     rng = np.random.default_rng(1)
     x = rng.normal(1.0, [0.5, 2.0], size=(4, 2, 2, 2))  # 2 examples per replica
     with strategy.scope():
-        layer = TorchBatchNormalization(synchronized=True)
+        layer = TorchBatchNormalization()  # the global batch: one device's
         layer.build((None, 2, 2, 2))
 
     @tf.function

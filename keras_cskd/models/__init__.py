@@ -10,8 +10,21 @@ from keras_cskd.models import (
     imagenet_mobilenet,  # noqa: F401
     imagenet_resnet,  # noqa: F401
 )
+from keras_cskd.models.batch_norm import (
+    GroupBatchNormalization,
+    TorchBatchNormalization,
+)
 from keras_cskd.models.registry import get, names, register
 from keras_cskd.models.saving import CodeInModelError, load
 from keras_cskd.models.teacher import load_teacher
 
-__all__ = ["CodeInModelError", "get", "load", "load_teacher", "names", "register"]
+__all__ = [
+    "CodeInModelError",
+    "GroupBatchNormalization",
+    "TorchBatchNormalization",
+    "get",
+    "load",
+    "load_teacher",
+    "names",
+    "register",
+]

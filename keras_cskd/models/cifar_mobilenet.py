@@ -27,10 +27,14 @@ _STAGES = [
 ]
 
 
-def _inverted_residual(x, filters, strides, expansion, synchronized, name):
+def _inverted_residual(x, filters, strides, expansion, batch_norm_group, name):
     """1x1 expand-BN-ReLU, 3x3 depthwise-BN-ReLU, 1x1 project-BN, (+ input)."""
     y = conv_bn(
-        x, x.shape[-1] * expansion, 1, synchronized=synchronized, name=f"{name}_expand"
+        x,
+        x.shape[-1] * expansion,
+        1,
+        batch_norm_group=batch_norm_group,
+        name=f"{name}_expand",
     )
     y = conv_bn(
         y,
@@ -38,11 +42,16 @@ def _inverted_residual(x, filters, strides, expansion, synchronized, name):
         3,
         strides,
         depthwise=True,
-        synchronized=synchronized,
+        batch_norm_group=batch_norm_group,
         name=f"{name}_depthwise",
     )
     y = conv_bn(
-        y, filters, 1, relu=False, synchronized=synchronized, name=f"{name}_project"
+        y,
+        filters,
+        1,
+        relu=False,
+        batch_norm_group=batch_norm_group,
+        name=f"{name}_project",
     )
     if strides == 1 and x.shape[-1] == filters:
         y = keras.layers.Add(name=f"{name}_add")([x, y])
@@ -54,7 +63,7 @@ def cifar_mobilenetv2(
     width=0.5,
     num_classes=100,
     input_shape=(32, 32, 3),
-    synchronized=False,
+    batch_norm_group=None,
     name="mobilenetv2",
 ):
     """Builds RepDistiller's CIFAR MobileNetV2 (`mobilenetv2_T_w`).
@@ -64,7 +73,8 @@ def cifar_mobilenetv2(
         width: width multiplier `W` of every layer but the final 1x1 conv.
         num_classes: number of classes of the logits.
         input_shape: shape of one image, without the batch axis.
-        synchronized: use synchronized BatchNorm (for `MirroredStrategy`).
+        batch_norm_group: images per BatchNorm statistics group (None: the
+            global batch); see `GroupBatchNormalization`.
         name: model name.
 
     Returns:
@@ -76,7 +86,9 @@ def cifar_mobilenetv2(
     831204
     """
     inputs = keras.Input(input_shape, name="images")
-    x = conv_bn(inputs, int(32 * width), 3, 2, synchronized=synchronized, name="stem")
+    x = conv_bn(
+        inputs, int(32 * width), 3, 2, batch_norm_group=batch_norm_group, name="stem"
+    )
     for s, (t, channels, blocks, strides) in enumerate(_STAGES, start=1):
         for b in range(blocks):
             x = _inverted_residual(
@@ -84,18 +96,18 @@ def cifar_mobilenetv2(
                 int(channels * width),
                 strides if b == 0 else 1,
                 t or expansion,
-                synchronized,
+                batch_norm_group,
                 name=f"stage{s}_block{b}",
             )
     last = int(1280 * width) if width > 1.0 else 1280
-    x = conv_bn(x, last, 1, synchronized=synchronized, name="top")
+    x = conv_bn(x, last, 1, batch_norm_group=batch_norm_group, name="top")
     logits = logits_head(x, num_classes, initializers.normal_std_0_01(), "zeros")
     return keras.Model(inputs, logits, name=name)
 
 
 @register("mobilenetv2")
 @zoo_doc("CIFAR MobileNetV2 at width 0.5, expansion 6 (`mobile_half`).", 831204)
-def mobilenetv2(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
+def mobilenetv2(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
     return cifar_mobilenetv2(
-        6, 0.5, num_classes, input_shape, synchronized, "mobilenetv2"
+        6, 0.5, num_classes, input_shape, batch_norm_group, "mobilenetv2"
     )

@@ -84,7 +84,7 @@ def conv(
     )(x)
 
 
-def batch_norm(x, synchronized=False, name=None):
+def batch_norm(x, batch_norm_group=None, name=None):
     """PyTorch's `BatchNorm2d`: `momentum=0.1` there, `eps=1e-5`, weight 1, bias 0.
 
     Its moving variance tracks the unbiased batch variance, as PyTorch's does
@@ -92,15 +92,15 @@ def batch_norm(x, synchronized=False, name=None):
 
     Args:
         x: input tensor.
-        synchronized: synchronize the batch statistics across replicas (for
-            `tf.distribute.MirroredStrategy`).
+        batch_norm_group: images per statistics group of the global batch,
+            whatever the replicas (`None`: the whole global batch).
         name: layer name.
 
     Returns:
         The normalized tensor.
     """
     return TorchBatchNormalization(
-        momentum=0.9, epsilon=1e-5, synchronized=synchronized, name=name
+        momentum=0.9, epsilon=1e-5, group_size=batch_norm_group, name=name
     )(x)
 
 
@@ -111,7 +111,7 @@ def conv_bn(
     strides=1,
     groups=1,
     relu=True,
-    synchronized=False,
+    batch_norm_group=None,
     depthwise=False,
     use_bias=False,
     kernel_init=initializers.kaiming_normal_fan_out,
@@ -124,7 +124,7 @@ def conv_bn(
         filters, kernel_size, strides, groups, depthwise, use_bias, kernel_init:
             see `conv`.
         relu: whether to end with a ReLU.
-        synchronized: see `batch_norm`.
+        batch_norm_group: see `batch_norm`.
         name: prefix of the layer names.
 
     Returns:
@@ -141,7 +141,7 @@ def conv_bn(
         kernel_init,
         name=f"{name}_conv",
     )
-    x = batch_norm(x, synchronized, name=f"{name}_bn")
+    x = batch_norm(x, batch_norm_group, name=f"{name}_bn")
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
@@ -171,7 +171,7 @@ def logits_head(x, num_classes, kernel_initializer=None, bias_initializer=None):
     )(x)
 
 
-def _residual(x, y, filters, strides, synchronized, name):
+def _residual(x, y, filters, strides, batch_norm_group, name):
     """Adds the (projected when the shape changes) shortcut of `x` to `y`, ReLU."""
     if strides != 1 or x.shape[-1] != filters:
         x = conv_bn(
@@ -180,28 +180,39 @@ def _residual(x, y, filters, strides, synchronized, name):
             1,
             strides,
             relu=False,
-            synchronized=synchronized,
+            batch_norm_group=batch_norm_group,
             name=f"{name}_shortcut",
         )
     y = keras.layers.Add(name=f"{name}_add")([y, x])
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
 
-def basic_block(x, planes, strides=1, synchronized=False, name=None):
+def basic_block(x, planes, strides=1, batch_norm_group=None, name=None):
     """ResNet basic block: 3x3 conv-BN-ReLU, 3x3 conv-BN, shortcut, ReLU."""
-    y = conv_bn(x, planes, 3, strides, synchronized=synchronized, name=f"{name}_1")
-    y = conv_bn(y, planes, 3, relu=False, synchronized=synchronized, name=f"{name}_2")
-    return _residual(x, y, planes, strides, synchronized, name)
-
-
-def bottleneck_block(x, planes, strides=1, synchronized=False, name=None):
-    """ResNet bottleneck block: 1x1, strided 3x3, 1x1 (x4 channels), shortcut."""
-    y = conv_bn(x, planes, 1, synchronized=synchronized, name=f"{name}_1")
-    y = conv_bn(y, planes, 3, strides, synchronized=synchronized, name=f"{name}_2")
     y = conv_bn(
-        y, 4 * planes, 1, relu=False, synchronized=synchronized, name=f"{name}_3"
+        x, planes, 3, strides, batch_norm_group=batch_norm_group, name=f"{name}_1"
     )
-    return _residual(x, y, 4 * planes, strides, synchronized, name)
+    y = conv_bn(
+        y, planes, 3, relu=False, batch_norm_group=batch_norm_group, name=f"{name}_2"
+    )
+    return _residual(x, y, planes, strides, batch_norm_group, name)
+
+
+def bottleneck_block(x, planes, strides=1, batch_norm_group=None, name=None):
+    """ResNet bottleneck block: 1x1, strided 3x3, 1x1 (x4 channels), shortcut."""
+    y = conv_bn(x, planes, 1, batch_norm_group=batch_norm_group, name=f"{name}_1")
+    y = conv_bn(
+        y, planes, 3, strides, batch_norm_group=batch_norm_group, name=f"{name}_2"
+    )
+    y = conv_bn(
+        y,
+        4 * planes,
+        1,
+        relu=False,
+        batch_norm_group=batch_norm_group,
+        name=f"{name}_3",
+    )
+    return _residual(x, y, 4 * planes, strides, batch_norm_group, name)
 
 
 def cifar_resnet(
@@ -210,7 +221,7 @@ def cifar_resnet(
     block="basic",
     num_classes=100,
     input_shape=(32, 32, 3),
-    synchronized=False,
+    batch_norm_group=None,
     name="resnet",
 ):
     """Builds a CIFAR ResNet: a 3x3 stem (stride 1, no max-pool) and residual stages.
@@ -221,7 +232,8 @@ def cifar_resnet(
         block: `"basic"` or `"bottleneck"` (4x channel expansion).
         num_classes: number of classes of the logits.
         input_shape: shape of one image, without the batch axis.
-        synchronized: use synchronized BatchNorm (for `MirroredStrategy`).
+        batch_norm_group: images per BatchNorm statistics group (None: the
+        global batch); see `GroupBatchNormalization`.
         name: model name.
 
     Returns:
@@ -235,25 +247,31 @@ def cifar_resnet(
     """
     block_fn = {"basic": basic_block, "bottleneck": bottleneck_block}[block]
     inputs = keras.Input(input_shape, name="images")
-    x = conv_bn(inputs, stem_filters, 3, synchronized=synchronized, name="stem")
+    x = conv_bn(inputs, stem_filters, 3, batch_norm_group=batch_norm_group, name="stem")
     for s, (planes, num_blocks, strides) in enumerate(stages, start=1):
         for b in range(num_blocks):
             x = block_fn(
                 x,
                 planes,
                 strides if b == 0 else 1,
-                synchronized,
+                batch_norm_group,
                 name=f"stage{s}_block{b}",
             )
     return keras.Model(inputs, logits_head(x, num_classes), name=name)
 
 
-def _resnet_6n2(depth, widths, name, num_classes, input_shape, synchronized):
+def _resnet_6n2(depth, widths, name, num_classes, input_shape, batch_norm_group):
     """The RepDistiller `resnet<depth>`: 3 stages of `(depth - 2) / 6` blocks."""
     n = (depth - 2) // 6
     stages = [(w, n, s) for w, s in zip(widths[1:], (1, 2, 2), strict=True)]
     return cifar_resnet(
-        widths[0], stages, "basic", num_classes, input_shape, synchronized, name=name
+        widths[0],
+        stages,
+        "basic",
+        num_classes,
+        input_shape,
+        batch_norm_group,
+        name=name,
     )
 
 
@@ -262,7 +280,8 @@ _ZOO_DOC = """{summary}
 Args:
     num_classes: number of classes of the logits.
     input_shape: shape of one image, without the batch axis.
-    synchronized: use synchronized BatchNorm (for `MirroredStrategy`).
+    batch_norm_group: images per BatchNorm statistics group (None: the
+        global batch); see `GroupBatchNormalization`.
 
 Returns:
     A `keras.Model` mapping images to logits `[batch, num_classes]`.
@@ -302,70 +321,84 @@ _X4 = (32, 64, 128, 256)
 
 @register("resnet8")
 @zoo_doc("CIFAR ResNet-8: 16-32-64 channels, 1 block per stage.", 84564)
-def resnet8(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return _resnet_6n2(8, _SMALL, "resnet8", num_classes, input_shape, synchronized)
+def resnet8(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
+    return _resnet_6n2(8, _SMALL, "resnet8", num_classes, input_shape, batch_norm_group)
 
 
 @register("resnet14")
 @zoo_doc("CIFAR ResNet-14: 16-32-64 channels, 2 blocks per stage.", 182228)
-def resnet14(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return _resnet_6n2(14, _SMALL, "resnet14", num_classes, input_shape, synchronized)
+def resnet14(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
+    return _resnet_6n2(
+        14, _SMALL, "resnet14", num_classes, input_shape, batch_norm_group
+    )
 
 
 @register("resnet20")
 @zoo_doc("CIFAR ResNet-20: 16-32-64 channels, 3 blocks per stage.", 279892)
-def resnet20(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return _resnet_6n2(20, _SMALL, "resnet20", num_classes, input_shape, synchronized)
+def resnet20(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
+    return _resnet_6n2(
+        20, _SMALL, "resnet20", num_classes, input_shape, batch_norm_group
+    )
 
 
 @register("resnet32")
 @zoo_doc("CIFAR ResNet-32: 16-32-64 channels, 5 blocks per stage.", 475220)
-def resnet32(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return _resnet_6n2(32, _SMALL, "resnet32", num_classes, input_shape, synchronized)
+def resnet32(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
+    return _resnet_6n2(
+        32, _SMALL, "resnet32", num_classes, input_shape, batch_norm_group
+    )
 
 
 @register("resnet44")
 @zoo_doc("CIFAR ResNet-44: 16-32-64 channels, 7 blocks per stage.", 670548)
-def resnet44(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return _resnet_6n2(44, _SMALL, "resnet44", num_classes, input_shape, synchronized)
+def resnet44(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
+    return _resnet_6n2(
+        44, _SMALL, "resnet44", num_classes, input_shape, batch_norm_group
+    )
 
 
 @register("resnet56")
 @zoo_doc("CIFAR ResNet-56: 16-32-64 channels, 9 blocks per stage.", 865876)
-def resnet56(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return _resnet_6n2(56, _SMALL, "resnet56", num_classes, input_shape, synchronized)
+def resnet56(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
+    return _resnet_6n2(
+        56, _SMALL, "resnet56", num_classes, input_shape, batch_norm_group
+    )
 
 
 @register("resnet110")
 @zoo_doc("CIFAR ResNet-110: 16-32-64 channels, 18 blocks per stage.", 1744852)
-def resnet110(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return _resnet_6n2(110, _SMALL, "resnet110", num_classes, input_shape, synchronized)
+def resnet110(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
+    return _resnet_6n2(
+        110, _SMALL, "resnet110", num_classes, input_shape, batch_norm_group
+    )
 
 
 @register("resnet8x4")
 @zoo_doc("CIFAR ResNet-8x4: 64-128-256 channels, 1 block per stage.", 1236292)
-def resnet8x4(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return _resnet_6n2(8, _X4, "resnet8x4", num_classes, input_shape, synchronized)
+def resnet8x4(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
+    return _resnet_6n2(8, _X4, "resnet8x4", num_classes, input_shape, batch_norm_group)
 
 
 @register("resnet32x4")
 @zoo_doc("CIFAR ResNet-32x4: 64-128-256 channels, 5 blocks per stage.", 7443780)
-def resnet32x4(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return _resnet_6n2(32, _X4, "resnet32x4", num_classes, input_shape, synchronized)
+def resnet32x4(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
+    return _resnet_6n2(
+        32, _X4, "resnet32x4", num_classes, input_shape, batch_norm_group
+    )
 
 
 @register("resnet18")
 @zoo_doc("CIFAR ResNet-18 (3x3 stride-1 stem, no max-pool).", 11229732)
-def resnet18(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
+def resnet18(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
     stages = [(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)]
     return cifar_resnet(
-        64, stages, "basic", num_classes, input_shape, synchronized, name="resnet18"
+        64, stages, "basic", num_classes, input_shape, batch_norm_group, name="resnet18"
     )
 
 
 @register("resnet50")
 @zoo_doc("CIFAR ResNet-50 (3x3 stride-1 stem, no max-pool).", 23758372)
-def resnet50(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
+def resnet50(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
     stages = [(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)]
     return cifar_resnet(
         64,
@@ -373,6 +406,6 @@ def resnet50(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
         "bottleneck",
         num_classes,
         input_shape,
-        synchronized,
+        batch_norm_group,
         name="resnet50",
     )

@@ -50,18 +50,29 @@ def channel_shuffle(x, groups, name):
     return keras.layers.Reshape((h, w, c), name=f"{name}_merge")(x)
 
 
-def _v1_bottleneck(x, filters, strides, groups, synchronized, name):
+def _v1_bottleneck(x, filters, strides, groups, batch_norm_group, name):
     """ShuffleNetV1 unit; at stride 2 it concatenates a 3x3 average pool of `x`."""
     in_channels = x.shape[-1]
     out_channels = filters - in_channels if strides == 2 else filters
     mid = out_channels // 4
     first_groups = 1 if in_channels == 24 else groups  # the stem output is not split
     y = _conv_bn(
-        x, mid, 1, groups=first_groups, synchronized=synchronized, name=f"{name}_1"
+        x,
+        mid,
+        1,
+        groups=first_groups,
+        batch_norm_group=batch_norm_group,
+        name=f"{name}_1",
     )
     y = channel_shuffle(y, first_groups, name=f"{name}_shuffle")
     y = _conv_bn(
-        y, None, 3, strides, depthwise=True, synchronized=synchronized, name=f"{name}_2"
+        y,
+        None,
+        3,
+        strides,
+        depthwise=True,
+        batch_norm_group=batch_norm_group,
+        name=f"{name}_2",
     )
     y = _conv_bn(
         y,
@@ -69,7 +80,7 @@ def _v1_bottleneck(x, filters, strides, groups, synchronized, name):
         1,
         groups=groups,
         relu=False,
-        synchronized=synchronized,
+        batch_norm_group=batch_norm_group,
         name=f"{name}_3",
     )
     if strides == 2:
@@ -82,26 +93,26 @@ def _v1_bottleneck(x, filters, strides, groups, synchronized, name):
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
 
-def _v2_basic(x, synchronized, name):
+def _v2_basic(x, batch_norm_group, name):
     """ShuffleNetV2 unit: transform the second channel half, concat, shuffle."""
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    y = _conv_bn(x2, half, 1, synchronized=synchronized, name=f"{name}_1")
+    y = _conv_bn(x2, half, 1, batch_norm_group=batch_norm_group, name=f"{name}_1")
     y = _conv_bn(
         y,
         None,
         3,
         depthwise=True,
         relu=False,
-        synchronized=synchronized,
+        batch_norm_group=batch_norm_group,
         name=f"{name}_2",
     )
-    y = _conv_bn(y, half, 1, synchronized=synchronized, name=f"{name}_3")
+    y = _conv_bn(y, half, 1, batch_norm_group=batch_norm_group, name=f"{name}_3")
     y = keras.layers.Concatenate(name=f"{name}_concat")([x1, y])
     return channel_shuffle(y, 2, name=f"{name}_shuffle")
 
 
-def _v2_down(x, filters, synchronized, name):
+def _v2_down(x, filters, batch_norm_group, name):
     """ShuffleNetV2 stride-2 unit: two branches, concat, shuffle."""
     mid = filters // 2
     left = _conv_bn(
@@ -111,11 +122,15 @@ def _v2_down(x, filters, synchronized, name):
         2,
         depthwise=True,
         relu=False,
-        synchronized=synchronized,
+        batch_norm_group=batch_norm_group,
         name=f"{name}_left_1",
     )
-    left = _conv_bn(left, mid, 1, synchronized=synchronized, name=f"{name}_left_2")
-    right = _conv_bn(x, mid, 1, synchronized=synchronized, name=f"{name}_right_1")
+    left = _conv_bn(
+        left, mid, 1, batch_norm_group=batch_norm_group, name=f"{name}_left_2"
+    )
+    right = _conv_bn(
+        x, mid, 1, batch_norm_group=batch_norm_group, name=f"{name}_right_1"
+    )
     right = _conv_bn(
         right,
         None,
@@ -123,10 +138,12 @@ def _v2_down(x, filters, synchronized, name):
         2,
         depthwise=True,
         relu=False,
-        synchronized=synchronized,
+        batch_norm_group=batch_norm_group,
         name=f"{name}_right_2",
     )
-    right = _conv_bn(right, mid, 1, synchronized=synchronized, name=f"{name}_right_3")
+    right = _conv_bn(
+        right, mid, 1, batch_norm_group=batch_norm_group, name=f"{name}_right_3"
+    )
     y = keras.layers.Concatenate(name=f"{name}_concat")([left, right])
     return channel_shuffle(y, 2, name=f"{name}_shuffle")
 
@@ -139,7 +156,7 @@ def cifar_shufflenet(
     top_filters=None,
     num_classes=100,
     input_shape=(32, 32, 3),
-    synchronized=False,
+    batch_norm_group=None,
     name="shufflenet",
 ):
     """Builds a CIFAR ShuffleNetV1 or V2.
@@ -153,7 +170,8 @@ def cifar_shufflenet(
         top_filters: V2 only: channels of the final 1x1 conv.
         num_classes: number of classes of the logits.
         input_shape: shape of one image, without the batch axis.
-        synchronized: use synchronized BatchNorm (for `MirroredStrategy`).
+        batch_norm_group: images per BatchNorm statistics group (None: the
+            global batch); see `GroupBatchNormalization`.
         name: model name.
 
     Returns:
@@ -167,28 +185,28 @@ def cifar_shufflenet(
     1371708
     """
     inputs = keras.Input(input_shape, name="images")
-    x = _conv_bn(inputs, 24, 1, synchronized=synchronized, name="stem")
+    x = _conv_bn(inputs, 24, 1, batch_norm_group=batch_norm_group, name="stem")
     for s, (filters, blocks) in enumerate(
         zip(stage_filters, stage_blocks, strict=True), start=1
     ):
         if version == 2:
-            x = _v2_down(x, filters, synchronized, name=f"stage{s}_down")
+            x = _v2_down(x, filters, batch_norm_group, name=f"stage{s}_down")
         for b in range(blocks):
             block_name = f"stage{s}_block{b}"
             if version == 1:
                 x = _v1_bottleneck(
-                    x, filters, 2 if b == 0 else 1, groups, synchronized, block_name
+                    x, filters, 2 if b == 0 else 1, groups, batch_norm_group, block_name
                 )
             else:
-                x = _v2_basic(x, synchronized, block_name)
+                x = _v2_basic(x, batch_norm_group, block_name)
     if version == 2:
-        x = _conv_bn(x, top_filters, 1, synchronized=synchronized, name="top")
+        x = _conv_bn(x, top_filters, 1, batch_norm_group=batch_norm_group, name="top")
     return keras.Model(inputs, logits_head(x, num_classes), name=name)
 
 
 @register("shufflenetv1")
 @zoo_doc("CIFAR ShuffleNetV1 (g=3; `ShuffleV1`).", 972994)
-def shufflenetv1(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
+def shufflenetv1(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
     return cifar_shufflenet(
         1,
         (240, 480, 960),
@@ -196,14 +214,14 @@ def shufflenetv1(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
         groups=3,
         num_classes=num_classes,
         input_shape=input_shape,
-        synchronized=synchronized,
+        batch_norm_group=batch_norm_group,
         name="shufflenetv1",
     )
 
 
 @register("shufflenetv2")
 @zoo_doc("CIFAR ShuffleNetV2 1.0x (`ShuffleV2`).", 1371708)
-def shufflenetv2(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
+def shufflenetv2(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
     return cifar_shufflenet(
         2,
         (116, 232, 464),
@@ -211,6 +229,6 @@ def shufflenetv2(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
         top_filters=1024,
         num_classes=num_classes,
         input_shape=input_shape,
-        synchronized=synchronized,
+        batch_norm_group=batch_norm_group,
         name="shufflenetv2",
     )

@@ -25,7 +25,7 @@ _CONFIGS = {
 
 
 def cifar_vgg(
-    config, num_classes=100, input_shape=(32, 32, 3), synchronized=False, name="vgg"
+    config, num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None, name="vgg"
 ):
     """Builds a CIFAR VGG with BatchNorm.
 
@@ -33,7 +33,8 @@ def cifar_vgg(
         config: the channels of each conv, as five lists (one per block).
         num_classes: number of classes of the logits.
         input_shape: shape of one image, without the batch axis.
-        synchronized: use synchronized BatchNorm (for `MirroredStrategy`).
+        batch_norm_group: images per BatchNorm statistics group (None: the
+            global batch); see `GroupBatchNormalization`.
         name: model name.
 
     Returns:
@@ -54,7 +55,7 @@ def cifar_vgg(
                 filters,
                 3,
                 use_bias=True,
-                synchronized=synchronized,
+                batch_norm_group=batch_norm_group,
                 name=f"block{b}_{i}",
             )
         if b in pooled_blocks:
@@ -65,29 +66,39 @@ def cifar_vgg(
 
 @register("vgg8")
 @zoo_doc("CIFAR VGG-8 with BatchNorm (one conv per block).", 3967972)
-def vgg8(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return cifar_vgg(_CONFIGS["vgg8"], num_classes, input_shape, synchronized, "vgg8")
+def vgg8(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
+    return cifar_vgg(
+        _CONFIGS["vgg8"], num_classes, input_shape, batch_norm_group, "vgg8"
+    )
 
 
 @register("vgg11")
 @zoo_doc("CIFAR VGG-11 with BatchNorm (configuration A).", 9282788)
-def vgg11(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return cifar_vgg(_CONFIGS["vgg11"], num_classes, input_shape, synchronized, "vgg11")
+def vgg11(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
+    return cifar_vgg(
+        _CONFIGS["vgg11"], num_classes, input_shape, batch_norm_group, "vgg11"
+    )
 
 
 @register("vgg13")
 @zoo_doc("CIFAR VGG-13 with BatchNorm (configuration B).", 9468068)
-def vgg13(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return cifar_vgg(_CONFIGS["vgg13"], num_classes, input_shape, synchronized, "vgg13")
+def vgg13(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
+    return cifar_vgg(
+        _CONFIGS["vgg13"], num_classes, input_shape, batch_norm_group, "vgg13"
+    )
 
 
 @register("vgg16")
 @zoo_doc("CIFAR VGG-16 with BatchNorm (configuration D).", 14782884)
-def vgg16(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return cifar_vgg(_CONFIGS["vgg16"], num_classes, input_shape, synchronized, "vgg16")
+def vgg16(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
+    return cifar_vgg(
+        _CONFIGS["vgg16"], num_classes, input_shape, batch_norm_group, "vgg16"
+    )
 
 
 @register("vgg19")
 @zoo_doc("CIFAR VGG-19 with BatchNorm (configuration E).", 20097700)
-def vgg19(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return cifar_vgg(_CONFIGS["vgg19"], num_classes, input_shape, synchronized, "vgg19")
+def vgg19(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
+    return cifar_vgg(
+        _CONFIGS["vgg19"], num_classes, input_shape, batch_norm_group, "vgg19"
+    )

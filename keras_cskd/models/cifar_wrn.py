@@ -12,16 +12,16 @@ from keras_cskd.models.cifar_resnet import batch_norm, conv, logits_head, zoo_do
 from keras_cskd.models.registry import register
 
 
-def _bn_relu(x, synchronized, name):
-    x = batch_norm(x, synchronized, name=f"{name}_bn")
+def _bn_relu(x, batch_norm_group, name):
+    x = batch_norm(x, batch_norm_group, name=f"{name}_bn")
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _wide_block(x, filters, strides, synchronized, name):
+def _wide_block(x, filters, strides, batch_norm_group, name):
     """Pre-activation block; a changed width projects the *activated* input."""
-    pre = _bn_relu(x, synchronized, f"{name}_pre")
+    pre = _bn_relu(x, batch_norm_group, f"{name}_pre")
     y = conv(pre, filters, 3, strides, name=f"{name}_1_conv")
-    y = _bn_relu(y, synchronized, f"{name}_1")
+    y = _bn_relu(y, batch_norm_group, f"{name}_1")
     y = conv(y, filters, 3, name=f"{name}_2_conv")
     if x.shape[-1] != filters:
         x = conv(pre, filters, 1, strides, name=f"{name}_shortcut_conv")
@@ -33,7 +33,7 @@ def wide_resnet(
     widen_factor,
     num_classes=100,
     input_shape=(32, 32, 3),
-    synchronized=False,
+    batch_norm_group=None,
     name="wrn",
 ):
     """Builds a CIFAR wide ResNet WRN-`depth`-`widen_factor`.
@@ -43,7 +43,8 @@ def wide_resnet(
         widen_factor: width multiplier of the 16-32-64 stages.
         num_classes: number of classes of the logits.
         input_shape: shape of one image, without the batch axis.
-        synchronized: use synchronized BatchNorm (for `MirroredStrategy`).
+        batch_norm_group: images per BatchNorm statistics group (None: the
+            global batch); see `GroupBatchNormalization`.
         name: model name.
 
     Returns:
@@ -65,33 +66,33 @@ def wide_resnet(
                 x,
                 filters * widen_factor,
                 strides if b == 0 else 1,
-                synchronized,
+                batch_norm_group,
                 name=f"stage{s}_block{b}",
             )
-    x = _bn_relu(x, synchronized, "final")
+    x = _bn_relu(x, batch_norm_group, "final")
     logits = logits_head(x, num_classes, bias_initializer="zeros")
     return keras.Model(inputs, logits, name=name)
 
 
 @register("wrn_16_1")
 @zoo_doc("CIFAR WRN-16-1: 16-32-64 channels, 2 blocks per stage.", 181844)
-def wrn_16_1(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return wide_resnet(16, 1, num_classes, input_shape, synchronized, "wrn_16_1")
+def wrn_16_1(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
+    return wide_resnet(16, 1, num_classes, input_shape, batch_norm_group, "wrn_16_1")
 
 
 @register("wrn_16_2")
 @zoo_doc("CIFAR WRN-16-2: 32-64-128 channels, 2 blocks per stage.", 705108)
-def wrn_16_2(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return wide_resnet(16, 2, num_classes, input_shape, synchronized, "wrn_16_2")
+def wrn_16_2(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
+    return wide_resnet(16, 2, num_classes, input_shape, batch_norm_group, "wrn_16_2")
 
 
 @register("wrn_40_1")
 @zoo_doc("CIFAR WRN-40-1: 16-32-64 channels, 6 blocks per stage.", 572500)
-def wrn_40_1(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return wide_resnet(40, 1, num_classes, input_shape, synchronized, "wrn_40_1")
+def wrn_40_1(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
+    return wide_resnet(40, 1, num_classes, input_shape, batch_norm_group, "wrn_40_1")
 
 
 @register("wrn_40_2")
 @zoo_doc("CIFAR WRN-40-2: 32-64-128 channels, 6 blocks per stage.", 2260564)
-def wrn_40_2(num_classes=100, input_shape=(32, 32, 3), synchronized=False):
-    return wide_resnet(40, 2, num_classes, input_shape, synchronized, "wrn_40_2")
+def wrn_40_2(num_classes=100, input_shape=(32, 32, 3), batch_norm_group=None):
+    return wide_resnet(40, 2, num_classes, input_shape, batch_norm_group, "wrn_40_2")

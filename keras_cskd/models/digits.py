@@ -2,11 +2,12 @@
 
 import keras
 
+from keras_cskd.models.batch_norm import GroupBatchNormalization
 from keras_cskd.models.registry import register
 
 
 @register("digits_cnn")
-def digits_cnn(num_classes=10, input_shape=(8, 8, 1), width=32, synchronized=False):
+def digits_cnn(num_classes=10, input_shape=(8, 8, 1), width=32, batch_norm_group=None):
     """The digits teacher: a small VGG-style CNN (about 100k parameters).
 
     Example:
@@ -21,7 +22,7 @@ def digits_cnn(num_classes=10, input_shape=(8, 8, 1), width=32, synchronized=Fal
         x = keras.layers.Conv2D(
             filters, 3, padding="same", use_bias=False, name=f"conv{i}"
         )(x)
-        x = keras.layers.BatchNormalization(synchronized=synchronized, name=f"bn{i}")(x)
+        x = GroupBatchNormalization(group_size=batch_norm_group, name=f"bn{i}")(x)
         x = keras.layers.ReLU(name=f"relu{i}")(x)
         if i < 2:
             x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
@@ -32,10 +33,10 @@ def digits_cnn(num_classes=10, input_shape=(8, 8, 1), width=32, synchronized=Fal
 
 
 @register("digits_mlp")
-def digits_mlp(num_classes=10, input_shape=(8, 8, 1), hidden=16, synchronized=False):
+def digits_mlp(num_classes=10, input_shape=(8, 8, 1), hidden=16, batch_norm_group=None):
     """The digits student: a one-hidden-layer MLP (about 1.2k parameters).
 
-    `synchronized` is accepted for a uniform zoo signature; the MLP has no BatchNorm.
+    `batch_norm_group` is accepted for a uniform zoo signature (no BatchNorm here).
 
     Example:
 
@@ -43,7 +44,7 @@ def digits_mlp(num_classes=10, input_shape=(8, 8, 1), hidden=16, synchronized=Fa
     >>> student.count_params()
     1210
     """
-    del synchronized
+    del batch_norm_group
     inputs = keras.Input(input_shape, name="images")
     x = keras.layers.Flatten(name="flatten")(inputs)
     x = keras.layers.Dense(hidden, activation="relu", name="hidden")(x)

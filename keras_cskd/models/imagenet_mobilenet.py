@@ -47,7 +47,7 @@ _BLOCKS = (
 
 @register("mobilenetv1_imagenet")
 def mobilenetv1_imagenet(
-    num_classes=1000, input_shape=(224, 224, 3), synchronized=False
+    num_classes=1000, input_shape=(224, 224, 3), batch_norm_group=None
 ):
     """mdistiller's ImageNet MobileNetV1 (width 1, ReLU, 4.2M parameters).
 
@@ -56,7 +56,8 @@ def mobilenetv1_imagenet(
     Args:
         num_classes: number of classes of the logits.
         input_shape: shape of one image, without the batch axis (any size works).
-        synchronized: use synchronized BatchNorm (for `MirroredStrategy`).
+        batch_norm_group: images per BatchNorm statistics group (None: the
+            global batch); see `GroupBatchNormalization`.
 
     Returns:
         A `keras.Model` mapping images to logits `[batch, num_classes]`.
@@ -75,7 +76,7 @@ def mobilenetv1_imagenet(
         32,
         3,
         2,
-        synchronized=synchronized,
+        batch_norm_group=batch_norm_group,
         kernel_init=kernel_init,
         name="stem",
     )
@@ -86,7 +87,7 @@ def mobilenetv1_imagenet(
             3,
             strides,
             depthwise=True,
-            synchronized=synchronized,
+            batch_norm_group=batch_norm_group,
             kernel_init=kernel_init,
             name=f"block{k}_depthwise",
         )
@@ -94,7 +95,7 @@ def mobilenetv1_imagenet(
             x,
             filters,
             1,
-            synchronized=synchronized,
+            batch_norm_group=batch_norm_group,
             kernel_init=kernel_init,
             name=f"block{k}_pointwise",
         )

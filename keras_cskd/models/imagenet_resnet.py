@@ -38,7 +38,7 @@ def imagenet_resnet(
     block="basic",
     num_classes=1000,
     input_shape=(224, 224, 3),
-    synchronized=False,
+    batch_norm_group=None,
     name="resnet",
 ):
     """Builds a torchvision ImageNet ResNet.
@@ -50,7 +50,8 @@ def imagenet_resnet(
         num_classes: number of classes of the logits.
         input_shape: shape of one image, without the batch axis; any height and
             width work (`None` too), as the features are averaged globally.
-        synchronized: use synchronized BatchNorm (for `MirroredStrategy`).
+        batch_norm_group: images per BatchNorm statistics group (None: the
+        global batch); see `GroupBatchNormalization`.
         name: model name.
 
     Returns:
@@ -64,7 +65,7 @@ def imagenet_resnet(
     """
     block_fn = {"basic": basic_block, "bottleneck": bottleneck_block}[block]
     inputs = keras.Input(input_shape, name="images")
-    x = conv_bn(inputs, 64, 7, 2, synchronized=synchronized, name="stem")
+    x = conv_bn(inputs, 64, 7, 2, batch_norm_group=batch_norm_group, name="stem")
     # `MaxPool2d(3, 2, padding=1)` pads with -inf. After the ReLU every value is
     # >= 0 and every 3x3 window holds at least one real pixel, so padding with
     # zeros gives the same maxima. Keras' "same" would pad only the bottom/right.
@@ -77,7 +78,7 @@ def imagenet_resnet(
                 x,
                 planes,
                 strides if b == 0 else 1,
-                synchronized,
+                batch_norm_group,
                 name=f"stage{s}_block{b}",
             )
     return keras.Model(inputs, logits_head(x, num_classes), name=name)
@@ -91,7 +92,8 @@ torchvision's `{reference}()`. Its `.pth` weights load with
 Args:
     num_classes: number of classes of the logits.
     input_shape: shape of one image, without the batch axis (any size works).
-    synchronized: use synchronized BatchNorm (for `MirroredStrategy`).
+    batch_norm_group: images per BatchNorm statistics group (None: the
+        global batch); see `GroupBatchNormalization`.
 
 Returns:
     A `keras.Model` mapping images to logits `[batch, num_classes]`.
@@ -122,26 +124,30 @@ def _zoo_doc(summary, reference, params):
 
 @register("resnet18_imagenet")
 @_zoo_doc("ImageNet ResNet-18: basic blocks, 2-2-2-2.", "resnet18", 11699112)
-def resnet18_imagenet(num_classes=1000, input_shape=(224, 224, 3), synchronized=False):
+def resnet18_imagenet(
+    num_classes=1000, input_shape=(224, 224, 3), batch_norm_group=None
+):
     return imagenet_resnet(
         [2, 2, 2, 2],
         "basic",
         num_classes,
         input_shape,
-        synchronized,
+        batch_norm_group,
         name="resnet18_imagenet",
     )
 
 
 @register("resnet34_imagenet")
 @_zoo_doc("ImageNet ResNet-34: basic blocks, 3-4-6-3.", "resnet34", 21814696)
-def resnet34_imagenet(num_classes=1000, input_shape=(224, 224, 3), synchronized=False):
+def resnet34_imagenet(
+    num_classes=1000, input_shape=(224, 224, 3), batch_norm_group=None
+):
     return imagenet_resnet(
         [3, 4, 6, 3],
         "basic",
         num_classes,
         input_shape,
-        synchronized,
+        batch_norm_group,
         name="resnet34_imagenet",
     )
 
@@ -150,12 +156,14 @@ def resnet34_imagenet(num_classes=1000, input_shape=(224, 224, 3), synchronized=
 @_zoo_doc(
     "ImageNet ResNet-50 (v1.5): bottleneck blocks, 3-4-6-3.", "resnet50", 25610152
 )
-def resnet50_imagenet(num_classes=1000, input_shape=(224, 224, 3), synchronized=False):
+def resnet50_imagenet(
+    num_classes=1000, input_shape=(224, 224, 3), batch_norm_group=None
+):
     return imagenet_resnet(
         [3, 4, 6, 3],
         "bottleneck",
         num_classes,
         input_shape,
-        synchronized,
+        batch_norm_group,
         name="resnet50_imagenet",
     )

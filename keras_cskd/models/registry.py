@@ -49,8 +49,9 @@ def get(name, num_classes, input_shape, **kwargs):
             which is returned as it is (bring your own teacher or student).
         num_classes: number of classes of the logits.
         input_shape: shape of one input example, without the batch axis.
-        **kwargs: passed to the builder (for example `synchronized=True` for
-            zoo models with BatchNorm).
+        **kwargs: passed to the builder, for example `batch_norm_group=64`
+            for a zoo model's BatchNorm statistics over groups of 64 images of
+            the global batch (default: the whole global batch).
 
     Returns:
         A `keras.Model` mapping inputs to logits `[batch, num_classes]`.
@@ -65,9 +66,21 @@ def get(name, num_classes, input_shape, **kwargs):
     >>> model.output_shape
     (None, 10)
     """
+    if kwargs.get("synchronized"):
+        raise ValueError(
+            "models.get takes batch_norm_group= (images per BatchNorm statistics "
+            "group, default the whole global batch on any device count), not "
+            "synchronized=True, which it replaces."
+        )
+    kwargs.pop("synchronized", None)
     if isinstance(name, keras.Model):
         return name
     if isinstance(name, str) and name.startswith(KERAS_APPLICATIONS):
+        if kwargs.get("batch_norm_group"):
+            raise ValueError(
+                f"batch_norm_group needs the zoo's GroupBatchNormalization; {name} "
+                "has keras.layers.BatchNormalization: use a zoo model, or leave it 0."
+            )
         return _keras_application(
             name[len(KERAS_APPLICATIONS) :], num_classes, input_shape
         )
