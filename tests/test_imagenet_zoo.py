@@ -130,7 +130,8 @@ def _assert_reference_taps(model, name, images):
         )
     if name.startswith("mobilenet"):
         expected = {"avgpool": taps["pooled_feat"]}
-        expected.update(zip((f"block{k}_pointwise_bn" for k in (3, 5, 11, 13)), preacts))
+        bns = [f"block{k}_pointwise_bn" for k in (3, 5, 11, 13)]
+        expected.update(zip(bns, preacts, strict=True))
     else:
         blocks = [str(n) for n in FIXTURE[f"{name}/feature_layers"]][1:]
         expected = {"stem_bn": preacts[0], **dict(zip(blocks, feats[1:], strict=True))}

@@ -1,4 +1,4 @@
-"""The model zoo: `get(name, num_classes, input_shape)`, `names()`, `features(model)`."""
+"""The model zoo: `get(name, num_classes, input_shape)`, `names()`, `features`."""
 
 from keras_cskd.models import (
     cifar_mobilenet,  # noqa: F401

@@ -1,4 +1,4 @@
-"""Measures the reference CIFAR zoo: logits of every model from ported weights.
+"""Measures the reference CIFAR zoo: logits and feature taps from ported weights.
 
 Imports mdistiller's CIFAR model files (megvii-research/mdistiller @ a08d46f,
 `mdistiller/models/cifar/*.py`) from `--source`, where they are named
@@ -14,16 +14,17 @@ logits, in inference mode, of two seeded standard-normal 32x32 images
 (`make_imagenet_zoo.random_images`), and every feature tap of mdistiller's
 `feats` dict (`feats`, `preact_feats`, `pooled_feat`) as `summarize` reduces
 it: per-channel spatial mean and mean square of a feature map, the pooled
-vector whole (keys `<model>/tap/<tap>/<i>`, `<model>/tap/pooled_feat`). The test regenerates the state dict and the
-images with the same functions, so the fixture holds no weights. It writes
+vector whole (keys `<model>/tap/<tap>/<i>`, `<model>/tap/pooled_feat`). The
+test regenerates the state dict and the images with the same functions, so the
+fixture holds no weights. It writes
 `cifar_zoo.npz` next to this script, with the torch version, the mdistiller
 commit and the SHA-256 of each source file.
 
     pip install torch==2.13.0
     python tests/golden/make_cifar_zoo.py --source PEER
 
-Importing this file does not import torch: the test reads `MODELS`, `SEED` and
-`IMAGE_SIZE` from it.
+Importing this file does not import torch: the test reads `MODELS`, `SEED`,
+`IMAGE_SIZE` and `summarize` from it.
 """
 
 import argparse
