@@ -46,6 +46,13 @@ def test_a_model_without_taps_is_refused_in_one_line():
     assert "\n" not in str(error.value)
 
 
+def test_a_zoo_name_on_other_layers_is_refused_in_one_line():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs), name="resnet8")
+    with pytest.raises(ValueError, match="No feature taps for model 'resnet8'"):
+        keras_cskd.models.features(model)
+
+
 def test_digits_cnn_taps_each_block():
     model = keras_cskd.models.get("digits_cnn", 10, (8, 8, 1))
     shapes = keras_cskd.models.features(model).output

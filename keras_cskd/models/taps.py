@@ -46,7 +46,12 @@ def features(model):
     >>> [tuple(t.shape) for t in taps.output["feats"]]
     [(None, 32, 32, 16), (None, 32, 32, 16), (None, 16, 16, 32), (None, 8, 8, 64)]
     """
-    taps = _named_taps(model) or _zoo_taps(model)
+    taps = _named_taps(model)
+    if taps is None:
+        try:
+            taps = _zoo_taps(model)
+        except ValueError:  # a zoo model's name on a model of other layers
+            taps = None
     if taps is None:
         raise ValueError(
             f"No feature taps for model '{model.name}': use a zoo model or name "
@@ -104,15 +109,15 @@ def _out(model, layer_name):
     return model.get_layer(layer_name).output
 
 
-def _last_blocks(model, prefix="stage"):
+def _last_blocks(model):
     """`["stage1_block<last>", ...]`: the last block of each stage, in order."""
     last = {}
     for layer in model.layers:
-        match = re.match(rf"{prefix}(\d+)_block(\d+)_", layer.name)
+        match = re.match(r"stage(\d+)_block(\d+)_", layer.name)
         if match:
             stage, block = int(match[1]), int(match[2])
             last[stage] = max(last.get(stage, 0), block)
-    return [f"{prefix}{s}_block{last[s]}" for s in sorted(last)]
+    return [f"stage{s}_block{last[s]}" for s in sorted(last)]
 
 
 def _taps(model, feats, preact_feats, pooled="avgpool"):
