@@ -2,8 +2,10 @@
 
 The fixture `golden/cifar_zoo.npz` holds, for each of the 23 CIFAR zoo models as
 mdistiller @ a08d46f defines them (`models/cifar/*.py`, 100 classes), the
-`state_dict` keys and shapes and the float64 inference-mode logits of two seeded
-32x32 images with a seeded NumPy state dict loaded (`golden/make_cifar_zoo.py`).
+`state_dict` keys and shapes and the float64 inference-mode logits and feature
+taps (`feats`, `preact_feats`, `pooled_feat`; feature maps reduced to their
+per-channel spatial mean and mean square) of two seeded 32x32 images with a
+seeded NumPy state dict loaded (`golden/make_cifar_zoo.py`).
 The state dict (BatchNorm running statistics random too) and the images are
 regenerated here with the same functions, so the test needs no torch; the
 command-line tests, which write `.pth` files, do.
@@ -14,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from golden.make_cifar_zoo import IMAGE_SIZE, MODELS, SEED
+from golden.make_cifar_zoo import IMAGE_SIZE, MODELS, SEED, summarize
 from golden.make_imagenet_zoo import (
     fixture_keys_and_shapes,
     random_images,
@@ -53,12 +55,29 @@ def _images():
     return random_images(IMAGE_SIZE, IMAGE_SIZE, seed=SEED)
 
 
-def _assert_reference_logits(model, name):
-    logits = keras.ops.convert_to_numpy(model(_images(), training=False))
-    reference = FIXTURE[f"{name}/logits"]
+def _assert_close(value, key):
+    reference = FIXTURE[key]
     np.testing.assert_allclose(
-        logits, reference, rtol=0, atol=LOGITS_RTOL * np.abs(reference).max()
+        keras.ops.convert_to_numpy(value),
+        reference,
+        rtol=0,
+        atol=LOGITS_RTOL * np.abs(reference).max(),
+        err_msg=key,
     )
+
+
+def _assert_reference_logits(model, name):
+    """The logits and every feature tap of `keras_cskd.models.features`."""
+    taps = keras_cskd.models.features(model)(_images(), training=False)
+    _assert_close(taps["logits"], f"{name}/logits")
+    for tap in ("feats", "preact_feats"):
+        prefix = f"{name}/tap/{tap}/"
+        assert len(taps.get(tap, [])) == sum(k.startswith(prefix) for k in FIXTURE)
+        for i, value in enumerate(taps.get(tap, [])):
+            value = summarize(keras.ops.convert_to_numpy(value))
+            _assert_close(value, f"{prefix}{i}")
+    pooled = keras.ops.convert_to_numpy(taps["pooled_feat"])
+    _assert_close(summarize(pooled), f"{name}/tap/pooled_feat")
 
 
 def test_fixture_covers_the_cifar_zoo():

@@ -1,4 +1,4 @@
-"""The model zoo: `get(name, num_classes, input_shape)` and `names()`."""
+"""The model zoo: `get(name, num_classes, input_shape)`, `names()`, `features`."""
 
 from keras_cskd.models import (
     cifar_mobilenet,  # noqa: F401
@@ -16,12 +16,14 @@ from keras_cskd.models.batch_norm import (
 )
 from keras_cskd.models.registry import get, names, register
 from keras_cskd.models.saving import CodeInModelError, load
+from keras_cskd.models.taps import features
 from keras_cskd.models.teacher import load_teacher
 
 __all__ = [
     "CodeInModelError",
     "GroupBatchNormalization",
     "TorchBatchNormalization",
+    "features",
     "get",
     "load",
     "load_teacher",

@@ -1,4 +1,4 @@
-"""Measures the reference CIFAR zoo: logits of every model from ported weights.
+"""Measures the reference CIFAR zoo: logits and feature taps from ported weights.
 
 Imports mdistiller's CIFAR model files (megvii-research/mdistiller @ a08d46f,
 `mdistiller/models/cifar/*.py`) from `--source`, where they are named
@@ -11,16 +11,20 @@ constructor that mdistiller's `cifar_model_dict` names for it), records its
 `make_imagenet_zoo.random_state_dict` (seed `SEED`; BatchNorm running means and
 variances random, so inference-mode BatchNorm is tested) and records the float64
 logits, in inference mode, of two seeded standard-normal 32x32 images
-(`make_imagenet_zoo.random_images`). The test regenerates the state dict and the
-images with the same functions, so the fixture holds no weights. It writes
+(`make_imagenet_zoo.random_images`), and every feature tap of mdistiller's
+`feats` dict (`feats`, `preact_feats`, `pooled_feat`) as `summarize` reduces
+it: per-channel spatial mean and mean square of a feature map, the pooled
+vector whole (keys `<model>/tap/<tap>/<i>`, `<model>/tap/pooled_feat`). The
+test regenerates the state dict and the images with the same functions, so the
+fixture holds no weights. It writes
 `cifar_zoo.npz` next to this script, with the torch version, the mdistiller
 commit and the SHA-256 of each source file.
 
     pip install torch==2.13.0
     python tests/golden/make_cifar_zoo.py --source PEER
 
-Importing this file does not import torch: the test reads `MODELS`, `SEED` and
-`IMAGE_SIZE` from it.
+Importing this file does not import torch: the test reads `MODELS`, `SEED`,
+`IMAGE_SIZE` and `summarize` from it.
 """
 
 import argparse
@@ -91,6 +95,32 @@ def _build(modules, name):
         return builder(num_classes=NUM_CLASSES)
 
 
+def summarize(tap):
+    """A float64 tap `[n, h, w, c]` or `[n, c]` as its fixture arrays.
+
+    A feature map as the per-image, per-channel spatial mean and mean square
+    (`[2, n, c]`: a wrong sign, ReLU or channel order shows in one or the
+    other); a vector as itself (`[1, n, c]`).
+    """
+    tap = np.asarray(tap, np.float64)
+    if tap.ndim == 2:
+        return tap[None].astype(np.float32)
+    return np.stack([tap.mean(axis=(1, 2)), (tap**2).mean(axis=(1, 2))]).astype(
+        np.float32
+    )
+
+
+def tap_summaries(name, feats):
+    """`{f"{name}/tap/<tap>[/<i>]": summary}` of mdistiller's `feats` dict."""
+    record = {}
+    for tap in ("feats", "preact_feats"):
+        for i, value in enumerate(feats.get(tap, [])):
+            nhwc = value.permute(0, 2, 3, 1).numpy()
+            record[f"{name}/tap/{tap}/{i}"] = summarize(nhwc)
+    record[f"{name}/tap/pooled_feat"] = summarize(feats["pooled_feat"].numpy())
+    return record
+
+
 def _measure(torch, model, name, record):
     state = model.state_dict()
     keys = list(state)
@@ -105,8 +135,9 @@ def _measure(torch, model, name, record):
     with torch.no_grad():
         logits32 = model(images)[0].double()
         model.double()
-        logits = model(images.double())[0]
+        logits, feats = model(images.double())
     record[f"{name}/logits"] = logits.numpy()
+    record.update(tap_summaries(name, feats))
     return float(logits.abs().max()), float((logits32 - logits).abs().max())
 
 

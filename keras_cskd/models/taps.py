@@ -1,0 +1,227 @@
+"""Feature taps: a zoo model's intermediate features, as mdistiller names them.
+
+mdistiller's models return `(logits, feats)` where `feats` holds `"feats"` (the
+stem's and each stage's output), `"preact_feats"` (the same before their last
+ReLU) and `"pooled_feat"` (the globally pooled vector the classifier reads).
+Feature losses pick their inputs from it. `features(model)` builds a
+`keras.Model` with the same outputs for every zoo model, from fixed layer names;
+a user's own functional model names its layers `feats_<i>`, `preact_feats_<i>`
+and `pooled_feat` instead.
+"""
+
+import re
+
+import keras
+
+TAP_KEYS = ("feats", "preact_feats", "pooled_feat", "logits")
+# The 6n+2 CIFAR ResNets (mdistiller `resnet.py`), not resnet18/50 (`resnetv2.py`).
+_CIFAR_RESNET = re.compile(r"resnet(8|14|20|32|44|56|110|8x4|32x4)")
+
+
+def features(model):
+    """A model that returns `model`'s feature taps as mdistiller defines them.
+
+    The outputs are a dict: `"feats"` (list of feature maps, NHWC),
+    `"preact_feats"` (list, the same before their last ReLU; absent for
+    `mobilenetv2`, whose reference defines none), `"pooled_feat"` (`[batch,
+    channels]`) and `"logits"` (the model's output). Zoo models are recognised
+    by their name (`model.name`, kept by `.keras` files and ported teachers).
+    Any other functional model names its layers: `feats_0`, `feats_1`, ...
+    (required), `preact_feats_0`, ... and `pooled_feat` (both optional).
+
+    Args:
+        model: a zoo model or a functional model with named tap layers.
+
+    Returns:
+        A `keras.Model` sharing `model`'s layers and weights.
+
+    Raises:
+        ValueError: if `model` is neither a zoo model nor has `feats_0`.
+
+    Example:
+
+    >>> import keras_cskd
+    >>> model = keras_cskd.models.get("resnet8", 10, (32, 32, 3))
+    >>> taps = keras_cskd.models.features(model)
+    >>> [tuple(t.shape) for t in taps.output["feats"]]
+    [(None, 32, 32, 16), (None, 32, 32, 16), (None, 16, 16, 32), (None, 8, 8, 64)]
+    """
+    taps = _named_taps(model)
+    if taps is None:
+        try:
+            taps = _zoo_taps(model)
+        except ValueError:  # a zoo model's name on a model of other layers
+            taps = None
+    if taps is None:
+        raise ValueError(
+            f"No feature taps for model '{model.name}': use a zoo model or name "
+            "its layers feats_0, feats_1, ... (and optionally preact_feats_<i>, "
+            "pooled_feat)."
+        )
+    taps["logits"] = model.outputs[0]
+    return keras.Model(model.input, taps, name=f"{model.name}_features")
+
+
+def _named_taps(model):
+    """Taps from layers named by the user convention, or `None`."""
+    names = {layer.name for layer in model.layers}
+    if "feats_0" not in names:
+        return None
+    taps = {"feats": _numbered(model, names, "feats")}
+    if "preact_feats_0" in names:
+        taps["preact_feats"] = _numbered(model, names, "preact_feats")
+    if "pooled_feat" in names:
+        taps["pooled_feat"] = model.get_layer("pooled_feat").output
+    return taps
+
+
+def _numbered(model, names, prefix):
+    outputs = []
+    while f"{prefix}_{len(outputs)}" in names:
+        outputs.append(model.get_layer(f"{prefix}_{len(outputs)}").output)
+    return outputs
+
+
+def _zoo_taps(model):
+    """Taps of a zoo model, from its name; `None` for an unknown name."""
+    name = model.name
+    if name.endswith("_imagenet"):
+        if name.startswith("mobilenetv1"):
+            return _mobilenetv1_taps(model)
+        return _resnet_taps(model, stem_preact="stem_bn")
+    if _CIFAR_RESNET.fullmatch(name) or name in ("resnet18", "resnet50"):
+        return _resnet_taps(model, stem_preact="stem_relu")
+    builders = {
+        "wrn": _wrn_taps,
+        "vgg": _vgg_taps,
+        "mobilenetv2": _mobilenetv2_taps,
+        "shufflenetv1": _shufflenetv1_taps,
+        "shufflenetv2": _shufflenetv2_taps,
+        "digits_cnn": _digits_cnn_taps,
+    }
+    for prefix, builder in builders.items():
+        if name.startswith(prefix):
+            return builder(model)
+    return None
+
+
+def _out(model, layer_name):
+    return model.get_layer(layer_name).output
+
+
+def _last_blocks(model):
+    """`["stage1_block<last>", ...]`: the last block of each stage, in order."""
+    last = {}
+    for layer in model.layers:
+        match = re.match(r"stage(\d+)_block(\d+)_", layer.name)
+        if match:
+            stage, block = int(match[1]), int(match[2])
+            last[stage] = max(last.get(stage, 0), block)
+    return [f"stage{s}_block{last[s]}" for s in sorted(last)]
+
+
+def _taps(model, feats, preact_feats, pooled="avgpool"):
+    """The tap dict from layer names (`preact_feats=None`: no such tap)."""
+    taps = {"feats": [_out(model, n) for n in feats]}
+    if preact_feats is not None:
+        taps["preact_feats"] = [_out(model, n) for n in preact_feats]
+    taps["pooled_feat"] = _out(model, pooled)
+    return taps
+
+
+def _resnet_taps(model, stem_preact):
+    # Each stage's last block: the sum before the ReLU, and after it.
+    blocks = _last_blocks(model)
+    return _taps(
+        model,
+        ["stem_relu", *(f"{b}_out" for b in blocks)],
+        [stem_preact, *(f"{b}_add" for b in blocks)],
+    )
+
+
+def _wrn_taps(model):
+    # Pre-activation blocks: a stage's "preact" is the BatchNorm that the next
+    # stage's first block (or the final BatchNorm) applies to its output.
+    blocks = _last_blocks(model)
+    next_bns = [f"stage{s}_block0_pre_bn" for s in range(2, len(blocks) + 1)]
+    return _taps(
+        model,
+        ["stem_conv", *(f"{b}_add" for b in blocks)],
+        ["stem_conv", *next_bns, "final_bn"],
+    )
+
+
+def _vgg_taps(model):
+    # Each block ends in conv-BN; its ReLU is the block's feature.
+    names = {layer.name for layer in model.layers}
+    last = []
+    while f"block{len(last)}_0_relu" in names:
+        k, i = len(last), 0
+        while f"block{k}_{i + 1}_relu" in names:
+            i += 1
+        last.append(f"block{k}_{i}")
+    return _taps(
+        model,
+        [f"{b}_relu" for b in last],
+        [f"{last[0]}_relu", *(f"{b}_bn" for b in last[1:])],
+    )
+
+
+def _mobilenetv2_taps(model):
+    # mdistiller taps the output of the reference's blocks[1], [2], [4], [6]
+    # (stages 2, 3, 5, 7 here) and defines no pre-activation features.
+    names = {layer.name for layer in model.layers}
+    blocks = _last_blocks(model)
+    outputs = [
+        f"{blocks[s - 1]}_add"
+        if f"{blocks[s - 1]}_add" in names
+        else f"{blocks[s - 1]}_project_bn"
+        for s in (2, 3, 5, 7)
+    ]
+    return _taps(model, ["stem_relu", *outputs], None)
+
+
+def _shufflenetv1_taps(model):
+    blocks = _last_blocks(model)
+    names = {layer.name for layer in model.layers}
+    # A unit sums its shortcut, or concatenates it at stride 2, then ReLU.
+    preacts = [f"{b}_add" if f"{b}_add" in names else f"{b}_concat" for b in blocks]
+    return _taps(
+        model,
+        ["stem_relu", *(f"{b}_out" for b in blocks)],
+        ["stem_relu", *preacts],
+    )
+
+
+def _shufflenetv2_taps(model):
+    # The reference's pre-activation of a stage's last unit is the unshuffled
+    # concat of the passed-through half and the branch before its last ReLU:
+    # no layer holds it, so the tap concatenates the two here.
+    blocks = _last_blocks(model)
+    feats = ["stem_relu", *(f"{b}_shuffle_merge" for b in blocks)]
+    taps = _taps(model, feats, None)
+    taps["preact_feats"] = [taps["feats"][0]] + [
+        keras.layers.Concatenate(name=f"{b}_preact")(
+            [model.get_layer(f"{b}_concat").input[0], _out(model, f"{b}_3_bn")]
+        )
+        for b in blocks
+    ]
+    return taps
+
+
+def _mobilenetv1_taps(model):
+    # mdistiller's ImageNet MobileNetV1 taps blocks 3, 5, 11 and 13.
+    blocks = [f"block{k}_pointwise" for k in (3, 5, 11, 13)]
+    return _taps(model, [f"{b}_relu" for b in blocks], [f"{b}_bn" for b in blocks])
+
+
+def _digits_cnn_taps(model):
+    # No reference: each conv block's ReLU, and the BatchNorm before it.
+    names = {layer.name for layer in model.layers}
+    count = sum(1 for n in names if re.fullmatch(r"relu\d+", n))
+    return _taps(
+        model,
+        [f"relu{i}" for i in range(count)],
+        [f"bn{i}" for i in range(count)],
+        pooled="gap",
+    )
