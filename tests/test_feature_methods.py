@@ -31,12 +31,16 @@ def _feats(role):
     return [_golden(role, f"feats{i}") for i in STAGES]
 
 
+def _pair(key):
+    return lambda: (_golden("teacher", key), _golden("student", key))
+
+
 # Each method: the loss, teacher and student inputs, and the gradient keys.
 GOLDEN_CASES = {
     "nst": (NST, lambda: (_feats("teacher"), _feats("student")), STAGES),
-    "pkt": (PKT, lambda: (_golden("teacher", "pooled"), _golden("student", "pooled")), None),
-    "rkd": (RKD, lambda: (_golden("teacher", "pooled"), _golden("student", "pooled")), None),
-    "sp": (SP, lambda: (_golden("teacher", "feats3"), _golden("student", "feats3")), (3,)),
+    "pkt": (PKT, _pair("pooled"), None),
+    "rkd": (RKD, _pair("pooled"), None),
+    "sp": (SP, _pair("feats3"), (3,)),
     "kdsvd": (KDSVD, lambda: (_feats("teacher"), _feats("student")), STAGES),
 }
 
@@ -81,7 +85,7 @@ def test_kdsvd_canonical_signs_match_mdistiller_with_canonical_svd():
 
 def test_sp_reference_value_has_shape_one_and_ours_is_its_scalar():
     assert tuple(GOLDEN["sp/shape"]) == (1,)
-    value = SP().compute_loss(_golden("teacher", "feats3"), _golden("student", "feats3"))
+    value = SP().compute_loss(*_pair("feats3")())
     assert value.shape == ()
 
 

@@ -63,7 +63,8 @@ class FeatureLoss(DistillationLoss):
                     f"{tuple(student.shape)}: name other layers."
                 )
         teacher_stages = [
-            ops.stop_gradient(ops.cast(teacher, "float32")) for teacher in teacher_stages
+            ops.stop_gradient(ops.cast(teacher, "float32"))
+            for teacher in teacher_stages
         ]
         student_stages = [ops.cast(student, "float32") for student in student_stages]
         return teacher_stages, student_stages

@@ -33,9 +33,7 @@ def mean_normalized(distances):
 def triplet_angles(rows):
     """`cos` of the angle at `i` between `j` and `k`, flattened: `[B^3]`."""
     differences = l2_normalize(rows[None, :, :] - rows[:, None, :], axis=2)
-    return ops.reshape(
-        ops.einsum("ijd,ikd->ijk", differences, differences), (-1,)
-    )
+    return ops.reshape(ops.einsum("ijd,ikd->ijk", differences, differences), (-1,))
 
 
 def smooth_l1(x, y):
@@ -98,11 +96,17 @@ class RKD(FeatureLoss):
         for teacher, student in zip(teacher_stages, student_stages, strict=True):
             teacher, student = flatten_rows(teacher), flatten_rows(student)
             distance_loss = smooth_l1(
-                mean_normalized(pairwise_distances(student, self.squared, self.epsilon)),
-                mean_normalized(pairwise_distances(teacher, self.squared, self.epsilon)),
+                mean_normalized(
+                    pairwise_distances(student, self.squared, self.epsilon)
+                ),
+                mean_normalized(
+                    pairwise_distances(teacher, self.squared, self.epsilon)
+                ),
             )
             angle_loss = smooth_l1(triplet_angles(student), triplet_angles(teacher))
-            total += self.distance_weight * distance_loss + self.angle_weight * angle_loss
+            total += (
+                self.distance_weight * distance_loss + self.angle_weight * angle_loss
+            )
         return total
 
     def get_config(self):

@@ -89,7 +89,12 @@ class FixedFeatures(torch.nn.Module):
 
     def __init__(self, feats, pooled):
         super().__init__()
-        self.feats = [torch.tensor(np.ascontiguousarray(f.transpose(0, 3, 1, 2)), requires_grad=True) for f in feats]
+        self.feats = [
+            torch.tensor(
+                np.ascontiguousarray(f.transpose(0, 3, 1, 2)), requires_grad=True
+            )
+            for f in feats
+        ]
         self.pooled = torch.tensor(pooled, requires_grad=True)
 
     def forward(self, image):
@@ -111,12 +116,19 @@ def canonical_svd(svd):
 
 def run(module, name, cfg, teacher, student):
     """`loss_kd` and its gradient w.r.t. the student's features (NHWC)."""
-    distiller = getattr(module, name)(FixedFeatures(*student), FixedFeatures(*teacher), cfg)
-    _, losses = distiller.forward_train(torch.zeros(BATCH, 3, 2, 2), torch.zeros(BATCH).long())
+    distiller = getattr(module, name)(
+        FixedFeatures(*student), FixedFeatures(*teacher), cfg
+    )
+    _, losses = distiller.forward_train(
+        torch.zeros(BATCH, 3, 2, 2), torch.zeros(BATCH).long()
+    )
     loss = losses["loss_kd"]
     stub = distiller.student
     loss.sum().backward()
-    out = {"loss_kd": loss.detach().numpy().astype(np.float64), "shape": np.array(loss.shape)}
+    out = {
+        "loss_kd": loss.detach().numpy().astype(np.float64),
+        "shape": np.array(loss.shape),
+    }
     for i, f in enumerate(stub.feats):
         if f.grad is not None:
             out[f"grad_feats{i}"] = f.grad.numpy().transpose(0, 2, 3, 1)
@@ -137,17 +149,29 @@ def main():
     teacher, student = features(rng, TEACHER_SHAPES), features(rng, STUDENT_SHAPES)
     out = {}
     for i in range(4):
-        out[f"teacher_feats{i}"], out[f"student_feats{i}"] = teacher[0][i], student[0][i]
+        out[f"teacher_feats{i}"], out[f"student_feats{i}"] = (
+            teacher[0][i],
+            student[0][i],
+        )
     out["teacher_pooled"], out["student_pooled"] = teacher[1], student[1]
     results = {m.lower(): run(modules[m], m, cfg, teacher, student) for m in METHODS}
     torch_svd = torch.svd
-    modules["KDSVD"].torch = types.SimpleNamespace(**{**vars(torch), "svd": canonical_svd(torch_svd)})
+    modules["KDSVD"].torch = types.SimpleNamespace(
+        **{**vars(torch), "svd": canonical_svd(torch_svd)}
+    )
     results["kdsvd_canonical"] = run(modules["KDSVD"], "KDSVD", cfg, teacher, student)
     modules["KDSVD"].torch = torch
-    pooled_student = features(np.random.default_rng(7), ((8, 4), (16, 4), (6, 8), (4, 16)))
+    pooled_student = features(
+        np.random.default_rng(7), ((8, 4), (16, 4), (6, 8), (4, 16))
+    )
     out["student_pooled_feats1"] = pooled_student[0][1]
-    student_with_large_stage1 = ([*student[0][:1], pooled_student[0][1], *student[0][2:]], student[1])
-    results["nst_pooled"] = run(modules["NST"], "NST", cfg, teacher, student_with_large_stage1)
+    student_with_large_stage1 = (
+        [*student[0][:1], pooled_student[0][1], *student[0][2:]],
+        student[1],
+    )
+    results["nst_pooled"] = run(
+        modules["NST"], "NST", cfg, teacher, student_with_large_stage1
+    )
     for method, values in results.items():
         for key, value in values.items():
             out[f"{method}/{key}"] = value
