@@ -7,12 +7,16 @@ from the papers and mdistiller's code, on float64 copies of the inputs.
 """
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_backends import skip_unless_installed
 
 import keras_cskd
 from keras_cskd.losses import KDSVD, NST, PKT, RKD, SP
@@ -309,3 +313,50 @@ def test_distiller_fits_with_rkd_on_named_pooled_layers():
     x, y = _random((8, 8, 8, 1), 2), np.arange(8) % 3
     history = distiller.fit(x, y, batch_size=4, epochs=1, verbose=0)
     assert np.isfinite(history.history["distillation_loss"][-1])
+
+
+@pytest.mark.parametrize("method", list(GOLDEN_CASES))
+def test_traces_with_an_unknown_batch_size(method):
+    loss_class, inputs, _ = GOLDEN_CASES[method]
+    teacher, student = inputs()
+    spec = tf.nest.map_structure(
+        lambda x: tf.TensorSpec((None,) + x.shape[1:]), (teacher, student)
+    )
+    traced = tf.function(loss_class().compute_loss, input_signature=spec)
+    np.testing.assert_allclose(
+        traced(teacher, student), loss_class().compute_loss(teacher, student), rtol=RTOL
+    )
+
+
+_BACKEND_SCRIPT = """
+import json, numpy as np
+from keras_cskd.losses import KDSVD, NST, PKT, RKD, SP
+golden = np.load("tests/golden/feature_losses.npz")
+def pair(key):
+    return golden["teacher_" + key], golden["student_" + key]
+roles = ("teacher", "student")
+stages = [[golden[role + f"_feats{i}"] for i in (1, 2, 3)] for role in roles]
+pooled = pair("pooled")
+cases = {"nst": (NST, stages), "pkt": (PKT, pooled), "rkd": (RKD, pooled),
+         "sp": (SP, pair("feats3")), "kdsvd": (KDSVD, stages)}
+print(json.dumps({m: float(c().compute_loss(*x)) for m, (c, x) in cases.items()}))
+"""
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("backend", ["jax"])  # torch: same, checked by hand (~10 s)
+def test_golden_values_on_other_backends(backend):
+    skip_unless_installed(backend)
+    env = dict(os.environ, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(
+        [sys.executable, "-c", _BACKEND_SCRIPT],
+        env=env,
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    values = json.loads(result.stdout.strip().splitlines()[-1])
+    for method, value in values.items():
+        expected = GOLDEN[f"{method}/loss_kd"].reshape(()) / GOLDEN[f"{method}/weight"]
+        np.testing.assert_allclose(value, expected, rtol=RTOL, err_msg=method)
