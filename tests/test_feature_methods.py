@@ -294,6 +294,10 @@ def test_bad_arguments_are_refused():
         KDSVD(signs="positive")
     with pytest.raises(ValueError, match="rank 4"):
         NST().compute_loss(np.ones((2, 3), "float32"), np.ones((2, 3), "float32"))
+    with pytest.raises(ValueError, match="integer factor"):
+        NST().compute_loss(
+            np.ones((2, 4, 4, 3), "float32"), np.ones((2, 6, 6, 2), "float32")
+        )
     with pytest.raises(ValueError, match="pairwise"):
         NST().compute_loss([np.ones((2, 2, 2, 1), "float32")] * 2, [])
 

@@ -20,6 +20,24 @@ def mean_polynomial_kernel(a, b):
     return ops.mean(ops.square(ops.einsum("nip,njp->nij", a, b)))
 
 
+def pooled_to_smaller_height(teacher, student):
+    """mdistiller's pooling: the map with the larger height average-pooled to
+    `(h, h)`, `h` the smaller height (an integer ratio here)."""
+    teacher_height, student_height = teacher.shape[1], student.shape[1]
+    if teacher_height == student_height:
+        return teacher, student
+    size = min(teacher_height, student_height)
+    larger = teacher if teacher_height > size else student
+    if larger.shape[1] % size or larger.shape[2] % size:
+        raise ValueError(
+            f"NST pools the larger map to {size}x{size} by an integer factor; got "
+            f"teacher {tuple(teacher.shape)} and student {tuple(student.shape)}: "
+            "choose layers whose sizes divide."
+        )
+    pooled = average_pool_to(larger, size, size)
+    return (pooled, student) if larger is teacher else (teacher, pooled)
+
+
 @register("nst")
 @keras.saving.register_keras_serializable(package="keras_cskd")
 class NST(FeatureLoss):
@@ -28,7 +46,8 @@ class NST(FeatureLoss):
     Each channel's `H*W` map is L2-normalised (PyTorch's `F.normalize`), and
     with `k(a, b) = mean_{n,i,j} <a_ni, b_nj>^2` over channels `i`, `j`,
     `L = k(t, t) + k(s, s) - 2 k(s, t)` (the squared MMD of the polynomial
-    kernel), the larger map first average-pooled to the smaller one's size.
+    kernel), the map with the larger height first average-pooled to a square
+    of the smaller height (mdistiller's adaptive pooling; an integer ratio).
     Channel counts may differ. mdistiller sums it over the stages after the
     stem (`feats[1:]`) and weighs it by 50 (`REFERENCE_WEIGHT`, cfg.py's
     `NST.LOSS.FEAT_WEIGHT`): pass lists here, or use one NST per stage pair
@@ -53,10 +72,8 @@ class NST(FeatureLoss):
     def stage_losses(self, teacher_stages, student_stages):
         total = 0.0
         for teacher, student in zip(teacher_stages, student_stages, strict=True):
-            # mdistiller pools both axes to the smaller height (square maps).
-            size = min(teacher.shape[1], student.shape[1])
-            teacher = channel_maps(average_pool_to(teacher, size, size))
-            student = channel_maps(average_pool_to(student, size, size))
+            teacher, student = pooled_to_smaller_height(teacher, student)
+            teacher, student = channel_maps(teacher), channel_maps(student)
             total += (
                 mean_polynomial_kernel(teacher, teacher)
                 + mean_polynomial_kernel(student, student)
