@@ -15,11 +15,16 @@ from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.dkd import DKD
 from keras_cskd.losses.feature_distillation import FeatureDistillation
 from keras_cskd.losses.kd import KD
+from keras_cskd.losses.kdsvd import KDSVD
 from keras_cskd.losses.logit_loss import LogitLoss
 from keras_cskd.losses.lskd import LSKD
 from keras_cskd.losses.mlkd import MLKD
+from keras_cskd.losses.nst import NST
+from keras_cskd.losses.pkt import PKT
 from keras_cskd.losses.registry import get, get_class, names, register
+from keras_cskd.losses.rkd import RKD
 from keras_cskd.losses.skd import SKD
+from keras_cskd.losses.sp import SP
 from keras_cskd.losses.two_view_cskd import TwoViewCSKD
 
 # Old spellings, refused with the new one (nothing saved refers to them).
@@ -38,10 +43,15 @@ __all__ = [
     "DistillationLoss",
     "FeatureDistillation",
     "KD",
+    "KDSVD",
     "LSKD",
     "LogitLoss",
     "MLKD",
+    "NST",
+    "PKT",
+    "RKD",
     "SKD",
+    "SP",
     "TwoViewCSKD",
     "get",
     "get_class",

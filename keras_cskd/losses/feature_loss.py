@@ -1,0 +1,92 @@
+"""`FeatureLoss`: the base of the feature methods without trainable modules."""
+
+from keras import ops
+
+from keras_cskd.losses.distillation_loss import DistillationLoss
+from keras_cskd.losses.feature_distillation import check_named_layers
+
+
+class FeatureLoss(DistillationLoss):
+    """A loss between teacher and student features, stage by stage.
+
+    The `Distiller` passes the outputs of `teacher_layer_name` and
+    `student_layer_name` (one tensor each); called directly, `compute_loss`
+    also takes lists of tensors, one per stage (mdistiller's `feats[1:]`).
+    Subclasses define `stage_losses(teacher_stages, student_stages)`, which
+    gets float32 lists, the teacher's behind `stop_gradient`, and returns a
+    scalar. `min_rank` is the feature rank the method needs (4: `[B, H, W, C]`).
+
+    Args:
+        teacher_layer_name: the teacher layer, or `None` for its logits.
+        student_layer_name: the student layer, or `None` for its logits.
+
+    Example:
+
+    >>> from keras_cskd.losses import PKT
+    >>> loss = PKT("teacher_pool", "student_pool")
+    >>> loss.get_config()["teacher_layer_name"]
+    'teacher_pool'
+    """
+
+    min_rank = 2
+
+    def __init__(self, teacher_layer_name=None, student_layer_name=None):
+        self.teacher_layer_name = teacher_layer_name
+        self.student_layer_name = student_layer_name
+
+    def validate_model_compatibility(self, teacher, student):
+        """Checks that the named layers exist in functional or Sequential models."""
+        check_named_layers(self, teacher, student)
+
+    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+        """The scalar loss between teacher and student features (or lists)."""
+        teacher_stages, student_stages = self.stages(teacher_outputs, student_outputs)
+        return self.stage_losses(teacher_stages, student_stages)
+
+    def stages(self, teacher_outputs, student_outputs):
+        """Both outputs as equally long float32 lists, the teacher's frozen."""
+        name = type(self).__name__
+        teacher_stages, student_stages = (
+            list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+            for outputs in (teacher_outputs, student_outputs)
+        )
+        if len(teacher_stages) != len(student_stages) or not teacher_stages:
+            raise ValueError(
+                f"{name} compares stages pairwise; got {len(teacher_stages)} teacher "
+                f"and {len(student_stages)} student features: pass as many of each."
+            )
+        for teacher, student in zip(teacher_stages, student_stages, strict=True):
+            if len(teacher.shape) < self.min_rank or len(student.shape) < self.min_rank:
+                raise ValueError(
+                    f"{name} needs features of rank {self.min_rank} or more, got "
+                    f"teacher {tuple(teacher.shape)} and student "
+                    f"{tuple(student.shape)}: name other layers."
+                )
+        teacher_stages = [
+            ops.stop_gradient(ops.cast(teacher, "float32"))
+            for teacher in teacher_stages
+        ]
+        student_stages = [ops.cast(student, "float32") for student in student_stages]
+        return teacher_stages, student_stages
+
+    def stage_losses(self, teacher_stages, student_stages):
+        raise NotImplementedError
+
+    def get_config(self):
+        return {
+            "teacher_layer_name": self.teacher_layer_name,
+            "student_layer_name": self.student_layer_name,
+        }
+
+
+def flatten_rows(features):
+    """`[B, ...] -> [B, D]` (the order within a row does not matter to the
+    methods that use it: they only take dot products of whole rows)."""
+    return ops.reshape(features, (ops.shape(features)[0], -1))
+
+
+def l2_normalize(x, axis):
+    """PyTorch's `F.normalize`: `x / max(|x|, 1e-12)`; zero stays zero, with a
+    finite gradient."""
+    squared_norm = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    return x / ops.sqrt(ops.maximum(squared_norm, 1e-24))
