@@ -78,6 +78,8 @@ class GroupBatchNormalization(keras.layers.BatchNormalization):
             )
         statistics = group_moments(x, axis, self.group_size)
         self._update_moving_statistics(*statistics.first_group)
+        if len(statistics.mean.shape) == 1:  # one group: Keras's own arithmetic
+            return ops.cast(self._normalized(x, statistics), self.compute_dtype)
         inverse = ops.rsqrt(statistics.variance + self.epsilon)
         shape = [1] * len(x.shape)
         shape[axis] = x.shape[axis]
@@ -87,6 +89,17 @@ class GroupBatchNormalization(keras.layers.BatchNormalization):
         if self.center:
             outputs = outputs + ops.reshape(ops.cast(self.beta, x.dtype), shape)
         return ops.cast(outputs, self.compute_dtype)
+
+    def _normalized(self, x, statistics):
+        return ops.batch_normalization(
+            x,
+            statistics.mean,
+            statistics.variance,
+            axis=self.axis,
+            offset=ops.cast(self.beta, x.dtype) if self.center else None,
+            scale=ops.cast(self.gamma, x.dtype) if self.scale else None,
+            epsilon=self.epsilon,
+        )
 
     def _update_moving_statistics(self, mean, variance, count):
         if self.unbiased_moving_variance:
@@ -136,7 +149,8 @@ class TorchBatchNormalization(GroupBatchNormalization):
 
 class GroupMoments:
     """Per-image group statistics (`mean`, `variance`, broadcastable to the
-    local inputs) and the first group's `(mean, variance, count)`."""
+    local inputs; per channel, shape `[C]`, where the group is the whole
+    batch on one array) and the first group's `(mean, variance, count)`."""
 
     def __init__(self, mean, variance, first_group):
         self.mean, self.variance, self.first_group = mean, variance, first_group
@@ -178,6 +192,8 @@ def group_moments(x, axis, group_size):
     def image_sums(values):  # -> [batch, channels]
         return ops.sum(values, axis=image_axes) if image_axes else values
 
+    if group_size is None and gather.context is None:
+        return _batch_moments(x, axis, values_per_image)
     sums = gather.rows(image_sums(x))
     counts = ops.full((ops.shape(sums)[0], 1), values_per_image, dtype=x.dtype)
     counts = _group_sums(counts, group_size)
@@ -190,6 +206,16 @@ def group_moments(x, axis, group_size):
         per_image(gather.own(variance)),
         gather.first_replicas((mean[0], variance[0], counts[0, 0])),
     )
+
+
+def _batch_moments(x, axis, values_per_image):
+    """One group, the whole batch on one array: `ops.moments`, whose float32
+    sums are the ones a one-device run always had (and PyTorch's to 1e-5
+    over three SGD steps, tests/test_reference_training.py)."""
+    axes = [a for a in range(len(x.shape)) if a != axis]
+    mean, variance = ops.moments(x, axes)
+    count = ops.cast(ops.shape(x)[0] * values_per_image, x.dtype)
+    return GroupMoments(mean, variance, (mean, variance, count))
 
 
 def _group_sums(rows, group_size):
