@@ -23,6 +23,8 @@ def build_loss(name):
         "cskd_per_replica": lambda: losses.CSKD(global_batch=False),
         "dist": lambda: losses.get("dist"),
         "dkd": lambda: losses.get("dkd"),
+        "kd_ls": lambda: losses.KD(temperature=2.0, standardize=True),
+        "dkd_ls": lambda: losses.DKD(temperature=2.0, standardize=True),
         "two_view_cskd": lambda: losses.TwoViewCSKD(),
         "fitnets": lambda: FITNETS(),
         "attention_transfer": lambda: ATTENTION(),

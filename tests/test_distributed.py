@@ -16,6 +16,7 @@ from keras_cskd import distribute
 pytestmark = pytest.mark.large  # multi-process, end-to-end or every zoo model
 
 LOSSES = ["kd", "cskd", "cskd_cswt", "kd_cswt", "dist", "dkd", "two_view_cskd"]
+LOSSES += ["kd_ls", "dkd_ls"]  # logit standardisation: per-sample, exact on shards
 FEATURE_LOSSES = ["fitnets", "attention_transfer", "several"]
 TOLERANCE = 1e-5
 

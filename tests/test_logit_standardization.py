@@ -5,6 +5,10 @@
 tests/golden/README.md); torch is not needed here.
 """
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -12,6 +16,7 @@ import numpy as np
 import pytest
 import reference  # tests/reference.py (pytest puts tests/ on sys.path)
 import tensorflow as tf
+from test_backends import skip_unless_installed
 
 from keras_cskd import builders, losses
 from keras_cskd import config as config_module
@@ -153,3 +158,36 @@ def test_the_config_key_reaches_kd_and_dkd_and_is_refused_elsewhere():
         assert builders.build_loss(config_module.loss_config(method)) is not None
         with pytest.raises(ValueError, match="takes no logit standardisation"):
             builders.build_loss(config_module.loss_config(method, standardize=True))
+
+
+_JAX_SCRIPT = """
+import json, numpy as np
+from keras_cskd import losses
+golden = np.load("tests/golden/lskd.npz")
+makers = {"kd": lambda: losses.KD(temperature=2.0, standardize=True),
+          "dkd": lambda: losses.DKD(temperature=2.0, alpha=9.0, beta=72.0,
+                                    warmup_epochs=20, standardize=True)}
+print(json.dumps({
+    f"{m}_case{c}": float(make().compute_loss(
+        golden[f"case{c}_teacher"], golden[f"case{c}_student"],
+        labels=golden[f"case{c}_labels"], epoch=int(golden["epoch"])))
+    for m, make in makers.items() for c in range(int(golden["cases"]))}))
+"""
+
+
+@pytest.mark.large
+def test_standardized_losses_equal_the_lskd_code_on_jax():
+    skip_unless_installed("jax")
+    result = subprocess.run(
+        [sys.executable, "-c", _JAX_SCRIPT],
+        env=dict(os.environ, KERAS_BACKEND="jax", CUDA_VISIBLE_DEVICES=""),
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    values = json.loads(result.stdout.strip().splitlines()[-1])
+    for key, value in values.items():
+        method = key.split("_")[0]
+        expected = float(GOLDEN[f"{method}_{key[len(method) + 1 :]}_loss"])
+        assert WEIGHTS[method] * value == pytest.approx(expected, rel=1e-5), key
