@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import workers
+from test_backends import skip_unless_installed
 
 from keras_cskd import distribute
 
@@ -79,7 +80,7 @@ def test_two_worker_processes_train_like_one_device(tmp_path):
 
 def test_jax_data_parallel_trains_like_one_device(tmp_path):
     """Groups of half the batch: explicit, not the whole sharded array's."""
-    pytest.importorskip("jax")
+    skip_unless_installed("jax")
     group = batch_norm_job.GLOBAL_BATCH // 2
     command, env = run_job(tmp_path / "jax.npz", "resnet8", group, "--backend=jax")
     result = subprocess.run(
