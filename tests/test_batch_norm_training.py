@@ -68,21 +68,23 @@ def run_job(out, student, group, *flags, env=None):
     }
 
 
-def test_two_worker_processes_train_like_one_device(tmp_path):
+@pytest.mark.parametrize("student", STUDENTS)
+def test_two_worker_processes_train_like_one_device(student, tmp_path):
     group = batch_norm_job.GLOBAL_BATCH  # one group spanning the two workers
     command, env = run_job(
-        tmp_path / "multi.npz", "resnet8", group, "--strategy=multiworker"
+        tmp_path / "multi.npz", student, group, "--strategy=multiworker"
     )
     workers.finish(workers.start(command, env=env), timeout=300)
     with np.load(tmp_path / "multi.npz") as multi:
-        assert_same_weights(one_device("resnet8", group), dict(multi))
+        assert_same_weights(one_device(student, group), dict(multi))
 
 
-def test_jax_data_parallel_trains_like_one_device(tmp_path):
+@pytest.mark.parametrize("student", STUDENTS)
+def test_jax_data_parallel_trains_like_one_device(student, tmp_path):
     """Groups of half the batch: explicit, not the whole sharded array's."""
     skip_unless_installed("jax")
     group = batch_norm_job.GLOBAL_BATCH // 2
-    command, env = run_job(tmp_path / "jax.npz", "resnet8", group, "--backend=jax")
+    command, env = run_job(tmp_path / "jax.npz", student, group, "--backend=jax")
     result = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=300
     )
