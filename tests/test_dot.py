@@ -446,12 +446,10 @@ def test_kd_dot_trains_alike_on_every_backend(
 ):
     """JAX (one device, and DataParallel over two) and PyTorch end where
     TensorFlow ends: student weights, both momentum buffers and logs to 1e-4."""
-    import importlib.util
-
     import backend_run
+    from test_backends import skip_unless_installed
 
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed")
+    skip_unless_installed(backend)
     reference = tensorflow_run
     other = _run_on(backend, backend_inputs, *flags)
     assert str(other["backend"]) == backend

@@ -15,7 +15,9 @@ from keras_cskd import teachers
 from keras_cskd.models import porting
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
-needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs torch to write a .pth")
+needs_torch = pytest.mark.skipif(
+    not HAS_TORCH, reason="writing a .pth needs PyTorch: pip install keras-cskd[torch]"
+)
 
 
 def seeded_state_dict(model, seed=0):
