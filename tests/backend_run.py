@@ -201,15 +201,7 @@ def train(inputs, loss_name="cskd", num_devices=1):
 
     import keras_cskd
 
-    teacher, student = build_teacher(), build_student()
-    for role, model in (("teacher", teacher), ("student", student)):
-        names = [w.name for w in model.weights]
-        if names != list(inputs[f"{role}_names"]):
-            raise RuntimeError(
-                f"The {role}'s weights are {names} on {keras.backend.backend()}, "
-                f"the inputs hold {list(inputs[f'{role}_names'])}."
-            )
-        model.set_weights(read_weights(inputs, role))
+    teacher, student = models_from(inputs)
     distiller = keras_cskd.Distiller(teacher, student, build_loss(loss_name))
     distiller.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     history = distiller.fit(
@@ -220,13 +212,35 @@ def train(inputs, loss_name="cskd", num_devices=1):
         shuffle=False,
         verbose=0,
     )
-    arrays = {
-        "backend": np.array(keras.backend.backend()),
-        "num_devices": np.array(num_devices),
-        "variable_devices": np.array(variable_devices(student)),
-    }
-    arrays.update(weight_arrays("student", student.get_weights()))
+    arrays = trained_arrays(student, history)
+    arrays["num_devices"] = np.array(num_devices)
+    arrays["variable_devices"] = np.array(variable_devices(student))
     arrays.update(weight_arrays("teacher", teacher.get_weights()))
+    return arrays
+
+
+def models_from(inputs):
+    """`(teacher, student)` with the weights in `inputs`."""
+    import keras
+
+    teacher, student = build_teacher(), build_student()
+    for role, model in (("teacher", teacher), ("student", student)):
+        names = [w.name for w in model.weights]
+        if names != list(inputs[f"{role}_names"]):
+            raise RuntimeError(
+                f"The {role}'s weights are {names} on {keras.backend.backend()}, "
+                f"the inputs hold {list(inputs[f'{role}_names'])}."
+            )
+        model.set_weights(read_weights(inputs, role))
+    return teacher, student
+
+
+def trained_arrays(student, history):
+    """The backend, the student's weights and the history, to write."""
+    import keras
+
+    arrays = {"backend": np.array(keras.backend.backend())}
+    arrays.update(weight_arrays("student", student.get_weights()))
     for key, values in history.history.items():
         arrays[f"history_{key}"] = np.asarray(values, dtype="float64")
     return arrays

@@ -19,13 +19,10 @@ import backend_run  # noqa: E402
 
 
 def train(inputs):
-    import keras
 
     import keras_cskd
 
-    teacher, student = backend_run.build_teacher(), backend_run.build_student()
-    teacher.set_weights(backend_run.read_weights(inputs, "teacher"))
-    student.set_weights(backend_run.read_weights(inputs, "student"))
+    teacher, student = backend_run.models_from(inputs)
     distiller = keras_cskd.Distiller(
         teacher,
         student,
@@ -43,12 +40,9 @@ def train(inputs):
         shuffle=False,
         verbose=0,
     )
-    arrays = {"backend": np.array(keras.backend.backend())}
-    arrays.update(backend_run.weight_arrays("student", student.get_weights()))
+    arrays = backend_run.trained_arrays(student, history)
     buffers = optimizer.task_momentums + optimizer.distillation_momentums
     arrays.update(backend_run.weight_arrays("buffer", [np.asarray(b) for b in buffers]))
-    for key, values in history.history.items():
-        arrays[f"history_{key}"] = np.asarray(values, dtype="float64")
     return arrays
 
 

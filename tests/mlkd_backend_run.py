@@ -61,9 +61,7 @@ def train(inputs):
 
     import keras_cskd
 
-    teacher, student = backend_run.build_teacher(), backend_run.build_student()
-    for role, model in (("teacher", teacher), ("student", student)):
-        model.set_weights(backend_run.read_weights(inputs, role))
+    teacher, student = backend_run.models_from(inputs)
     distiller = keras_cskd.Distiller(
         teacher,
         student,
@@ -82,11 +80,7 @@ def train(inputs):
         shuffle=False,
         verbose=0,
     )
-    arrays = {"backend": np.array(keras.backend.backend())}
-    arrays.update(backend_run.weight_arrays("student", student.get_weights()))
-    for key, values in history.history.items():
-        arrays[f"history_{key}"] = np.asarray(values, dtype="float64")
-    return arrays
+    return backend_run.trained_arrays(student, history)
 
 
 def main():
