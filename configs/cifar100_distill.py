@@ -144,9 +144,16 @@ DOT_PAIRS = (
     ("resnet32x4", "shufflenetv2"),
     ("vgg13", "vgg8"),
 )
+# mdistiller's feature methods (a08d46f): per method, the loss block (the
+# taps it reads and cfg.py's options) and the weights of the cross-entropy and
+# of the loss (cfg.py's <METHOD>.LOSS.CE_WEIGHT and FEAT_WEIGHT). Their solver
+# is `kd`'s (configs/cifar100/<method>.yaml). docs/reproducing.md, "Feature
+# methods", gives each value's source.
+FEATURE_RECIPES = {}
 SMALL_LEARNING_RATE_STUDENTS = ("shufflenetv1", "shufflenetv2", "mobilenetv2")
 METHODS = ("kd", "dkd", "cskd", "cskd_reference", "kd_ls", "dkd_ls", "ctkd", "kd_dot")
 MLKD_METHODS = ("mlkd", "mlkd_ls")
+FEATURE_METHODS = tuple(FEATURE_RECIPES)
 
 
 def pairs(method):
@@ -159,11 +166,9 @@ def get_config(spec="cskd_reference,resnet32x4,resnet8x4"):
     if (teacher, student) not in PAIRS:
         known = ", ".join(f"{t},{s}" for t, s in PAIRS)
         raise ValueError(f"Unknown pair {teacher},{student}; known pairs: {known}.")
-    if method not in METHODS + MLKD_METHODS:
-        raise ValueError(
-            f"Unknown method '{method}' for CIFAR-100: "
-            f"{', '.join(METHODS + MLKD_METHODS)}."
-        )
+    known = METHODS + MLKD_METHODS + FEATURE_METHODS
+    if method not in known:
+        raise ValueError(f"Unknown method '{method}' for CIFAR-100: {', '.join(known)}.")
     if method == "kd_dot":
         return _kd_dot(teacher, student)
     config = default_config()
@@ -200,6 +205,11 @@ def get_config(spec="cskd_reference,resnet32x4,resnet8x4"):
         )
     elif method == "ctkd":
         _use_ctkd(config)
+    elif method in FEATURE_METHODS:
+        recipe = FEATURE_RECIPES[method]
+        config.loss = recipe["loss"].copy_and_resolve_references()
+        config.ce_weight = recipe["ce_weight"]
+        config.distillation_loss_weight = recipe["distillation_loss_weight"]
     elif method == "cskd":
         config.loss = loss_config("cskd", temperature=4.0, cswt=True, alpha=2.0)
     elif method == "cskd_reference":

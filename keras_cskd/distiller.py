@@ -12,6 +12,7 @@ from keras_cskd.callbacks import EpochCounter, RefuseEmptyEpochs, trained_weight
 from keras_cskd.checks import class_labels, non_negative_number
 from keras_cskd.losses.distillation_loss import as_distillation_loss
 from keras_cskd.metrics import Means
+from keras_cskd.models import taps
 
 # Keys of an input batch that carries cached teacher logits.
 IMAGES = "images"
@@ -459,7 +460,7 @@ class Distiller(keras.Model):
         for index, adapted in enumerate(self._interfaces):
             if adapted.layers:
                 outputs[_projected_key(index)] = adapted.project_student(
-                    outputs[adapted.student_layer_name or LOGITS]
+                    outputs[_output_key(adapted.student_layer_name or LOGITS)]
                 )
         return outputs
 
@@ -472,8 +473,8 @@ class Distiller(keras.Model):
     def _loss_value(self, index, teacher, student, labels, replica_ids):
         """Loss `index` on one view (or, for `num_views > 1`, on all views)."""
         adapted = self._interfaces[index]
-        teacher_key = adapted.teacher_layer_name or LOGITS
-        student_key = adapted.student_layer_name or LOGITS
+        teacher_key = _output_key(adapted.teacher_layer_name or LOGITS)
+        student_key = _output_key(adapted.student_layer_name or LOGITS)
         if adapted.layers:
             student_key = _projected_key(index)
         # The rows' sample indices (the same in every view), as a loss input.
@@ -760,34 +761,56 @@ def _refuse_keras_spellings(kwargs):
 
 
 def _outputs_model(model, role, named_interfaces):
-    """`model`, or a model of its logits and the layers the losses compare."""
-    layer_losses = {}
+    """`model`, or a model of its logits and the outputs the losses compare."""
+    compared = {}
     for loss_name, interface in named_interfaces:
-        layer_name = getattr(interface, f"{role}_layer_name")
-        if layer_name is not None:
-            layer_losses.setdefault(layer_name, loss_name)
-    if not layer_losses:
+        name = getattr(interface, f"{role}_layer_name")
+        if name is not None:
+            compared.setdefault(_output_key(name), (name, loss_name))
+    if not compared:
         return model
     if getattr(model, "inputs", None) is None:
+        first_loss = next(iter(compared.values()))[1]
         raise ValueError(
-            f"{next(iter(layer_losses.values()))} compares a layer of the {role}, "
-            f"which needs a functional or Sequential {role}: build it that way."
+            f"{first_loss} compares a layer of the {role}, which needs a "
+            f"functional or Sequential {role}: build it that way."
         )
     outputs = {LOGITS: model.outputs[0]}
-    for layer_name, loss_name in layer_losses.items():
-        if layer_name not in {layer.name for layer in model.layers}:
-            raise ValueError(
-                f"{loss_name}: the {role} has no layer '{layer_name}'; its layers "
-                f"are {', '.join(layer.name for layer in model.layers)}."
-            )
-        outputs[layer_name] = model.get_layer(layer_name).output
+    for key, (name, loss_name) in compared.items():
+        outputs[key] = _compared_outputs(model, role, name, loss_name)
     return keras.Model(model.inputs, outputs, name=f"{model.name}_outputs")
 
 
+def _compared_outputs(model, role, name, loss_name):
+    """The symbolic output(s) a loss names: a layer's, a feature tap's
+    (`"feats[1:]"`, `keras_cskd.models.taps.tap`) or a list of layers'."""
+    if isinstance(name, (list, tuple)):
+        return [_compared_outputs(model, role, n, loss_name) for n in name]
+    layer_names = [layer.name for layer in model.layers]
+    if name not in layer_names and taps.is_tap_spec(name):
+        try:
+            return taps.tap(model, name)
+        except ValueError as error:
+            raise ValueError(f"{loss_name}, in the {role}: {error}") from None
+    if name not in layer_names:
+        raise ValueError(
+            f"{loss_name}: the {role} has no layer '{name}'; its layers are "
+            f"{', '.join(layer_names)}."
+        )
+    return model.get_layer(name).output
+
+
+def _output_key(name):
+    """The key of the outputs a loss names, in the outputs dict."""
+    return ",".join(name) if isinstance(name, (list, tuple)) else name
+
+
 def _output_shape(model, layer_name):
-    if layer_name is not None:
-        return tuple(model.get_layer(layer_name).output.shape)
-    return _static_shape(model, "output")
+    """The static shape of the output(s) a loss names (a list for several)."""
+    if layer_name is None:
+        return _static_shape(model, "output")
+    outputs = _compared_outputs(model, "model", layer_name, "The loss")
+    return keras.tree.map_structure(lambda t: tuple(t.shape), outputs)
 
 
 def _snake_case(name):

@@ -4,7 +4,7 @@ Under a strategy the Distiller computes every loss term on the global batch
 (`global_batch`), so the loss and the summed gradients of the replicas are
 what one device computes on the same batch. The student's forward pass runs
 on each replica's shard; zoo models' BatchNorm layers
-(`models.batch_norm.GroupBatchNormalization`) gather what their statistics
+(`keras_cskd.batch_norm.GroupBatchNormalization`) gather what their statistics
 need across replicas themselves, so a BatchNorm student trains as on one
 device too (docs/distributed.md).
 """

@@ -15,7 +15,7 @@ import tensorflow as tf
 import keras_cskd
 from keras_cskd import builders, distribute
 from keras_cskd import config as config_module
-from keras_cskd.models.batch_norm import (
+from keras_cskd.batch_norm import (
     GroupBatchNormalization,
     TorchBatchNormalization,
     group_moments,

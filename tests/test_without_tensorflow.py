@@ -48,7 +48,7 @@ def test_models_losses_and_optimizers_work_without_tensorflow():
 
         import keras_cskd
         from keras_cskd import losses, models, optimizers
-        from keras_cskd.models.batch_norm import TorchBatchNormalization
+        from keras_cskd.batch_norm import TorchBatchNormalization
 
         assert keras.backend.backend() == "jax"
         rng = np.random.default_rng(0)

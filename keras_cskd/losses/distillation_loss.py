@@ -29,9 +29,13 @@ class DistillationLoss(keras.distillation.DistillationLoss):
           2**24 examples: the cross-replica gather carries them as float32).
 
     Attributes:
-        teacher_layer_name, student_layer_name: the layers whose outputs the
-            loss compares (functional or Sequential models), or `None` for
-            the logits.
+        teacher_layer_name, student_layer_name: what the loss compares
+            (functional or Sequential models): `None` for the logits, a
+            layer name, a list of layer names (the loss gets a list), or a
+            feature tap of `keras_cskd.models.features` by spec: `"feats[2]"`,
+            `"pooled_feat"` (one tensor) or `"feats[1:]"` (a list), resolved on
+            zoo models and on models whose layers are named `feats_<i>`.
+            `build` and `project_student` get shapes and outputs alike.
         requires_labels: whether the loss cannot be computed without labels.
         uses_epoch: whether the loss changes with the epoch (DKD's warm-up).
         num_views: `> 1` for a loss over several augmented views at once

@@ -193,18 +193,23 @@ def check_named_layers(loss, teacher, student):
     >>> student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     >>> check_named_layers(FeatureDistillation(), teacher, student)   # no names
     """
-    for role, model, name in (
+    for role, model, names in (
         ("teacher", teacher, loss.teacher_layer_name),
         ("student", student, loss.student_layer_name),
     ):
-        if name is None:
-            continue
-        if getattr(model, "inputs", None) is None:
-            raise ValueError(
-                f"{type(loss).__name__} reads layer '{name}' of the {role}, which "
-                f"must then be a functional or Sequential model, not subclassed."
-            )
-        try:
-            model.get_layer(name)
-        except ValueError as error:
-            raise ValueError(f"{type(loss).__name__}, in the {role}: {error}") from None
+        names = names if isinstance(names, (list, tuple)) else [names]
+        for name in names:
+            if name is not None and "[" not in name:  # "feats[1:]": a tap spec
+                _check_named_layer(loss, role, model, name)
+
+
+def _check_named_layer(loss, role, model, name):
+    if getattr(model, "inputs", None) is None:
+        raise ValueError(
+            f"{type(loss).__name__} reads layer '{name}' of the {role}, which "
+            f"must then be a functional or Sequential model, not subclassed."
+        )
+    try:
+        model.get_layer(name)
+    except ValueError as error:
+        raise ValueError(f"{type(loss).__name__}, in the {role}: {error}") from None

@@ -10,7 +10,7 @@ from keras_cskd.models import (
     imagenet_mobilenet,  # noqa: F401
     imagenet_resnet,  # noqa: F401
 )
-from keras_cskd.models.batch_norm import (
+from keras_cskd.batch_norm import (
     GroupBatchNormalization,
     TorchBatchNormalization,
 )

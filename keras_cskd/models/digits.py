@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_cskd.models.batch_norm import GroupBatchNormalization
+from keras_cskd.batch_norm import GroupBatchNormalization
 from keras_cskd.models.registry import register
 
 

@@ -14,6 +14,11 @@ import re
 import keras
 
 TAP_KEYS = ("feats", "preact_feats", "pooled_feat", "logits")
+# A tap spec: `feats[2]`, `feats[1:]`, `preact_feats[-1]`, `pooled_feat`, ...
+TAP_SPEC = re.compile(
+    r"(?P<key>feats|preact_feats)\[(?P<index>-?\d+|-?\d*:-?\d*)\]"
+    r"|(?P<whole>pooled_feat|logits)"
+)
 # The 6n+2 CIFAR ResNets (mdistiller `resnet.py`), not resnet18/50 (`resnetv2.py`).
 _CIFAR_RESNET = re.compile(r"resnet(8|14|20|32|44|56|110|8x4|32x4)")
 
@@ -46,6 +51,11 @@ def features(model):
     >>> [tuple(t.shape) for t in taps.output["feats"]]
     [(None, 32, 32, 16), (None, 32, 32, 16), (None, 16, 16, 32), (None, 8, 8, 64)]
     """
+    return keras.Model(model.input, tap_outputs(model), name=f"{model.name}_features")
+
+
+def tap_outputs(model):
+    """`features(model)`'s outputs: a dict of `model`'s symbolic tensors."""
     taps = _named_taps(model)
     if taps is None:
         try:
@@ -59,7 +69,54 @@ def features(model):
             "pooled_feat)."
         )
     taps["logits"] = model.outputs[0]
-    return keras.Model(model.input, taps, name=f"{model.name}_features")
+    return taps
+
+
+def is_tap_spec(name):
+    """Whether `name` names feature taps: `"feats[2]"`, `"feats[1:]"`,
+    `"preact_feats[-1]"`, `"pooled_feat"` (see `tap`)."""
+    return isinstance(name, str) and TAP_SPEC.fullmatch(name) is not None
+
+
+def tap(model, spec):
+    """The symbolic output(s) of `model` that a tap spec names.
+
+    `"<key>[i]"` is one tensor of the list `features(model)` returns under
+    `key` (`feats` or `preact_feats`), `"<key>[i:j]"` a list of them (Python
+    slicing), and `"pooled_feat"` or `"logits"` the tensor itself. Feature
+    losses name their inputs this way (mdistiller's `feats[1:]`).
+
+    Example:
+
+    >>> import keras_cskd
+    >>> model = keras_cskd.models.get("resnet8", 10, (32, 32, 3))
+    >>> [tuple(t.shape) for t in tap(model, "feats[1:]")]
+    [(None, 32, 32, 16), (None, 16, 16, 32), (None, 8, 8, 64)]
+    >>> tuple(tap(model, "pooled_feat").shape)
+    (None, 64)
+    """
+    match = TAP_SPEC.fullmatch(spec) if isinstance(spec, str) else None
+    if match is None:
+        raise ValueError(
+            f"'{spec}' is not a tap spec: write feats[i], feats[i:j], "
+            "preact_feats[i], preact_feats[i:j], pooled_feat or logits."
+        )
+    taps = tap_outputs(model)
+    key, index = match["key"] or match["whole"], match["index"]
+    if key not in taps:
+        raise ValueError(f"Model '{model.name}' has no '{key}' taps.")
+    if index is None:
+        return taps[key]
+    if ":" in index:
+        start, stop = (int(part) if part else None for part in index.split(":"))
+        return taps[key][start:stop]
+    try:
+        return taps[key][int(index)]
+    except IndexError:
+        raise ValueError(
+            f"'{spec}' is out of range: model '{model.name}' has "
+            f"{len(taps[key])} {key}."
+        ) from None
 
 
 def _named_taps(model):
