@@ -15,6 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from golden.make_cifar_zoo import summarize
 from golden.make_imagenet_zoo import (
     fixture_keys_and_shapes,
     random_images,
@@ -107,46 +108,28 @@ def test_ported_weights_give_the_reference_logits(name):
         )
 
 
-def _spatial_mean(tensor):
-    value = keras.ops.convert_to_numpy(tensor)
-    return value.mean(axis=(1, 2)) if value.ndim == 4 else value
-
-
 def _assert_reference_taps(model, name, images):
-    """`features(model)` against the fixture's reference feature means.
-
-    The fixture holds (as the zoo layers they equal) ResNet's `preact_feats[0]`
-    (`stem_bn`) and `feats[1:]` (each stage's output, whose mean is also the
-    `pooled_feat` of the last), and MobileNetV1's `preact_feats` and
-    `pooled_feat`; `feats` are the ReLU of `preact_feats` by the reference's
-    definition, which the taps must keep exactly.
-    """
+    """Every tap of `features(model)` against mdistiller's own (its ImageNet
+    ResNet and MobileNetV1 with the same weights), reduced as
+    `make_cifar_zoo.summarize` reduces them."""
     taps = keras_cskd.models.features(model)(images, training=False)
-    feats, preacts = taps["feats"], taps["preact_feats"]
-    for feat, preact in zip(feats, preacts, strict=True):
-        np.testing.assert_array_equal(
-            keras.ops.convert_to_numpy(feat),
-            np.maximum(keras.ops.convert_to_numpy(preact), 0),
-        )
-    if name.startswith("mobilenet"):
-        expected = {"avgpool": taps["pooled_feat"]}
-        bns = [f"block{k}_pointwise_bn" for k in (3, 5, 11, 13)]
-        expected.update(zip(bns, preacts, strict=True))
-    else:
-        blocks = [str(n) for n in FIXTURE[f"{name}/feature_layers"]][1:]
-        expected = {"stem_bn": preacts[0], **dict(zip(blocks, feats[1:], strict=True))}
-        np.testing.assert_allclose(
-            _spatial_mean(feats[-1]), _spatial_mean(taps["pooled_feat"]), atol=1e-6
-        )
-    for layer, tap in expected.items():
-        reference = FIXTURE[f"{name}/feature/{layer}"]
-        np.testing.assert_allclose(
-            _spatial_mean(tap),
-            reference,
-            rtol=0,
-            atol=LOGITS_RTOL * np.abs(reference).max(),
-            err_msg=layer,
-        )
+    for tap in ("feats", "preact_feats"):
+        prefix = f"{name}/tap/{tap}/"
+        assert len(taps[tap]) == sum(key.startswith(prefix) for key in FIXTURE)
+        for i, value in enumerate(taps[tap]):
+            _assert_summary(value, f"{prefix}{i}")
+    _assert_summary(taps["pooled_feat"], f"{name}/tap/pooled_feat")
+
+
+def _assert_summary(tap, key):
+    reference = FIXTURE[key]
+    np.testing.assert_allclose(
+        summarize(keras.ops.convert_to_numpy(tap)),
+        reference,
+        rtol=0,
+        atol=LOGITS_RTOL * np.abs(reference).max(),
+        err_msg=key,
+    )
 
 
 def test_any_image_size_works():

@@ -145,9 +145,9 @@ def _zoo_taps(model):
     if name.endswith("_imagenet"):
         if name.startswith("mobilenetv1"):
             return _mobilenetv1_taps(model)
-        return _resnet_taps(model, stem_preact="stem_bn")
+        return _resnet_taps(model)
     if _CIFAR_RESNET.fullmatch(name) or name in ("resnet18", "resnet50"):
-        return _resnet_taps(model, stem_preact="stem_relu")
+        return _resnet_taps(model)
     builders = {
         "wrn": _wrn_taps,
         "vgg": _vgg_taps,
@@ -186,13 +186,15 @@ def _taps(model, feats, preact_feats, pooled="avgpool"):
     return taps
 
 
-def _resnet_taps(model, stem_preact):
-    # Each stage's last block: the sum before the ReLU, and after it.
+def _resnet_taps(model):
+    # Each stage's last block: the sum before the ReLU, and after it. The
+    # stem's "preact" is after its ReLU too: the reference keeps the tensor
+    # that its in-place ReLU then overwrites (CIFAR and ImageNet alike).
     blocks = _last_blocks(model)
     return _taps(
         model,
         ["stem_relu", *(f"{b}_out" for b in blocks)],
-        [stem_preact, *(f"{b}_add" for b in blocks)],
+        ["stem_relu", *(f"{b}_add" for b in blocks)],
     )
 
 

@@ -5,8 +5,10 @@ Imports the reference model files from `--peer_dir`:
 - `torchvision_resnet.py`: torchvision 0.28.0's `torchvision/models/resnet.py`
   (copied from the installed wheel; imported as a module of the installed
   torchvision, whose relative imports it uses);
-- `mdistiller_imagenet_mobilenetv1.py`: megvii-research/mdistiller @ fae6658,
-  `mdistiller/models/imagenet/mobilenetv1.py`.
+- `mdistiller_imagenet_mobilenetv1.py` and `mdistiller_imagenet_resnet.py`:
+  megvii-research/mdistiller @ fae6658 (unchanged at a08d46f),
+  `mdistiller/models/imagenet/mobilenetv1.py` and `resnet.py` (whose ResNets
+  return mdistiller's feature taps).
 
 For each ImageNet zoo model it builds the reference at 1000 classes and records
 its trainable parameter count, its number of `BatchNorm2d` layers and of their
@@ -14,8 +16,10 @@ running-statistic values, and its `state_dict` keys and shapes. It then loads th
 seeded NumPy state dict `random_state_dict` (below; the test regenerates it with
 this same code), runs two seeded images (`random_images`) in float64 in
 inference mode, and records the logits and the spatial mean of the feature maps
-that mdistiller's feature losses compare (each under its zoo layer name). It
-writes `imagenet_zoo.npz` next to this script, with the torch and torchvision
+that mdistiller's feature losses compare (each under its zoo layer name), and
+every feature tap of mdistiller's `feats` dict (`<model>/tap/...`, reduced as
+`make_cifar_zoo.summarize` does; for the ResNets from mdistiller's own ImageNet
+ResNet with the same weights). It writes `imagenet_zoo.npz` next to this script, with the torch and torchvision
 versions and the SHA-256 of each source file.
 
     pip install torch==2.13.0 && pip install --no-deps torchvision==0.28.0
@@ -134,6 +138,7 @@ def _load_references(peer_dir):
     for file, package in (
         ("torchvision_resnet.py", "torchvision.models"),
         ("mdistiller_imagenet_mobilenetv1.py", None),
+        ("mdistiller_imagenet_resnet.py", None),
     ):
         name = f"{package}.peer_{Path(file).stem}" if package else Path(file).stem
         spec = importlib.util.spec_from_file_location(name, Path(peer_dir) / file)
@@ -153,6 +158,21 @@ def _feature_modules(model, name):
         stage = getattr(model, f"layer{s}")
         features[f"stage{s}_block{len(stage) - 1}_out"] = stage
     return features
+
+
+def _mdistiller_resnet_taps(modules, constructor, state_dict, images):
+    """The tap summaries of mdistiller's ImageNet ResNet with `state_dict`."""
+    import torch
+    from make_cifar_zoo import tap_summaries  # it imports this file
+
+    model = getattr(modules["mdistiller_imagenet_resnet.py"], constructor)()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()})
+    # Its AvgPool2d(7) is the global average at 224 pixels; the fixture's
+    # smaller images need the adaptive one, which it equals there.
+    model.avgpool = torch.nn.AdaptiveAvgPool2d(1)
+    with torch.no_grad():
+        _, feats = model.eval().double()(images.double())
+    return tap_summaries(f"{constructor}_imagenet", feats)
 
 
 def _recorder(outputs, layer):
@@ -183,12 +203,18 @@ def main():
                 "pytorch/vision v0.28.0 torchvision/models/resnet.py",
                 f"megvii-research/mdistiller@{MDISTILLER_COMMIT} "
                 "mdistiller/models/imagenet/mobilenetv1.py",
+                f"megvii-research/mdistiller@{MDISTILLER_COMMIT} "
+                "mdistiller/models/imagenet/resnet.py",
             ]
         ),
         "source_sha256": np.array(
             [
                 hashlib.sha256((Path(args.peer_dir) / f).read_bytes()).hexdigest()
-                for f in ("torchvision_resnet.py", "mdistiller_imagenet_mobilenetv1.py")
+                for f in (
+                    "torchvision_resnet.py",
+                    "mdistiller_imagenet_mobilenetv1.py",
+                    "mdistiller_imagenet_resnet.py",
+                )
             ]
         ),
     }
@@ -224,7 +250,10 @@ def main():
             model.double()
             logits = model(images.double())
         if feature_modules is None:  # mdistiller's (logits, feats)
+            from make_cifar_zoo import tap_summaries  # it imports this file
+
             logits32, (logits, feats) = logits32[0], logits
+            record.update(tap_summaries(name, feats))
             for layer, feature in zip(
                 (f"block{k}_pointwise_bn" for k in (3, 5, 11, 13)),
                 feats["preact_feats"],
@@ -232,6 +261,8 @@ def main():
             ):
                 outputs[layer] = feature
             outputs["avgpool"] = feats["pooled_feat"]
+        else:
+            record.update(_mdistiller_resnet_taps(modules, constructor, ported, images))
         record[f"{name}/logits"] = logits.numpy().astype(np.float32)
         layers = list(outputs)
         record[f"{name}/feature_layers"] = np.array(layers)
