@@ -241,11 +241,22 @@ class Distiller(keras.Model):
                     callback.mode = "max"
         _check_training_data(args[0] if args else kwargs.get("x"))
         _check_labels(args[1] if len(args) > 1 else kwargs.get("y"), self.student)
+        self._build_optimizer_before_tracing()
         self._in_fit = True
         try:
             return super().fit(*args, callbacks=callbacks, **kwargs)
         finally:
             self._in_fit = False
+
+    def _build_optimizer_before_tracing(self):
+        # Keras's TensorFlow trainer without a strategy scope builds the
+        # optimizer inside the first trace of the train step; a tf.function
+        # that creates variables is then traced a second time. Built first,
+        # the step is traced once (the same variables, the same values).
+        deferred = getattr(self, "_distribute_strategy", False) is None
+        optimizer = getattr(self, "optimizer", None)
+        if deferred and self.built and optimizer is not None and not optimizer.built:
+            optimizer.build(self.trainable_variables)
 
     def train_on_batch(self, *args, epoch=None, **kwargs):
         """Keras's `train_on_batch`, with `epoch=`: the 1-based epoch of the
@@ -259,6 +270,7 @@ class Distiller(keras.Model):
                         f"{name} changes with the epoch, which only "
                         "fit() counts: call train_on_batch(..., epoch=N) (1-based)."
                     )
+        self._build_optimizer_before_tracing()
         return super().train_on_batch(*args, **kwargs)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
