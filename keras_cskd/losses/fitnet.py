@@ -98,7 +98,8 @@ class ConvRegressor(keras.layers.Layer):
         student_channels, teacher_channels = student_shape[-1], teacher_shape[-1]
         # PyTorch's padding=1 pads both sides; Keras's "same" would pad only the
         # bottom and right of an even map at stride 2: pad explicitly.
-        self.padding = keras.layers.ZeroPadding2D(1) if kernel == (3, 3) else None
+        strided_conv = kind == "conv" and stride == 2
+        self.padding = keras.layers.ZeroPadding2D(1) if strided_conv else None
         if kind == "transposed":
             # "same" at kernel 4, stride 2 crops one row and column on each
             # side: PyTorch's padding=1.
