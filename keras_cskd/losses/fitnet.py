@@ -8,7 +8,7 @@ from keras import ops
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.feature_distillation import check_named_layers
 from keras_cskd.losses.registry import register
-from keras_cskd.models.batch_norm import GroupBatchNormalization
+from keras_cskd.batch_norm import GroupBatchNormalization
 
 _REGRESSOR = "fitnet_conv_reg"
 

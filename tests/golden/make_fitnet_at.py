@@ -31,9 +31,9 @@ from there, never copied; only the numbers are committed, in `fitnet_at.npz`:
   first view and labels, with a resnet8 teacher (torch seed 1, inference
   mode, `teacher/<name>`): for `fitnet` (its `ConvReg` 32->32 1x1 from torch
   seed 2, `fitnet/initial/conv_reg.<name>`; trained with the student, as
-  `get_learnable_parameters` lists it) and `at`, every student parameter and
-  buffer and the `ConvReg`'s after steps 1 and 3 (`<method>/step<k>/<name>`).
-  Both distillers are built from models in inference mode, so that
+  `get_learnable_parameters` lists it): every student parameter and
+  buffer and the `ConvReg`'s after steps 1 and 3 (`fitnet/step<k>/<name>`).
+  The distiller is built from models in inference mode, so that
   `get_feat_shapes` moves no statistics (the clean variant).
 - `probe/...`: the surprise: FitNet built from models in training mode (as
   tools/train.py builds it) with `get_feat_shapes`'s `torch.randn(1, 3, 32, 32)`
@@ -201,42 +201,36 @@ def resnet_pair(resnet, initial):
 
 
 def sgd_steps(modules, resnet, cfg, initial, steps):
+    """Three `BaseTrainer` steps of FitNet (the student and its `ConvReg`)."""
     images = torch.tensor(np.ascontiguousarray(steps["images"][0].transpose(0, 3, 1, 2)))
     labels = torch.tensor(steps["labels"])
-    out = {}
-    for method in ("fitnet", "at"):
-        student, teacher = resnet_pair(resnet, initial)
-        out.update({f"teacher/{k}": v.numpy().copy() for k, v in teacher.state_dict().items()})
-        student.eval(), teacher.eval()  # no statistics moved at construction
-        torch.manual_seed(2)
-        distiller = (
-            modules["FitNet"].FitNet(student, teacher, cfg)
-            if method == "fitnet"
-            else modules["AT"].AT(student, teacher, cfg)
+    student, teacher = resnet_pair(resnet, initial)
+    out = {f"teacher/{k}": v.numpy().copy() for k, v in teacher.state_dict().items()}
+    student.eval(), teacher.eval()  # no statistics moved at construction
+    torch.manual_seed(2)
+    distiller = modules["FitNet"].FitNet(student, teacher, cfg)
+    for k, v in distiller.conv_reg.state_dict().items():
+        out[f"fitnet/initial/conv_reg.{k}"] = v.numpy().copy()
+    distiller.train()
+    optimizer = torch.optim.SGD(
+        distiller.get_learnable_parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4
+    )
+    for epoch, rate in ((1, 0.1), (2, 0.01), (3, 0.001)):
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        optimizer.zero_grad()
+        _, terms = distiller.forward_train(image=images, target=labels)
+        loss = sum(term.mean() for term in terms.values())  # BaseTrainer
+        loss.backward()
+        optimizer.step()
+        if epoch not in KEPT_STEPS:
+            continue
+        state = dict(student.state_dict())
+        state.update(
+            {f"conv_reg.{k}": v for k, v in distiller.conv_reg.state_dict().items()}
         )
-        if method == "fitnet":
-            for k, v in distiller.conv_reg.state_dict().items():
-                out[f"fitnet/initial/conv_reg.{k}"] = v.numpy().copy()
-        distiller.train()
-        optimizer = torch.optim.SGD(
-            distiller.get_learnable_parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4
-        )
-        for epoch, rate in ((1, 0.1), (2, 0.01), (3, 0.001)):
-            for group in optimizer.param_groups:
-                group["lr"] = rate
-            optimizer.zero_grad()
-            _, terms = distiller.forward_train(image=images, target=labels)
-            loss = sum(term.mean() for term in terms.values())  # BaseTrainer
-            loss.backward()
-            optimizer.step()
-            state = dict(student.state_dict())
-            if method == "fitnet":
-                state.update(
-                    {f"conv_reg.{k}": v for k, v in distiller.conv_reg.state_dict().items()}
-                )
-            if epoch in KEPT_STEPS:
-                for key, value in state.items():
-                    out[f"{method}/step{epoch}/{key}"] = value.detach().numpy().copy()
+        for key, value in state.items():
+            out[f"fitnet/step{epoch}/{key}"] = value.detach().numpy().copy()
     return out
 
 
