@@ -267,3 +267,24 @@ def test_probe_moves_batch_norm_statistics_like_get_feat_shapes():
             layer, weight = _keras_name(key[len(prefix) :])
             ours = model.get_layer(layer).weights[_WEIGHT_INDEX[weight]]
             np.testing.assert_allclose(ours.numpy(), GOLDEN[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.large
+def test_distiller_trains_the_regressor_batch_norm_and_evaluates_with_it_frozen():
+    """The Distiller passes `training` to `project_student`: fit moves the
+    regressor's BatchNorm statistics, evaluate does not."""
+    keras.utils.set_random_seed(0)
+    teacher = keras_cskd.models.get("digits_cnn", 10, (8, 8, 1), width=8)
+    student = keras_cskd.models.get("digits_cnn", 10, (8, 8, 1), width=4)
+    loss = FitNet("relu1", "relu0")
+    distiller = keras_cskd.Distiller(teacher, student, loss)
+    distiller.compile(keras.optimizers.SGD(0.01))
+    images = np.random.default_rng(0).normal(size=(8, 8, 8, 1)).astype("float32")
+    labels = np.arange(8) % 10
+    moving_mean = loss.layers[0].bn.moving_mean
+    distiller.evaluate(images, labels, verbose=0)
+    np.testing.assert_array_equal(moving_mean.numpy(), 0.0)
+    distiller.fit(images, labels, epochs=1, verbose=0)
+    assert np.abs(moving_mean.numpy()).max() > 0
+    assert loss.layers[0] in distiller.loss_layers
+    assert len(distiller.student.weights) == len(student.weights)
