@@ -11,7 +11,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from test_reference_training import _WEIGHT_INDEX, STEPS, _keras_name
 
 import keras_cskd
@@ -41,7 +40,10 @@ def port_conv_reg(regressor, parameters):
     regressor.conv.bias.assign(parameters["conv.bias"])
     regressor.bn.gamma.assign(parameters["bn.weight"])
     regressor.bn.beta.assign(parameters["bn.bias"])
-    for ours, theirs in (("moving_mean", "bn.running_mean"), ("moving_variance", "bn.running_var")):
+    for ours, theirs in (
+        ("moving_mean", "bn.running_mean"),
+        ("moving_variance", "bn.running_var"),
+    ):
         if theirs in parameters:
             getattr(regressor.bn, ours).assign(parameters[theirs])
 
@@ -82,21 +84,32 @@ def test_fitnet_value_gradients_and_statistics_match_mdistiller(case):
     assert np.abs(weight * bias_gradient.numpy()).max() < RTOL * scale
     assert np.abs(fixture["grad/conv.bias"]).max() < RTOL * scale
     # PyTorch's BatchNorm2d update: momentum 0.1, unbiased running variance.
-    np.testing.assert_allclose(regressor.bn.moving_mean, fixture["running_mean"], rtol=RTOL, atol=1e-7)
-    np.testing.assert_allclose(regressor.bn.moving_variance, fixture["running_var"], rtol=RTOL)
+    np.testing.assert_allclose(
+        regressor.bn.moving_mean, fixture["running_mean"], rtol=RTOL, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        regressor.bn.moving_variance, fixture["running_var"], rtol=RTOL
+    )
     assert loss.extra_parameters == fixture["extra_parameters"]
 
 
 def test_fitnet_regressor_shapes_follow_conv_reg():
     assert regressor_convolution((2, 16, 16, 8), (2, 8, 8, 4)) == ("conv", (3, 3), 2)
-    assert regressor_convolution((2, 8, 8, 8), (2, 16, 16, 4)) == ("transposed", (4, 4), 2)
+    assert regressor_convolution((2, 8, 8, 8), (2, 16, 16, 4)) == (
+        "transposed",
+        (4, 4),
+        2,
+    )
     assert regressor_convolution((2, 6, 5, 8), (2, 4, 4, 4)) == ("conv", (3, 2), 1)
     with pytest.raises(ValueError, match="ConvReg"):
         regressor_convolution((2, 3, 3, 8), (2, 4, 4, 4))
 
 
 def test_fitnet_refuses_lists_and_unbuilt_use():
-    teacher, student = np.ones((2, 4, 4, 8), "float32"), np.ones((2, 4, 4, 4), "float32")
+    teacher, student = (
+        np.ones((2, 4, 4, 8), "float32"),
+        np.ones((2, 4, 4, 4), "float32"),
+    )
     with pytest.raises(ValueError, match="not built"):
         FitNet().compute_loss(teacher, student)
     with pytest.raises(ValueError, match="one hint layer"):
@@ -108,7 +121,9 @@ def test_fitnet_refuses_lists_and_unbuilt_use():
 def test_fitnet_config_round_trips():
     loss = FitNet("feats[2]", "feats[1]", use_relu=False, probe_batch_norm=True)
     assert FitNet.from_config(loss.get_config()).get_config() == loss.get_config()
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(loss)
+    )
     assert restored.get_config() == loss.get_config()
 
 
@@ -128,7 +143,9 @@ def test_at_sums_the_stages_like_mdistiller(case):
         value = loss.compute_loss(_feats("teacher"), student)
     weight = AttentionTransfer.REFERENCE_WEIGHT
     assert weight == GOLDEN[f"{case}/weight"]  # cfg.py's AT.LOSS.FEAT_WEIGHT
-    np.testing.assert_allclose(weight * float(value), GOLDEN[f"{case}/loss_kd"], rtol=RTOL)
+    np.testing.assert_allclose(
+        weight * float(value), GOLDEN[f"{case}/loss_kd"], rtol=RTOL
+    )
     for i, gradient in zip((1, 2, 3), tape.gradient(value, student), strict=True):
         expected = GOLDEN[f"{case}/grad_feats{i}"]
         assert _relative_error(weight * gradient.numpy(), expected) < RTOL
@@ -141,7 +158,9 @@ def test_at_list_equals_the_sum_of_one_pair_losses():
         for t, s in zip(teacher, student, strict=True)
     )
     whole = AttentionTransfer(["t1", "t2", "t3"], ["s1", "s2", "s3"])
-    np.testing.assert_allclose(float(whole.compute_loss(teacher, student)), pairs, rtol=1e-6)
+    np.testing.assert_allclose(
+        float(whole.compute_loss(teacher, student)), pairs, rtol=1e-6
+    )
     whole.build([t.shape for t in teacher], [s.shape for s in student])
     with pytest.raises(ValueError, match="pairwise"):
         whole.build([t.shape for t in teacher], [s.shape for s in student[:2]])
@@ -156,7 +175,11 @@ def _resnet8(prefix):
     """A zoo resnet8 (10 classes) holding the fixture's weights under `prefix`."""
     model = keras_cskd.models.get("resnet8", num_classes=10, input_shape=(32, 32, 3))
     for torch_name, variable in _resnet_variables(model, prefix).items():
-        variable.assign(_keras_layout(STEPS.get(f"{prefix}{torch_name}", GOLDEN.get(f"{prefix}{torch_name}"))))
+        variable.assign(
+            _keras_layout(
+                STEPS.get(f"{prefix}{torch_name}", GOLDEN.get(f"{prefix}{torch_name}"))
+            )
+        )
     return model
 
 
@@ -239,7 +262,9 @@ def test_three_sgd_steps_equal_mdistillers_training(method):
         )
     )
     batch = tf.data.Dataset.from_tensors((STEPS["images"][0], STEPS["labels"]))
-    distiller.fit(batch.repeat(), epochs=3, steps_per_epoch=1, callbacks=[record], verbose=0)
+    distiller.fit(
+        batch.repeat(), epochs=3, steps_per_epoch=1, callbacks=[record], verbose=0
+    )
     errors = {}
     for step in (1, 3):
         for torch_name, value in snapshots[step - 1].items():

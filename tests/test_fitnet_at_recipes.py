@@ -17,7 +17,10 @@ def test_fitnet_recipe_is_mdistillers():
     config = _recipe("fitnet")
     loss = builders.build_loss(config.loss)
     assert isinstance(loss, FitNet)
-    assert (loss.teacher_layer_name, loss.student_layer_name) == ("feats[2]", "feats[2]")
+    assert (loss.teacher_layer_name, loss.student_layer_name) == (
+        "feats[2]",
+        "feats[2]",
+    )
     assert loss.probe_batch_norm  # the reference's surprise, by default
     assert (config.ce_weight, config.distillation_loss_weight) == (1.0, 100.0)
     assert (config.optimizer.learning_rate, config.data.batch_size) == (0.05, 64)

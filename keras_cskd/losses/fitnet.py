@@ -5,10 +5,10 @@ import math
 import keras
 from keras import ops
 
+from keras_cskd.batch_norm import GroupBatchNormalization
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.feature_distillation import check_named_layers
 from keras_cskd.losses.registry import register
-from keras_cskd.batch_norm import GroupBatchNormalization
 
 _REGRESSOR = "fitnet_conv_reg"
 
@@ -36,7 +36,10 @@ def regressor_convolution(student_shape, teacher_shape):
     if 2 * student_height == teacher_height:
         return "transposed", (4, 4), 2
     if student_height >= teacher_height:
-        kernel = (1 + student_height - teacher_height, 1 + student_width - teacher_width)
+        kernel = (
+            1 + student_height - teacher_height,
+            1 + student_width - teacher_width,
+        )
         return "conv", kernel, 1
     raise ValueError(
         f"FitNet's regressor maps a student map of height {student_height} to the "
@@ -105,13 +108,20 @@ class ConvRegressor(keras.layers.Layer):
             # side: PyTorch's padding=1.
             fan_in = teacher_channels * math.prod(kernel)
             self.conv = keras.layers.Conv2DTranspose(
-                teacher_channels, kernel, stride, padding="same", name="conv",
+                teacher_channels,
+                kernel,
+                stride,
+                padding="same",
+                name="conv",
                 **_torch_default_initializers(fan_in),
             )
         else:
             fan_in = student_channels * math.prod(kernel)
             self.conv = keras.layers.Conv2D(
-                teacher_channels, kernel, stride, name="conv",
+                teacher_channels,
+                kernel,
+                stride,
+                name="conv",
                 **_torch_default_initializers(fan_in),
             )
         self.bn = GroupBatchNormalization(
@@ -208,7 +218,10 @@ class FitNet(DistillationLoss):
         teacher_shape, student_shape = tuple(teacher_shape), tuple(student_shape)
         self._check_shapes(teacher_shape, student_shape)
         if self._regressor is not None:
-            if (self._regressor.teacher_shape[1:], self._regressor.student_shape[1:]) != (
+            if (
+                self._regressor.teacher_shape[1:],
+                self._regressor.student_shape[1:],
+            ) != (
                 teacher_shape[1:],
                 student_shape[1:],
             ):

@@ -144,7 +144,9 @@ def fitnet_case(fitnet, cfg, index, shapes):
     torch.manual_seed(20241203 + index)
     distiller = fitnet.FitNet(FixedFeatures(student), FixedFeatures(teacher), cfg)
     with torch.no_grad():  # BatchNorm's affine parameters away from 1 and 0
-        distiller.conv_reg.bn.weight.copy_(torch.tensor(rng.uniform(0.5, 1.5, teacher_c)))
+        distiller.conv_reg.bn.weight.copy_(
+            torch.tensor(rng.uniform(0.5, 1.5, teacher_c))
+        )
         distiller.conv_reg.bn.bias.copy_(torch.tensor(rng.normal(size=teacher_c)))
     out = {"teacher": teacher[2], "student": student[2]}
     for name, value in distiller.conv_reg.named_parameters():
@@ -167,7 +169,10 @@ def at_case(at, cfg, teacher, student):
     distiller = at.AT(FixedFeatures(student), FixedFeatures(teacher), cfg)
     loss = forward(distiller)
     loss.backward()
-    out = {"loss_kd": np.float64(loss.item()), "weight": np.float64(cfg.AT.LOSS.FEAT_WEIGHT)}
+    out = {
+        "loss_kd": np.float64(loss.item()),
+        "weight": np.float64(cfg.AT.LOSS.FEAT_WEIGHT),
+    }
     for i in (1, 2, 3):
         out[f"grad_feats{i}"] = nhwc(distiller.student.feats[i].grad)
     return out
@@ -202,7 +207,9 @@ def resnet_pair(resnet, initial):
 
 def sgd_steps(modules, resnet, cfg, initial, steps):
     """Three `BaseTrainer` steps of FitNet (the student and its `ConvReg`)."""
-    images = torch.tensor(np.ascontiguousarray(steps["images"][0].transpose(0, 3, 1, 2)))
+    images = torch.tensor(
+        np.ascontiguousarray(steps["images"][0].transpose(0, 3, 1, 2))
+    )
     labels = torch.tensor(steps["labels"])
     student, teacher = resnet_pair(resnet, initial)
     out = {f"teacher/{k}": v.numpy().copy() for k, v in teacher.state_dict().items()}
@@ -236,7 +243,9 @@ def sgd_steps(modules, resnet, cfg, initial, steps):
 
 def probe(modules, resnet, cfg, initial):
     student, teacher = resnet_pair(resnet, initial)
-    image = torch.tensor(np.random.default_rng(11).normal(size=(1, 3, 32, 32)).astype(np.float32))
+    image = torch.tensor(
+        np.random.default_rng(11).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    )
     common = sys.modules["peer._common"]
     randn = common.torch.randn
     common.torch = types.SimpleNamespace(
