@@ -295,9 +295,12 @@ def test_probe_moves_batch_norm_statistics_like_get_feat_shapes():
 
 
 @pytest.mark.large
-def test_distiller_trains_the_regressor_batch_norm_and_evaluates_with_it_frozen():
+def test_distiller_trains_the_regressor_batch_norm_and_evaluates_with_it_frozen(
+    tmp_path,
+):
     """The Distiller passes `training` to `project_student`: fit moves the
-    regressor's BatchNorm statistics, evaluate does not."""
+    regressor's BatchNorm statistics, evaluate does not; the regressor (its
+    statistics too) is saved with the Distiller, not with the student."""
     keras.utils.set_random_seed(0)
     teacher = keras_cskd.models.get("digits_cnn", 10, (8, 8, 1), width=8)
     student = keras_cskd.models.get("digits_cnn", 10, (8, 8, 1), width=4)
@@ -313,3 +316,9 @@ def test_distiller_trains_the_regressor_batch_norm_and_evaluates_with_it_frozen(
     assert np.abs(moving_mean.numpy()).max() > 0
     assert loss.layers[0] in distiller.loss_layers
     assert len(distiller.student.weights) == len(student.weights)
+    distiller.save(tmp_path / "distiller.keras")
+    loaded = keras.models.load_model(tmp_path / "distiller.keras")
+    for ours, theirs in zip(
+        loss.layers[0].weights, loaded.distillation_loss.layers[0].weights, strict=True
+    ):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
