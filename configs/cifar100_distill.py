@@ -149,7 +149,30 @@ DOT_PAIRS = (
 # of the loss (cfg.py's <METHOD>.LOSS.CE_WEIGHT and FEAT_WEIGHT). Their solver
 # is `kd`'s (configs/cifar100/<method>.yaml). docs/reproducing.md, "Feature
 # methods", gives each value's source.
-FEATURE_RECIPES = {}
+FEATURE_RECIPES = {
+    # FITNET.HINT_LAYER 2; the probe: get_feat_shapes at FitNet's construction.
+    "fitnet": {
+        "loss": loss_config(
+            "fitnet",
+            teacher_layer_name="feats[2]",
+            student_layer_name="feats[2]",
+            probe_batch_norm=True,
+        ),
+        "ce_weight": 1.0,
+        "distillation_loss_weight": 100.0,
+    },
+    # AT.P 2, at_loss over feats[1:] of both networks.
+    "at": {
+        "loss": loss_config(
+            "attention_transfer",
+            teacher_layer_name="feats[1:]",
+            student_layer_name="feats[1:]",
+            p=2.0,
+        ),
+        "ce_weight": 1.0,
+        "distillation_loss_weight": 1000.0,
+    },
+}
 SMALL_LEARNING_RATE_STUDENTS = ("shufflenetv1", "shufflenetv2", "mobilenetv2")
 METHODS = ("kd", "dkd", "cskd", "cskd_reference", "kd_ls", "dkd_ls", "ctkd", "kd_dot")
 MLKD_METHODS = ("mlkd", "mlkd_ls")

@@ -3,6 +3,7 @@
 import inspect
 
 import keras
+import numpy as np
 
 from keras_cskd import losses, models, optimizers
 from keras_cskd.distiller import Distiller
@@ -132,6 +133,8 @@ def build_trainer(config, model, teacher, optimizer):
     """
     if teacher is not None:
         distillation_loss = build_loss(config.loss)
+        if getattr(distillation_loss, "probe_batch_norm", False):
+            probe_batch_norm(teacher, model)
         trainer = Distiller(
             teacher,
             model,
@@ -151,3 +154,32 @@ def build_trainer(config, model, teacher, optimizer):
         metrics=["accuracy"],
     )
     return model
+
+
+def probe_batch_norm(teacher, student, image=None):
+    """Runs both networks once in training mode on one image, as mdistiller's
+    `get_feat_shapes` does when it builds FitNet (`torch.randn(1, 3, 32, 32)`
+    through models still in training mode): every BatchNorm's moving
+    statistics take 0.1 of that image's. A reference surprise that
+    `FitNet(probe_batch_norm=True)` asks the builder to reproduce
+    (docs/reproducing.md, "fitnet"); the image is standard normal from NumPy
+    seed 0 (PyTorch's global generator cannot be matched), or `image`.
+
+    Example:
+
+    >>> teacher = keras_cskd.models.get("resnet8", 10, (32, 32, 3))
+    >>> student = keras_cskd.models.get("resnet8", 10, (32, 32, 3))
+    >>> probe_batch_norm(teacher, student)
+    >>> float(student.get_layer("stem_bn").moving_mean[0]) != 0.0
+    True
+    """
+    if image is None:
+        shape = (1, *student.input_shape[1:])
+        image = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    for model in (teacher, student):
+        # A frozen model's BatchNorm runs in inference mode: unfreeze it for
+        # the probe (the teacher is frozen again after).
+        trainable = model.trainable
+        model.trainable = True
+        model(image, training=True)
+        model.trainable = trainable

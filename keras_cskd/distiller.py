@@ -1,5 +1,6 @@
 """The `Distiller`: trains a student from a frozen teacher with `model.fit`."""
 
+import inspect
 import os
 import re
 
@@ -323,7 +324,7 @@ class Distiller(keras.Model):
             y_pred = self(x, training=training)
         student_outputs = y_pred if len(views) > 1 else [y_pred]
         teacher_outputs = [self._teacher_outputs(view) for view in views]
-        terms = self._combined_terms(y, teacher_outputs, student_outputs)
+        terms = self._combined_terms(y, teacher_outputs, student_outputs, training)
         self.term_means.update_state(
             dict(
                 self._logged(terms, [x, y, trained_weights(self)]),
@@ -396,7 +397,7 @@ class Distiller(keras.Model):
             outputs[SAMPLE_INDICES] = view.sample_indices
         return keras.tree.map_structure(ops.stop_gradient, _float32(outputs))
 
-    def _combined_terms(self, y, teacher_outputs, student_outputs):
+    def _combined_terms(self, y, teacher_outputs, student_outputs, training=False):
         """Global values of every term, identical on every replica.
 
         With several views the cross-entropy is the `view_weights`-weighted sum
@@ -406,7 +407,7 @@ class Distiller(keras.Model):
         """
         weights = self.view_weights if len(student_outputs) > 1 else (1.0,)
         gathered = [
-            _global_batch(_as_dict(teacher), self._projected(student), y)
+            _global_batch(_as_dict(teacher), self._projected(student, training), y)
             for teacher, student in zip(teacher_outputs, student_outputs, strict=True)
         ]
         teachers, students, labels, replica_ids = (
@@ -464,15 +465,18 @@ class Distiller(keras.Model):
             "correct": ops.cast(correct, "float32"),
         }
 
-    def _projected(self, student_outputs):
+    def _projected(self, student_outputs, training=False):
         """This replica's student outputs, with each loss's projection (its
         own layers) added under `_projected_key`, before the gather: their
-        gradients then come from this replica's rows only, like the student's."""
+        gradients then come from this replica's rows only, like the student's.
+        A `project_student` that takes `training` gets it (BatchNorm in a
+        loss's modules, FitNet's regressor, trains in training steps only)."""
         outputs = _float32(_as_dict(student_outputs))
         for index, adapted in enumerate(self._interfaces):
             if adapted.layers:
+                mode = _training_argument(adapted.project_student, training)
                 outputs[_projected_key(index)] = adapted.project_student(
-                    outputs[_output_key(adapted.student_layer_name or LOGITS)]
+                    outputs[_output_key(adapted.student_layer_name or LOGITS)], **mode
                 )
         return outputs
 
@@ -669,6 +673,12 @@ def _check_labels(labels, student):
 
 def _as_dict(outputs):
     return outputs if isinstance(outputs, dict) else {LOGITS: outputs}
+
+
+def _training_argument(project_student, training):
+    """`{"training": training}` for a `project_student` that takes it."""
+    parameters = inspect.signature(project_student).parameters
+    return {"training": training} if "training" in parameters else {}
 
 
 def _projected_key(index):

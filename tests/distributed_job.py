@@ -29,6 +29,11 @@ def build_loss(name):
         "fitnets": lambda: FITNETS(),
         "attention_transfer": lambda: ATTENTION(),
         "several": lambda: [losses.CSKD(), FITNETS(), ATTENTION()],
+        # FitNet's regressor: a stride-2 conv (8x8 -> 4x4), BatchNorm, ReLU.
+        "fitnet": lambda: losses.FitNet("relu1", "features"),
+        "at_pairs": lambda: losses.AttentionTransfer(
+            ["relu0", "relu1"], ["features", "features"]
+        ),
     }[name]()
 
 
@@ -46,6 +51,7 @@ def ATTENTION():
 
 # Students with a feature map to compare, and their distillation loss weights.
 FEATURE_LOSSES = {"fitnets": 1.0, "attention_transfer": 100.0, "several": [1, 1, 100]}
+FEATURE_LOSSES.update(fitnet=1.0, at_pairs=100.0)
 
 
 def feature_student():

@@ -409,8 +409,8 @@ def test_incompatible_features_are_refused_by_compute_loss():
         FeatureDistillation(regressor=True).compute_loss(teacher, student)
     with pytest.raises(ValueError, match="single tensors"):
         FeatureDistillation().compute_loss([teacher], [teacher])
-    with pytest.raises(ValueError, match="single"):
-        AttentionTransfer("t", "s").compute_loss([teacher], [student])
+    with pytest.raises(ValueError, match="pairwise"):
+        AttentionTransfer("t", "s").compute_loss([teacher, teacher], [student])
     loss = _built(FeatureDistillation(regressor=True), teacher, student)
     with pytest.raises(ValueError, match="other shapes"):
         loss.build((None, 4, 4, 6), (None, 4, 4, 5))

@@ -14,6 +14,7 @@ from keras_cskd.losses.dist import DIST
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.dkd import DKD
 from keras_cskd.losses.feature_distillation import FeatureDistillation
+from keras_cskd.losses.fitnet import FitNet
 from keras_cskd.losses.kd import KD
 from keras_cskd.losses.kdsvd import KDSVD
 from keras_cskd.losses.logit_loss import LogitLoss
@@ -42,6 +43,7 @@ __all__ = [
     "DKD",
     "DistillationLoss",
     "FeatureDistillation",
+    "FitNet",
     "KD",
     "KDSVD",
     "LSKD",

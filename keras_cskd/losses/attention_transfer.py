@@ -52,18 +52,23 @@ class AttentionTransfer(DistillationLoss):
     may differ. Where the spatial sizes differ, the larger map is average-pooled
     to the smaller first (mdistiller's adaptive pooling), which needs an integer
     ratio on each axis. The paper writes `|f|^p`; mdistiller's `f ** p` is the
-    same for even `p` or non-negative (post-ReLU) features. mdistiller sums the
-    loss over several layer pairs; use one AttentionTransfer per pair.
+    same for even `p` or non-negative (post-ReLU) features.
+
+    Given lists of maps (taps such as `"feats[1:]"`, or lists of layer
+    names), the loss is the sum over the pairs, as mdistiller's `at_loss`
+    over `feats[1:]` of both networks, weighed by 1000 with CE 1
+    (`REFERENCE_WEIGHT`, cfg.py's `AT.LOSS.FEAT_WEIGHT`; `AT.P` 2).
 
     Args:
-        teacher_layer_name: the teacher layer whose `[B, H, W, C]` output is
-            compared (required).
-        student_layer_name: the student layer (required).
+        teacher_layer_name: the teacher layer or tap whose `[B, H, W, C]`
+            output(s) are compared, or a list of layer names (required).
+        student_layer_name: the student's, as many maps (required).
         p: the power of the features (default 2).
 
     Raises:
         ValueError: for missing layer names, `p <= 0`, features that are not
-            `[B, H, W, C]`, or spatial sizes not integer multiples.
+            `[B, H, W, C]`, unequal numbers of maps, or spatial sizes not
+            integer multiples.
 
     Example:
 
@@ -72,54 +77,69 @@ class AttentionTransfer(DistillationLoss):
     >>> student_features = keras.random.uniform((4, 16, 16, 16))   # pooled to 8x8
     >>> keras.ops.shape(loss.compute_loss(teacher_features, student_features))
     ()
+    >>> mdistiller = AttentionTransfer("feats[1:]", "feats[1:]")   # summed pairs
+    >>> keras.ops.shape(mdistiller.compute_loss(
+    ...     [teacher_features, teacher_features], [student_features] * 2))
+    ()
     """
+
+    REFERENCE_WEIGHT = 1000.0
 
     def __init__(self, teacher_layer_name, student_layer_name, p=2.0):
         for what, name in (
             ("teacher", teacher_layer_name),
             ("student", student_layer_name),
         ):
-            if not isinstance(name, str) or not name:
+            names = list(name) if isinstance(name, (list, tuple)) else [name]
+            if not names or not all(isinstance(n, str) and n for n in names):
                 raise ValueError(
                     f"AttentionTransfer needs `{what}_layer_name`, the name of a "
-                    f"layer with [B, H, W, C] outputs; got {name!r}."
+                    f"layer or tap with [B, H, W, C] outputs (or a list of them); "
+                    f"got {name!r}."
                 )
-        self.teacher_layer_name = teacher_layer_name
-        self.student_layer_name = student_layer_name
+        self.teacher_layer_name = _stored(teacher_layer_name)
+        self.student_layer_name = _stored(student_layer_name)
         self.p = positive_number("p", p)
 
     def build(self, teacher_shape, student_shape):
-        """Checks the feature shapes (the loss has no layers)."""
-        self._pooled_size(tuple(teacher_shape), tuple(student_shape))
+        """Checks the feature shapes, a shape or a list of shapes each (the
+        loss has no layers)."""
+        for pair in _pairs(_shape_list(teacher_shape), _shape_list(student_shape)):
+            self._pooled_size(*pair)
 
     def validate_model_compatibility(self, teacher, student):
         """Checks that the named layers exist in functional or Sequential models."""
         check_named_layers(self, teacher, student)
 
     def validate_outputs(self, teacher_outputs, student_outputs):
-        """Checks that the features are `[B, H, W, C]` tensors it can compare."""
-        self._pooled_size(tuple(teacher_outputs.shape), tuple(student_outputs.shape))
+        """Checks that the features are `[B, H, W, C]` maps it can compare."""
+        self._shape_pairs(teacher_outputs, student_outputs)
 
     def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
-        """Returns the scalar loss between teacher and student features."""
-        if isinstance(teacher_outputs, (list, tuple, dict)) or isinstance(
-            student_outputs, (list, tuple, dict)
+        """The scalar loss: over one pair of maps, or summed over lists."""
+        sizes = self._shape_pairs(teacher_outputs, student_outputs)
+        total = 0.0
+        for teacher, student, (height, width) in zip(
+            _as_list(teacher_outputs), _as_list(student_outputs), sizes, strict=True
         ):
-            raise ValueError(
-                "AttentionTransfer compares single [B, H, W, C] tensors: use one "
-                "AttentionTransfer per layer pair."
-            )
-        height, width = self._pooled_size(
-            tuple(teacher_outputs.shape), tuple(student_outputs.shape)
+            teacher = ops.stop_gradient(ops.cast(teacher, "float32"))
+            student = ops.cast(student, "float32")
+            if height is not None:
+                teacher = average_pool_to(teacher, height, width)
+                student = average_pool_to(student, height, width)
+            difference = attention_map(student, self.p) - attention_map(teacher, self.p)
+            total += ops.mean(ops.square(difference))
+        return total
+
+    def _shape_pairs(self, teacher_outputs, student_outputs):
+        """The pooled size of each pair of maps."""
+        teacher_shapes, student_shapes = (
+            [tuple(x.shape) for x in _as_list(outputs)]
+            for outputs in (teacher_outputs, student_outputs)
         )
-        teacher_features = ops.stop_gradient(ops.cast(teacher_outputs, "float32"))
-        student_features = ops.cast(student_outputs, "float32")
-        if height is not None:
-            teacher_features = average_pool_to(teacher_features, height, width)
-            student_features = average_pool_to(student_features, height, width)
-        teacher_attention = attention_map(teacher_features, self.p)
-        student_attention = attention_map(student_features, self.p)
-        return ops.mean(ops.square(student_attention - teacher_attention))
+        return [
+            self._pooled_size(*pair) for pair in _pairs(teacher_shapes, student_shapes)
+        ]
 
     def _pooled_size(self, teacher_shape, student_shape):
         """The `(H, W)` both maps are pooled to, or `(None, None)` if unknown."""
@@ -157,3 +177,30 @@ class AttentionTransfer(DistillationLoss):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _stored(name):
+    """A layer name or tap as given; a list of names as a list (JSON-able)."""
+    return list(name) if isinstance(name, (list, tuple)) else name
+
+
+def _as_list(outputs):
+    """One map, or a list of maps, as a list."""
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def _shape_list(shape):
+    """A shape tuple, or a list of them, as a list of shape tuples."""
+    shape = list(shape)
+    if shape and isinstance(shape[0], (list, tuple)):
+        return [tuple(s) for s in shape]
+    return [tuple(shape)]
+
+
+def _pairs(teacher_shapes, student_shapes):
+    if len(teacher_shapes) != len(student_shapes):
+        raise ValueError(
+            f"AttentionTransfer compares maps pairwise; got {len(teacher_shapes)} "
+            f"teacher and {len(student_shapes)} student maps: name as many of each."
+        )
+    return list(zip(teacher_shapes, student_shapes, strict=True))

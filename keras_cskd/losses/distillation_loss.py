@@ -59,7 +59,10 @@ class DistillationLoss(keras.distillation.DistillationLoss):
     `compute_loss` into `project_student` (the layers, run on each replica's
     own rows, so that their gradients add up across replicas like the
     student's) and `compare` (the loss between teacher outputs and projected
-    student outputs); the Distiller calls the two.
+    student outputs); the Distiller calls the two. A `project_student` that
+    takes a `training` argument gets the step's mode (true in `fit`, false in
+    `evaluate`), so BatchNorm in the loss's layers (FitNet's regressor)
+    trains in training steps only.
 
     Example, a logit loss that warms up over 5 epochs:
 
