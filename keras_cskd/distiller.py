@@ -1,5 +1,6 @@
 """The `Distiller`: trains a student from a frozen teacher with `model.fit`."""
 
+import contextlib
 import os
 import re
 
@@ -310,8 +311,8 @@ class Distiller(keras.Model):
         if y_pred is None:
             y_pred = self(x, training=training)
         student_outputs = y_pred if len(views) > 1 else [y_pred]
-        teacher_outputs = [self._teacher_outputs(view) for view in views]
-        terms = self._combined_terms(y, teacher_outputs, student_outputs)
+        teacher_outputs = [self._teacher_outputs(view, training) for view in views]
+        terms = self._combined_terms(y, teacher_outputs, student_outputs, training)
         self.term_means.update_state(
             dict(
                 self._logged(terms, [x, y, trained_weights(self)]),
@@ -361,7 +362,7 @@ class Distiller(keras.Model):
             return [_View.of(view) for view in x]
         return [_View.of(x)]
 
-    def _teacher_outputs(self, view):
+    def _teacher_outputs(self, view, training=False):
         """The teacher's outputs as a dict, with the batch's sample indices
         when a loss uses them (gathered across replicas with the outputs)."""
         if view.teacher_logits is not None:
@@ -372,7 +373,7 @@ class Distiller(keras.Model):
                 )
             outputs = view.teacher_logits
         else:
-            outputs = self._teacher_outputs_model(view.images, training=False)
+            outputs = self._run_teacher(view.images, training)
         outputs = dict(_as_dict(outputs))
         if self._index_loss is not None:
             if view.sample_indices is None:
@@ -384,7 +385,23 @@ class Distiller(keras.Model):
             outputs[SAMPLE_INDICES] = view.sample_indices
         return keras.tree.map_structure(ops.stop_gradient, _float32(outputs))
 
-    def _combined_terms(self, y, teacher_outputs, student_outputs):
+    def _run_teacher(self, images, training):
+        """The teacher's outputs: in inference mode, or, in a training step of a
+        loss that asks for it (`teacher_in_training_mode`: mdistiller's OFD),
+        in training mode: its BatchNorm layers normalise with the batch's
+        statistics and update their moving ones. Its weights still get no
+        gradient: they are not among the trained variables, and its outputs
+        are behind `stop_gradient`."""
+        in_training_mode = training and any(
+            getattr(interface, "teacher_in_training_mode", False)
+            for interface in self._interfaces
+        )
+        if not in_training_mode:
+            return self._teacher_outputs_model(images, training=False)
+        with _batch_statistics(self.teacher):
+            return self._teacher_outputs_model(images, training=True)
+
+    def _combined_terms(self, y, teacher_outputs, student_outputs, training=True):
         """Global values of every term, identical on every replica.
 
         With several views the cross-entropy is the `view_weights`-weighted sum
@@ -394,7 +411,7 @@ class Distiller(keras.Model):
         """
         weights = self.view_weights if len(student_outputs) > 1 else (1.0,)
         gathered = [
-            _global_batch(_as_dict(teacher), self._projected(student), y)
+            _global_batch(_as_dict(teacher), self._projected(student, training), y)
             for teacher, student in zip(teacher_outputs, student_outputs, strict=True)
         ]
         teachers, students, labels, replica_ids = (
@@ -452,15 +469,22 @@ class Distiller(keras.Model):
             "correct": ops.cast(correct, "float32"),
         }
 
-    def _projected(self, student_outputs):
+    def _projected(self, student_outputs, training=True):
         """This replica's student outputs, with each loss's projection (its
         own layers) added under `_projected_key`, before the gather: their
         gradients then come from this replica's rows only, like the student's."""
         outputs = _float32(_as_dict(student_outputs))
         for index, adapted in enumerate(self._interfaces):
             if adapted.layers:
+                # A loss whose layers act differently in training (OFD's
+                # connector BatchNorm) declares `projection_uses_training`.
+                mode = (
+                    {"training": training}
+                    if getattr(adapted, "projection_uses_training", False)
+                    else {}
+                )
                 outputs[_projected_key(index)] = adapted.project_student(
-                    outputs[_output_key(adapted.student_layer_name or LOGITS)]
+                    outputs[_output_key(adapted.student_layer_name or LOGITS)], **mode
                 )
         return outputs
 
@@ -653,6 +677,29 @@ def _check_labels(labels, student):
     shape = _static_shape(student, "output")
     if labels is not None and shape and hasattr(labels, "__len__"):
         class_labels(labels, shape[-1], where="fit()'s `y`")
+
+
+@contextlib.contextmanager
+def _batch_statistics(model):
+    """Runs `model`'s frozen BatchNorm layers with batch statistics inside.
+
+    Keras 3 runs a BatchNormalization layer whose `trainable` is False in
+    inference mode whatever `training` says; PyTorch's `train()` does not
+    look at `requires_grad`. The layers are made trainable for the call and
+    frozen again after it, before the step lists its trained variables.
+    """
+    batch_norms = [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    for layer in batch_norms:
+        layer.trainable = True
+    try:
+        yield
+    finally:
+        for layer in batch_norms:
+            layer.trainable = False
 
 
 def _as_dict(outputs):
