@@ -565,6 +565,10 @@ class Distiller(keras.Model):
         the outputs it compares; the Distiller tracks and trains them."""
         layers = []
         for adapted in self._interfaces:
+            if getattr(adapted, "reads_teacher_batch_norms", False):
+                # OFD's margins come from the teacher's BatchNorm weights; a
+                # loss never reads a model, so the Distiller hands them over.
+                adapted.use_teacher_batch_norms(taps.bn_before_relu(self.teacher))
             adapted.build(
                 _output_shape(self.teacher, adapted.teacher_layer_name),
                 _output_shape(self.student, adapted.student_layer_name),

@@ -8,8 +8,7 @@ from keras import ops
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.registry import register
 
-# TODO(batch_norm): import from keras_cskd.batch_norm once it moves there.
-from keras_cskd.models.batch_norm import GroupBatchNormalization
+from keras_cskd.batch_norm import GroupBatchNormalization
 
 _PREACT_STAGES = "preact_feats[1:]"
 
@@ -112,10 +111,11 @@ class OFD(DistillationLoss):
     (`REFERENCE_WEIGHT`, cfg.py's `OFD.LOSS.FEAT_WEIGHT`) beside a CE of 1.
 
     The margins come from the teacher's BatchNorm before each stage's last
-    ReLU (`margin`): pass them, or let the run's builder fill them from
+    ReLU (`margin`): pass them, or let the Distiller fill them from
     `keras_cskd.models.bn_before_relu(teacher)` (`reads_teacher_batch_norms`;
     a loss never reads a model itself). The teacher's BatchNorm weights are
-    frozen, so the margins are fixed once, as in the reference.
+    frozen, so the margins are fixed once, as in the reference, and saved in
+    the loss's config.
 
     mdistiller's OFD overrides `train()` and so trains with the teacher in
     training mode: its BatchNorm layers normalise with the batch's statistics
@@ -125,7 +125,7 @@ class OFD(DistillationLoss):
 
     Args:
         margins: per stage, the per-channel margins (`margins_from_batch_norms`),
-            or `None` until the builder fills them.
+            or `None` until the Distiller fills them.
         kernel_size: the connectors' kernel size (cfg's
             `OFD.CONNECTOR.KERNEL_SIZE`, 1), odd.
         teacher_layer_name, student_layer_name: the compared features, each a
@@ -143,7 +143,6 @@ class OFD(DistillationLoss):
     """
 
     REFERENCE_WEIGHT = 0.001
-    reads_teacher_batch_norms = True
     projection_uses_training = True
 
     def __init__(
@@ -171,9 +170,15 @@ class OFD(DistillationLoss):
         """Whether the Distiller runs the teacher in training mode."""
         return self.teacher_batch_statistics
 
+    @property
+    def reads_teacher_batch_norms(self):
+        """Whether the Distiller is to pass the teacher's BatchNorm layers to
+        `use_teacher_batch_norms` (while the margins are unknown)."""
+        return self.margins is None
+
     def use_teacher_batch_norms(self, batch_norms):
         """Sets the margins from the teacher's BatchNorm before each stage's
-        last ReLU (the builder calls it with `models.bn_before_relu`)."""
+        last ReLU (the Distiller passes `models.bn_before_relu(teacher)`)."""
         self.margins = margins_from_batch_norms(batch_norms)
 
     @property
@@ -265,8 +270,8 @@ class OFD(DistillationLoss):
         """The weighted sum of the stages' partial L2 losses."""
         if self.margins is None:
             raise ValueError(
-                "OFD has no margins: pass OFD(margins=margins_from_batch_norms("
-                "keras_cskd.models.bn_before_relu(teacher)))."
+                "OFD has no margins: use it in a Distiller, or pass OFD(margins="
+                "margins_from_batch_norms(keras_cskd.models.bn_before_relu(teacher)))."
             )
         teacher_stages = _as_list(teacher_outputs)
         students = _as_list(projected_student_outputs)
