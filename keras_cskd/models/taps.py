@@ -350,4 +350,6 @@ def _bn_before_relu_names(model, names):
     if name.startswith("mobilenetv2"):
         blocks = _last_blocks(model)
         return [f"{blocks[s - 1]}_project_bn" for s in (2, 3, 5, 7)]
+    if name.startswith("digits_cnn"):  # no reference: its preact taps' BatchNorm
+        return [f"bn{i}" for i in range(1, len(_digits_cnn_taps(model)["feats"]))]
     return None
