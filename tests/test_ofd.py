@@ -130,3 +130,32 @@ def test_refusals_name_the_fix():
         loss.compute_loss([keras.ops.ones((1, 4, 4, 2))], [keras.ops.ones((1, 4, 4, 2))])
     with pytest.raises(ValueError, match="margin lists"):
         OFD(margins=[[-1.0]] * 2).build([(None, 4, 4, 1)], [(None, 4, 4, 1)])
+
+
+def test_bn_before_relu_names_the_reference_layers():
+    # (resnet8's: the doctest of keras_cskd/models/taps.py)
+    wrn = keras_cskd.models.get("wrn_16_1", 10, (32, 32, 3))
+    assert [layer.name for layer in keras_cskd.models.bn_before_relu(wrn)] == [
+        "stage2_block0_pre_bn",
+        "stage3_block0_pre_bn",
+        "final_bn",
+    ]
+
+
+@pytest.mark.large
+def test_the_distiller_fills_the_margins_and_saves_the_connectors(tmp_path):
+    keras.utils.set_random_seed(0)
+    teacher = keras_cskd.models.get("resnet8", 10, (32, 32, 3))
+    student = keras_cskd.models.get("resnet8", 10, (32, 32, 3))
+    distiller = keras_cskd.Distiller(teacher, student, OFD())
+    expected = margins_from_batch_norms(keras_cskd.models.bn_before_relu(teacher))
+    assert distiller.distillation_loss.margins == expected
+    assert distiller.distillation_loss.extra_parameters == sum(
+        c * c + 2 * c for c in (16, 32, 64)
+    )
+    distiller.save(tmp_path / "distiller.keras")
+    restored = keras.saving.load_model(tmp_path / "distiller.keras")
+    assert restored.distillation_loss.margins == expected
+    for ours, theirs in zip(distiller.loss_layers, restored.loss_layers, strict=True):
+        for a, b in zip(ours.weights, theirs.weights, strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
