@@ -51,14 +51,18 @@ def _ported_loss(case):
 def test_margins_match_mdistiller(case):
     loss = _ported_loss(case)
     for i in range(3):
-        np.testing.assert_allclose(loss.margins[i], _golden(case, f"margin{i}"), rtol=1e-6)
+        np.testing.assert_allclose(
+            loss.margins[i], _golden(case, f"margin{i}"), rtol=1e-6
+        )
 
 
 def test_margin_is_the_normal_tail_mean_in_float64():
     for gamma, beta in ((1.0, 0.0), (-0.7, 1.2), (0.3, -2.0), (0.5, 2.0)):
         scale = abs(gamma)
         tail = norm.cdf(-beta / scale)
-        expected = beta - scale * norm.pdf(beta / scale) / tail if tail > 1e-3 else -3 * scale
+        expected = (
+            beta - scale * norm.pdf(beta / scale) / tail if tail > 1e-3 else -3 * scale
+        )
         assert margin(gamma, beta) == pytest.approx(expected, rel=1e-12)
 
 
@@ -78,7 +82,9 @@ def test_value_gradient_and_buffers_match_mdistiller(case):
         np.testing.assert_allclose(got, expected, atol=RTOL * np.abs(expected).max())
     for i, (_, batch_norm) in enumerate(loss._connectors):
         for name in ("mean", "var"):
-            ours = getattr(batch_norm, f"moving_{'variance' if name == 'var' else name}")
+            ours = getattr(
+                batch_norm, f"moving_{'variance' if name == 'var' else name}"
+            )
             np.testing.assert_allclose(
                 ours.numpy(), _golden(case, f"running_{name}{i}"), rtol=1e-5, atol=1e-7
             )
@@ -91,9 +97,13 @@ def test_extra_parameters_are_mdistillers(case):
 
 def _numpy_partial_l2(student, teacher, margin):
     student, teacher = student.astype(np.float64), teacher.astype(np.float64)
-    loss = np.where((student > margin) & (teacher <= margin), (student - margin) ** 2, 0)
+    loss = np.where(
+        (student > margin) & (teacher <= margin), (student - margin) ** 2, 0
+    )
     loss += np.where(
-        (student > teacher) & (teacher > margin) & (teacher <= 0), (student - teacher) ** 2, 0
+        (student > teacher) & (teacher > margin) & (teacher <= 0),
+        (student - teacher) ** 2,
+        0,
     )
     loss += np.where(teacher > 0, (student - teacher) ** 2, 0)
     return loss.mean(axis=0).sum()
@@ -127,7 +137,9 @@ def test_refusals_name_the_fix():
     loss = OFD()
     loss.build([(None, 4, 4, 2)], [(None, 4, 4, 2)])
     with pytest.raises(ValueError, match="bn_before_relu"):
-        loss.compute_loss([keras.ops.ones((1, 4, 4, 2))], [keras.ops.ones((1, 4, 4, 2))])
+        loss.compute_loss(
+            [keras.ops.ones((1, 4, 4, 2))], [keras.ops.ones((1, 4, 4, 2))]
+        )
     with pytest.raises(ValueError, match="margin lists"):
         OFD(margins=[[-1.0]] * 2).build([(None, 4, 4, 1)], [(None, 4, 4, 1)])
 

@@ -67,7 +67,9 @@ def test_clean_variant_and_evaluation_keep_the_teacher_in_inference_mode():
     for loss, training in ((KD(), True), (TrainingModeKD(), False)):
         teacher, student = _models()
         before = [v.numpy().copy() for v in teacher.weights]
-        keras_cskd.Distiller(teacher, student, loss).compute_loss(x, y, training=training)
+        keras_cskd.Distiller(teacher, student, loss).compute_loss(
+            x, y, training=training
+        )
         for variable, old in zip(teacher.weights, before, strict=True):
             np.testing.assert_array_equal(variable.numpy(), old)
 

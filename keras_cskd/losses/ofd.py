@@ -5,10 +5,9 @@ import math
 import keras
 from keras import ops
 
+from keras_cskd.batch_norm import GroupBatchNormalization
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.registry import register
-
-from keras_cskd.batch_norm import GroupBatchNormalization
 
 _PREACT_STAGES = "preact_feats[1:]"
 
@@ -139,7 +138,10 @@ class OFD(DistillationLoss):
     >>> loss.build([(None, 4, 4, 8)], [(None, 4, 4, 2)])   # the Distiller does it
     >>> loss.extra_parameters   # conv 2 * 8 plus BatchNorm 2 * 8
     32
-    >>> value = loss.compute_loss([keras.ops.ones((2, 4, 4, 8))], [keras.ops.ones((2, 4, 4, 2))])
+    >>> teacher, student = keras.ops.ones((2, 4, 4, 8)), keras.ops.ones((2, 4, 4, 2))
+    >>> # A constant batch normalises to 0; the teacher's 1s count 4 * 4 * 8 times.
+    >>> round(float(loss.compute_loss([teacher], [student], training=True)), 2)
+    128.0
     """
 
     REFERENCE_WEIGHT = 0.001
@@ -158,7 +160,9 @@ class OFD(DistillationLoss):
                 f"OFD's connectors keep the feature size with odd kernels, got "
                 f"kernel_size={kernel_size}: pass 1, 3, ..."
             )
-        self.margins = None if margins is None else [list(map(float, m)) for m in margins]
+        self.margins = (
+            None if margins is None else [list(map(float, m)) for m in margins]
+        )
         self.kernel_size = int(kernel_size)
         self.teacher_layer_name = teacher_layer_name
         self.student_layer_name = student_layer_name
@@ -198,8 +202,9 @@ class OFD(DistillationLoss):
     def build(self, teacher_shape, student_shape):
         """Creates one connector per stage, from the student's channels to the
         teacher's."""
-        teacher_shapes, student_shapes = _shape_list(teacher_shape), _shape_list(
-            student_shape
+        teacher_shapes, student_shapes = (
+            _shape_list(teacher_shape),
+            _shape_list(student_shape),
         )
         self._check_stage_counts(len(teacher_shapes), len(student_shapes))
         if self._connectors:
@@ -207,9 +212,7 @@ class OFD(DistillationLoss):
         for index, (teacher, student) in enumerate(
             zip(teacher_shapes, student_shapes, strict=True)
         ):
-            self._connectors.append(
-                self._connector(index, tuple(student), teacher[-1])
-            )
+            self._connectors.append(self._connector(index, tuple(student), teacher[-1]))
 
     def _connector(self, index, student_shape, teacher_channels):
         conv = keras.layers.Conv2D(

@@ -333,10 +333,14 @@ def _bn_before_relu_names(model, names):
     if "preact_feats_1" in names:
         count = len(_numbered(model, names, "preact_feats"))
         layer_names = [f"preact_feats_{i}" for i in range(1, count)]
-        return layer_names if all(
-            isinstance(model.get_layer(n), keras.layers.BatchNormalization)
-            for n in layer_names
-        ) else None
+        return (
+            layer_names
+            if all(
+                isinstance(model.get_layer(n), keras.layers.BatchNormalization)
+                for n in layer_names
+            )
+            else None
+        )
     name = model.name
     if _CIFAR_RESNET.fullmatch(name) or name in ("resnet18", "resnet50"):
         blocks = _last_blocks(model)
