@@ -3,6 +3,7 @@
 import contextlib
 import os
 import re
+import threading
 
 import keras
 from keras import ops
@@ -683,6 +684,13 @@ def _check_labels(labels, student):
         class_labels(labels, shape[-1], where="fit()'s `y`")
 
 
+# Replicas under MirroredStrategy trace the teacher in threads that take
+# turns at cross-replica calls: the layers stay trainable until the last
+# replica's teacher call has returned.
+_batch_statistics_lock = threading.Lock()
+_batch_statistics_users = {}
+
+
 @contextlib.contextmanager
 def _batch_statistics(model):
     """Runs `model`'s frozen BatchNorm layers with batch statistics inside.
@@ -697,13 +705,21 @@ def _batch_statistics(model):
         for layer in model._flatten_layers(include_self=False)
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
-    for layer in batch_norms:
-        layer.trainable = True
+    with _batch_statistics_lock:
+        _batch_statistics_users[id(model)] = (
+            _batch_statistics_users.get(id(model), 0) + 1
+        )
+        for layer in batch_norms:
+            layer.trainable = True
     try:
         yield
     finally:
-        for layer in batch_norms:
-            layer.trainable = False
+        with _batch_statistics_lock:
+            _batch_statistics_users[id(model)] -= 1
+            if not _batch_statistics_users[id(model)]:
+                del _batch_statistics_users[id(model)]
+                for layer in batch_norms:
+                    layer.trainable = False
 
 
 def _as_dict(outputs):
