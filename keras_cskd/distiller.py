@@ -394,8 +394,7 @@ class Distiller(keras.Model):
         gradient: they are not among the trained variables, and its outputs
         are behind `stop_gradient`."""
         in_training_mode = training and any(
-            getattr(interface, "teacher_in_training_mode", False)
-            for interface in self._interfaces
+            interface.teacher_in_training_mode for interface in self._interfaces
         )
         if not in_training_mode:
             return self._teacher_outputs_model(images, training=False)
@@ -480,9 +479,7 @@ class Distiller(keras.Model):
                 # A loss whose layers act differently in training (OFD's
                 # connector BatchNorm) declares `projection_uses_training`.
                 mode = (
-                    {"training": training}
-                    if getattr(adapted, "projection_uses_training", False)
-                    else {}
+                    {"training": training} if adapted.projection_uses_training else {}
                 )
                 outputs[_projected_key(index)] = adapted.project_student(
                     outputs[_output_key(adapted.student_layer_name or LOGITS)], **mode
@@ -566,7 +563,7 @@ class Distiller(keras.Model):
         the outputs it compares; the Distiller tracks and trains them."""
         layers = []
         for adapted in self._interfaces:
-            if getattr(adapted, "reads_teacher_batch_norms", False):
+            if adapted.reads_teacher_batch_norms:
                 # OFD's margins come from the teacher's BatchNorm weights; a
                 # loss never reads a model, so the Distiller hands them over.
                 adapted.use_teacher_batch_norms(taps.bn_before_relu(self.teacher))

@@ -51,6 +51,15 @@ class DistillationLoss(keras.distillation.DistillationLoss):
         uses_sample_indices: whether the loss needs each example's dataset
             index (CRD's memory bank); the Distiller then refuses batches
             without `"sample_indices"`.
+        teacher_in_training_mode: run the teacher with `training=True` in
+            training steps, its BatchNorm on batch statistics, its moving
+            statistics updated, its weights still frozen (mdistiller's OFD).
+        projection_uses_training: whether `project_student` takes
+            `training=` (the step's mode: BatchNorm in the loss's layers).
+        reads_teacher_batch_norms: whether the Distiller is to call the
+            loss's `use_teacher_batch_norms(layers)` with the teacher's
+            BatchNorm before each stage's last ReLU
+            (`keras_cskd.models.bn_before_relu`; OFD's margins).
 
     The loss's own trainable layers (FitNets' regressor) are listed by
     `layers` and created by `build(teacher_shape, student_shape)`, which the
@@ -81,6 +90,9 @@ class DistillationLoss(keras.distillation.DistillationLoss):
     global_batch = True
     cswt_argument = None
     uses_sample_indices = False
+    teacher_in_training_mode = False
+    projection_uses_training = False
+    reads_teacher_batch_norms = False
 
     @property
     def layers(self):
