@@ -31,6 +31,9 @@ CSKD paper's CIFAR-100 table (PAIRS) and one of:
 - `ctkd`: CTKD's global learnable temperature (`losses.CTKD`: T in (1, 21),
   its gradient reversed with the cosine curriculum 0 -> -1 over epochs 1-10)
   as its `scripts/run_cifar_distill.sh`: CE 0.1, KD 0.9, 240 epochs, rate 0.05.
+- `ofd`: mdistiller's OFD (CE 1, feature weight 0.001, 1x1 connectors, the
+  teacher in training mode as its `train()` leaves it) on `preact_feats[1:]`,
+  240 epochs; not for MobileNetV2 students (`pairs("ofd")`).
 - `kd_dot`: `kd` trained by mdistiller's DOT (momentum 0.9 -+ 0.075 for the
   task and the distillation gradients, `optimizers.DOT`), for the three pairs
   of its `configs/cifar100/dot/` (`DOT_PAIRS`).
@@ -172,6 +175,23 @@ FEATURE_RECIPES = {
         "ce_weight": 1.0,
         "distillation_loss_weight": 1000.0,
     },
+    # OFD: cfg.py's OFD.* (CE 1, FEAT_WEIGHT 0.001, CONNECTOR.KERNEL_SIZE 1) on
+    # preact_feats[1:], the teacher in training mode as the reference's `train()`
+    # leaves it (teacher_batch_statistics=False: the clean variant); the
+    # Distiller takes the margins from the teacher. Not for MobileNetV2
+    # students, which have no preact_feats (nor in mdistiller).
+    "ofd": {
+        "loss": loss_config(
+            "ofd",
+            kernel_size=1,
+            teacher_layer_name="preact_feats[1:]",
+            student_layer_name="preact_feats[1:]",
+            teacher_batch_statistics=True,
+        ),
+        "ce_weight": 1.0,
+        "distillation_loss_weight": 0.001,
+        "pairs": tuple(pair for pair in PAIRS if pair[1] != "mobilenetv2"),
+    },
 }
 SMALL_LEARNING_RATE_STUDENTS = ("shufflenetv1", "shufflenetv2", "mobilenetv2")
 METHODS = ("kd", "dkd", "cskd", "cskd_reference", "kd_ls", "dkd_ls", "ctkd", "kd_dot")
@@ -181,6 +201,8 @@ FEATURE_METHODS = tuple(FEATURE_RECIPES)
 
 def pairs(method):
     """The (teacher, student) pairs `method` has a recipe for."""
+    if method in FEATURE_RECIPES:
+        return FEATURE_RECIPES[method].get("pairs", tuple(PAIRS))
     return DOT_PAIRS if method == "kd_dot" else tuple(PAIRS)
 
 
@@ -230,6 +252,11 @@ def get_config(spec="cskd_reference,resnet32x4,resnet8x4"):
         _use_ctkd(config)
     elif method in FEATURE_METHODS:
         recipe = FEATURE_RECIPES[method]
+        if (teacher, student) not in pairs(method):
+            raise ValueError(
+                f"{method} has no recipe for {teacher},{student}; it has one for "
+                f"{', '.join(f'{t},{s}' for t, s in pairs(method))}."
+            )
         config.loss = recipe["loss"].copy_and_resolve_references()
         config.ce_weight = recipe["ce_weight"]
         config.distillation_loss_weight = recipe["distillation_loss_weight"]

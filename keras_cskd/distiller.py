@@ -1,8 +1,9 @@
 """The `Distiller`: trains a student from a frozen teacher with `model.fit`."""
 
-import inspect
+import contextlib
 import os
 import re
+import threading
 
 import keras
 from keras import ops
@@ -323,7 +324,7 @@ class Distiller(keras.Model):
         if y_pred is None:
             y_pred = self(x, training=training)
         student_outputs = y_pred if len(views) > 1 else [y_pred]
-        teacher_outputs = [self._teacher_outputs(view) for view in views]
+        teacher_outputs = [self._teacher_outputs(view, training) for view in views]
         terms = self._combined_terms(y, teacher_outputs, student_outputs, training)
         self.term_means.update_state(
             dict(
@@ -374,7 +375,7 @@ class Distiller(keras.Model):
             return [_View.of(view) for view in x]
         return [_View.of(x)]
 
-    def _teacher_outputs(self, view):
+    def _teacher_outputs(self, view, training=False):
         """The teacher's outputs as a dict, with the batch's sample indices
         when a loss uses them (gathered across replicas with the outputs)."""
         if view.teacher_logits is not None:
@@ -385,7 +386,7 @@ class Distiller(keras.Model):
                 )
             outputs = view.teacher_logits
         else:
-            outputs = self._teacher_outputs_model(view.images, training=False)
+            outputs = self._run_teacher(view.images, training)
         outputs = dict(_as_dict(outputs))
         if self._index_loss is not None:
             if view.sample_indices is None:
@@ -397,7 +398,22 @@ class Distiller(keras.Model):
             outputs[SAMPLE_INDICES] = view.sample_indices
         return keras.tree.map_structure(ops.stop_gradient, _float32(outputs))
 
-    def _combined_terms(self, y, teacher_outputs, student_outputs, training=False):
+    def _run_teacher(self, images, training):
+        """The teacher's outputs: in inference mode, or, in a training step of a
+        loss that asks for it (`teacher_in_training_mode`: mdistiller's OFD),
+        in training mode: its BatchNorm layers normalise with the batch's
+        statistics and update their moving ones. Its weights still get no
+        gradient: they are not among the trained variables, and its outputs
+        are behind `stop_gradient`."""
+        in_training_mode = training and any(
+            interface.teacher_in_training_mode for interface in self._interfaces
+        )
+        if not in_training_mode:
+            return self._teacher_outputs_model(images, training=False)
+        with _batch_statistics(self.teacher):
+            return self._teacher_outputs_model(images, training=True)
+
+    def _combined_terms(self, y, teacher_outputs, student_outputs, training=True):
         """Global values of every term, identical on every replica.
 
         With several views the cross-entropy is the `view_weights`-weighted sum
@@ -465,18 +481,18 @@ class Distiller(keras.Model):
             "correct": ops.cast(correct, "float32"),
         }
 
-    def _projected(self, student_outputs, training=False):
+    def _projected(self, student_outputs, training=True):
         """This replica's student outputs, with each loss's projection (its
         own layers) added under `_projected_key`, before the gather: their
         gradients then come from this replica's rows only, like the student's.
-        A `project_student` that takes `training` gets it (BatchNorm in a
-        loss's modules, FitNet's regressor, trains in training steps only)."""
+        `training` is the step's mode (BatchNorm in a loss's modules, FitNet's
+        regressor, trains in training steps only)."""
         outputs = _float32(_as_dict(student_outputs))
         for index, adapted in enumerate(self._interfaces):
             if adapted.layers:
-                mode = _training_argument(adapted.project_student, training)
                 outputs[_projected_key(index)] = adapted.project_student(
-                    outputs[_output_key(adapted.student_layer_name or LOGITS)], **mode
+                    outputs[_output_key(adapted.student_layer_name or LOGITS)],
+                    training=training,
                 )
         return outputs
 
@@ -557,6 +573,10 @@ class Distiller(keras.Model):
         the outputs it compares; the Distiller tracks and trains them."""
         layers = []
         for adapted in self._interfaces:
+            if adapted.reads_teacher_batch_norms:
+                # OFD's margins come from the teacher's BatchNorm weights; a
+                # loss never reads a model, so the Distiller hands them over.
+                adapted.use_teacher_batch_norms(taps.bn_before_relu(self.teacher))
             adapted.build(
                 _output_shape(self.teacher, adapted.teacher_layer_name),
                 _output_shape(self.student, adapted.student_layer_name),
@@ -671,14 +691,46 @@ def _check_labels(labels, student):
         class_labels(labels, shape[-1], where="fit()'s `y`")
 
 
+# Replicas under MirroredStrategy trace the teacher in threads that take
+# turns at cross-replica calls: the layers stay trainable until the last
+# replica's teacher call has returned.
+_batch_statistics_lock = threading.Lock()
+_batch_statistics_users = {}
+
+
+@contextlib.contextmanager
+def _batch_statistics(model):
+    """Runs `model`'s frozen BatchNorm layers with batch statistics inside.
+
+    Keras 3 runs a BatchNormalization layer whose `trainable` is False in
+    inference mode whatever `training` says; PyTorch's `train()` does not
+    look at `requires_grad`. The layers are made trainable for the call and
+    frozen again after it, before the step lists its trained variables.
+    """
+    batch_norms = [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    with _batch_statistics_lock:
+        _batch_statistics_users[id(model)] = (
+            _batch_statistics_users.get(id(model), 0) + 1
+        )
+        for layer in batch_norms:
+            layer.trainable = True
+    try:
+        yield
+    finally:
+        with _batch_statistics_lock:
+            _batch_statistics_users[id(model)] -= 1
+            if not _batch_statistics_users[id(model)]:
+                del _batch_statistics_users[id(model)]
+                for layer in batch_norms:
+                    layer.trainable = False
+
+
 def _as_dict(outputs):
     return outputs if isinstance(outputs, dict) else {LOGITS: outputs}
-
-
-def _training_argument(project_student, training):
-    """`{"training": training}` for a `project_student` that takes it."""
-    parameters = inspect.signature(project_student).parameters
-    return {"training": training} if "training" in parameters else {}
 
 
 def _projected_key(index):

@@ -34,6 +34,7 @@ def build_loss(name):
         "at_pairs": lambda: losses.AttentionTransfer(
             ["relu0", "relu1"], ["features", "features"]
         ),
+        "ofd": lambda: losses.OFD(),
     }[name]()
 
 
@@ -52,6 +53,7 @@ def ATTENTION():
 # Students with a feature map to compare, and their distillation loss weights.
 FEATURE_LOSSES = {"fitnets": 1.0, "attention_transfer": 100.0, "several": [1, 1, 100]}
 FEATURE_LOSSES.update(fitnet=1.0, at_pairs=100.0)
+FEATURE_LOSSES["ofd"] = 0.01  # the teacher in training mode, as mdistiller's OFD
 
 
 def feature_student():
@@ -62,6 +64,21 @@ def feature_student():
     inputs = keras.Input((8, 8, 1), name="images")
     x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
     x = keras.layers.ReLU(name="features")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
+
+
+def ofd_student():
+    """A BatchNorm-free CNN with mdistiller's taps by name: three stages'
+    pre-ReLU outputs (`preact_feats_<i>`) at the digits teacher's sizes."""
+    import keras
+
+    x = inputs = keras.Input((8, 8, 1), name="images")
+    for i, filters in enumerate((4, 4, 8)):
+        x = keras.layers.Conv2D(filters, 3, padding="same", name=f"preact_feats_{i}")(x)
+        x = keras.layers.ReLU(name=f"feats_{i}")(x)
+        if i < 2:
+            x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
 
@@ -83,7 +100,9 @@ def train(loss_name, strategy, global_batch=32, steps=5):
     with strategy.scope():
         keras.utils.set_random_seed(0)
         teacher = keras_cskd.models.get("digits_cnn", 10, (8, 8, 1), width=8)
-        if loss_name in FEATURE_LOSSES:
+        if loss_name == "ofd":
+            student = ofd_student()
+        elif loss_name in FEATURE_LOSSES:
             student = feature_student()
         else:
             student = keras_cskd.models.get("digits_mlp", 10, (8, 8, 1))

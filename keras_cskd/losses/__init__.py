@@ -21,6 +21,7 @@ from keras_cskd.losses.logit_loss import LogitLoss
 from keras_cskd.losses.lskd import LSKD
 from keras_cskd.losses.mlkd import MLKD
 from keras_cskd.losses.nst import NST
+from keras_cskd.losses.ofd import OFD
 from keras_cskd.losses.pkt import PKT
 from keras_cskd.losses.registry import get, get_class, names, register
 from keras_cskd.losses.rkd import RKD
@@ -50,6 +51,7 @@ __all__ = [
     "LogitLoss",
     "MLKD",
     "NST",
+    "OFD",
     "PKT",
     "RKD",
     "SKD",

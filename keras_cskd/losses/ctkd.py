@@ -200,7 +200,7 @@ class CTKD(LogitLoss):
         logit = self._temperature_layer.logit if logit is None else logit
         return self.min_temperature + self.temperature_range * ops.sigmoid(logit)
 
-    def project_student(self, student_outputs):
+    def project_student(self, student_outputs, training=False):
         """The student logits with the temperature's column appended, `[B, C+1]`."""
         self.build()
         student_logits = ops.cast(student_outputs, "float32")

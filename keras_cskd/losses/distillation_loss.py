@@ -51,6 +51,13 @@ class DistillationLoss(keras.distillation.DistillationLoss):
         uses_sample_indices: whether the loss needs each example's dataset
             index (CRD's memory bank); the Distiller then refuses batches
             without `"sample_indices"`.
+        teacher_in_training_mode: run the teacher with `training=True` in
+            training steps, its BatchNorm on batch statistics, its moving
+            statistics updated, its weights still frozen (mdistiller's OFD).
+        reads_teacher_batch_norms: whether the Distiller is to call the
+            loss's `use_teacher_batch_norms(layers)` with the teacher's
+            BatchNorm before each stage's last ReLU
+            (`keras_cskd.models.bn_before_relu`; OFD's margins).
 
     The loss's own trainable layers (FitNets' regressor) are listed by
     `layers` and created by `build(teacher_shape, student_shape)`, which the
@@ -59,10 +66,10 @@ class DistillationLoss(keras.distillation.DistillationLoss):
     `compute_loss` into `project_student` (the layers, run on each replica's
     own rows, so that their gradients add up across replicas like the
     student's) and `compare` (the loss between teacher outputs and projected
-    student outputs); the Distiller calls the two. A `project_student` that
-    takes a `training` argument gets the step's mode (true in `fit`, false in
-    `evaluate`), so BatchNorm in the loss's layers (FitNet's regressor)
-    trains in training steps only.
+    student outputs); the Distiller calls the two. `project_student` gets the
+    step's mode, `training` (true in `fit`, false in `evaluate`), so that
+    BatchNorm in the loss's layers (FitNet's regressor) trains in training
+    steps only.
 
     Example, a logit loss that warms up over 5 epochs:
 
@@ -84,6 +91,8 @@ class DistillationLoss(keras.distillation.DistillationLoss):
     global_batch = True
     cswt_argument = None
     uses_sample_indices = False
+    teacher_in_training_mode = False
+    reads_teacher_batch_norms = False
 
     @property
     def layers(self):
@@ -93,7 +102,7 @@ class DistillationLoss(keras.distillation.DistillationLoss):
     def build(self, teacher_shape, student_shape):
         """Creates the loss's layers for outputs of these shapes."""
 
-    def project_student(self, student_outputs):
+    def project_student(self, student_outputs, training=False):
         """The student outputs through the loss's own layers (as they are)."""
         return student_outputs
 

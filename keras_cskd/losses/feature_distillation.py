@@ -119,7 +119,7 @@ class FeatureDistillation(DistillationLoss):
         self.validate_outputs(teacher_outputs, student_outputs)
         return self.compare(teacher_outputs, self.project_student(student_outputs))
 
-    def project_student(self, student_outputs):
+    def project_student(self, student_outputs, training=False):
         """The student features through the regressor (if any), in float32."""
         student_features = ops.cast(student_outputs, "float32")
         if not self.regressor:

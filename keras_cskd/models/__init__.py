@@ -16,13 +16,14 @@ from keras_cskd.batch_norm import (
 )
 from keras_cskd.models.registry import get, names, register
 from keras_cskd.models.saving import CodeInModelError, load
-from keras_cskd.models.taps import features
+from keras_cskd.models.taps import bn_before_relu, features
 from keras_cskd.models.teacher import load_teacher
 
 __all__ = [
     "CodeInModelError",
     "GroupBatchNormalization",
     "TorchBatchNormalization",
+    "bn_before_relu",
     "features",
     "get",
     "load",

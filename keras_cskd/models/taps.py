@@ -210,8 +210,8 @@ def _wrn_taps(model):
     )
 
 
-def _vgg_taps(model):
-    # Each block ends in conv-BN; its ReLU is the block's feature.
+def _vgg_last_convs(model):
+    """`["block0_<last>", ...]`: each VGG block's last conv-BN-ReLU."""
     names = {layer.name for layer in model.layers}
     last = []
     while f"block{len(last)}_0_relu" in names:
@@ -219,6 +219,12 @@ def _vgg_taps(model):
         while f"block{k}_{i + 1}_relu" in names:
             i += 1
         last.append(f"block{k}_{i}")
+    return last
+
+
+def _vgg_taps(model):
+    # Each block ends in conv-BN; its ReLU is the block's feature.
+    last = _vgg_last_convs(model)
     return _taps(
         model,
         [f"{b}_relu" for b in last],
@@ -284,3 +290,72 @@ def _digits_cnn_taps(model):
         [f"bn{i}" for i in range(count)],
         pooled="gap",
     )
+
+
+def bn_before_relu(model):
+    """The BatchNorm layer before each stage's last ReLU, as mdistiller's
+    `get_bn_before_relu()`: one per stage, the stem excluded (`feats[1:]`).
+
+    OFD's margins come from their weights. For a residual stage it is the
+    last block's last BatchNorm (before the shortcut is added, as the
+    reference takes it); for WRN the next stage's first BatchNorm (or the
+    final one); for VGG each block's last. A user's functional model gets the
+    `preact_feats_<i>` layers (i >= 1) when they are BatchNorm layers.
+
+    Args:
+        model: a zoo model (not ShuffleNet, which the reference refuses too)
+            or a functional model with BatchNorm `preact_feats_<i>` layers.
+
+    Returns:
+        A list of `keras.layers.BatchNormalization` layers.
+
+    Raises:
+        ValueError: for a model without such layers.
+
+    Example:
+
+    >>> import keras_cskd
+    >>> model = keras_cskd.models.get("resnet8", 10, (32, 32, 3))
+    >>> [layer.name for layer in bn_before_relu(model)]
+    ['stage1_block0_2_bn', 'stage2_block0_2_bn', 'stage3_block0_2_bn']
+    """
+    names = {layer.name for layer in model.layers}
+    layer_names = _bn_before_relu_names(model, names)
+    if layer_names is None or not set(layer_names) <= names:
+        raise ValueError(
+            f"No BatchNorm before the stages' ReLUs known for model '{model.name}' "
+            "(mdistiller defines them for its ResNets, WRNs, VGGs and "
+            "MobileNetV2): use such a teacher or name BatchNorm layers "
+            "preact_feats_1, preact_feats_2, ..."
+        )
+    return [model.get_layer(name) for name in layer_names]
+
+
+def _bn_before_relu_names(model, names):
+    if "preact_feats_1" in names:
+        count = len(_numbered(model, names, "preact_feats"))
+        layer_names = [f"preact_feats_{i}" for i in range(1, count)]
+        return (
+            layer_names
+            if all(
+                isinstance(model.get_layer(n), keras.layers.BatchNormalization)
+                for n in layer_names
+            )
+            else None
+        )
+    name = model.name
+    if _CIFAR_RESNET.fullmatch(name) or name in ("resnet18", "resnet50"):
+        blocks = _last_blocks(model)
+        last_bn = "3_bn" if f"{blocks[0]}_3_bn" in names else "2_bn"
+        return [f"{b}_{last_bn}" for b in blocks]
+    if name.startswith("wrn"):
+        count = len(_last_blocks(model))
+        return [f"stage{s}_block0_pre_bn" for s in range(2, count + 1)] + ["final_bn"]
+    if name.startswith("vgg"):
+        return [f"{b}_bn" for b in _vgg_last_convs(model)[1:]]
+    if name.startswith("mobilenetv2"):
+        blocks = _last_blocks(model)
+        return [f"{blocks[s - 1]}_project_bn" for s in (2, 3, 5, 7)]
+    if name.startswith("digits_cnn"):  # no reference: its preact taps' BatchNorm
+        return [f"bn{i}" for i in range(1, len(_digits_cnn_taps(model)["feats"]))]
+    return None
