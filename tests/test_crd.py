@@ -118,7 +118,10 @@ def test_draws_are_a_function_of_the_seed_and_the_step_alone():
     again, _ = _drawing_loss(seed=3)
     other, _ = _drawing_loss(seed=4)
     indices = np.arange(6, dtype="int32")
-    draw = lambda loss: ops.convert_to_numpy(loss.draw_contrast_indices(indices))
+
+    def draw(loss):
+        return ops.convert_to_numpy(loss.draw_contrast_indices(indices))
+
     np.testing.assert_array_equal(draw(first), draw(again))
     assert not np.array_equal(draw(first), draw(other))
     before = draw(first)

@@ -134,6 +134,11 @@ def state(distiller, prefix, banks=True):
     return out
 
 
+def kernel_gradient(embed):
+    """The gradient of an `Embed`'s linear weight, in Keras's `[in, out]`."""
+    return embed.linear.weight.grad.numpy().T.copy()
+
+
 def forward_cases(source, cfg, rng):
     module = load(source, "mdistiller_CRD.py", "CRD")
     num_data, k, batch, classes = 300, 50, 8, 10
@@ -171,8 +176,8 @@ def forward_cases(source, cfg, rng):
                 f"loss_kd{b}": losses["loss_kd"].detach().numpy().astype(np.float64),
                 f"loss_ce{b}": np.float64(losses["loss_ce"].item()),
                 f"grad_student{b}": student.pooled[b].grad.numpy().copy(),
-                f"grad_embed_s_kernel{b}": distiller.embed_s.linear.weight.grad.numpy().T.copy(),
-                f"grad_embed_t_kernel{b}": distiller.embed_t.linear.weight.grad.numpy().T.copy(),
+                f"grad_embed_s_kernel{b}": kernel_gradient(distiller.embed_s),
+                f"grad_embed_t_kernel{b}": kernel_gradient(distiller.embed_t),
                 **state(distiller, f"after{b}_"),
             }
         )
