@@ -8,7 +8,10 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
+import keras_cskd
 from keras_cskd import losses
+from keras_cskd.models.porting import load_torch_state_dict
+from keras_cskd.optimizers import EpochStepDecay, TorchSGD
 
 FIXTURE = dict(np.load(Path(__file__).parent / "golden" / "crd.npz"))
 
@@ -159,3 +162,78 @@ def test_config_round_trip():
     restored = losses.CRD.from_config(loss.get_config())
     assert restored.get_config() == loss.get_config()
     assert losses.get("crd", num_examples=10).num_negatives == 16384
+
+
+def _resnet8():
+    return keras_cskd.models.get("resnet8", num_classes=10, input_shape=(32, 32, 3))
+
+
+def _state_dict(fixture, prefix):
+    return {k[len(prefix) :]: v for k, v in fixture.items() if k.startswith(prefix)}
+
+
+def _given_negatives(loss, fixture):
+    """`loss` drawing the fixture's contrast indices at steps 1, 2, 3."""
+    table = np.stack([fixture[f"contrast_index{e}"] for e in (1, 2, 3)])
+    table = ops.convert_to_tensor(table.astype("int32"))
+    loss.draw_contrast_indices = lambda indices: ops.take(
+        table, loss.memory.draws, axis=0
+    )
+    return loss
+
+
+@pytest.mark.large
+def test_three_sgd_steps_equal_the_crd_trainer():
+    """mdistiller's resnet8 distilled from a resnet8 teacher by CRD (CE 1,
+    0.8 CRD), one step per epoch, the rate 0.1 x0.1 after epochs 1 and 2: the
+    student, both embeddings (trained, with weight decay) and the banks."""
+    fixture = _fixture("sgd/")
+    keras.utils.set_random_seed(0)
+    student = load_torch_state_dict(_resnet8(), _state_dict(fixture, "initial/"))
+    teacher = load_torch_state_dict(_resnet8(), _state_dict(fixture, "teacher/"))
+    loss = losses.CRD(
+        int(fixture["num_data"]),
+        "avgpool",  # pooled_feat (a tap name once the Distiller reads taps)
+        "avgpool",
+        num_negatives=int(fixture["k"]),
+    )
+    loss.adapt(fixture["labels"])
+    distiller = keras_cskd.Distiller(
+        teacher, student, _given_negatives(loss, fixture), distillation_loss_weight=0.8
+    )
+    port_state(loss, fixture, "initial_")
+    schedule = EpochStepDecay(0.1, 1, milestones=(1, 2))
+    distiller.compile(optimizer=TorchSGD(schedule, momentum=0.9, weight_decay=5e-4))
+    initial, expected_model = student.get_weights(), _resnet8()
+    for epoch in (1, 2, 3):
+        x = {
+            "images": fixture[f"images{epoch}"],
+            "sample_indices": fixture[f"index{epoch}"],
+        }
+        y = fixture["labels"][fixture[f"index{epoch}"]]
+        logs = distiller.train_on_batch(x, y, epoch=epoch, return_dict=True)
+        assert _relative_error(logs["loss"], fixture[f"loss{epoch}"]) < 1e-5
+        load_torch_state_dict(expected_model, _state_dict(fixture, f"step{epoch}/"))
+        for index, (actual, value, start) in enumerate(
+            zip(
+                student.get_weights(),
+                expected_model.get_weights(),
+                initial,
+                strict=True,
+            )
+        ):
+            assert _relative_error(actual, value) < 1e-5, (epoch, index)
+            if np.any(value != start):
+                update_error = _relative_error(actual - start, value - start)
+                assert update_error < 1e-3, (epoch, index)
+        for name, layer in (
+            ("embed_s", loss.student_embedding),
+            ("embed_t", loss.teacher_embedding),
+        ):
+            kernel = fixture[f"step{epoch}_{name}_kernel"]
+            assert _relative_error(layer.kernel, kernel) < 1e-5, (epoch, name)
+        z = [float(loss.memory.student_z), float(loss.memory.teacher_z)]
+        assert _relative_error(z, fixture[f"step{epoch}_z"]) < 1e-5
+    memory = loss.memory
+    assert _relative_error(memory.student_memory, fixture["step3_memory_v1"]) < 1e-5
+    assert _relative_error(memory.teacher_memory, fixture["step3_memory_v2"]) < 1e-5
