@@ -105,7 +105,8 @@ class CRD(DistillationLoss):
     recipes' data layer hands them over (docs/reproducing.md).
 
     Args:
-        num_examples: `N`, the training split's size (the banks' rows).
+        num_examples: `N`, the training split's size (the banks' rows), or
+            `None` to take it from `adapt`.
         teacher_layer_name, student_layer_name: the compared features
             (`"pooled_feat"` on zoo models).
         feature_dim: the embeddings' width (cfg.py's `CRD.FEAT.DIM`, 128).
@@ -136,7 +137,7 @@ class CRD(DistillationLoss):
 
     def __init__(
         self,
-        num_examples,
+        num_examples=None,
         teacher_layer_name=None,
         student_layer_name=None,
         feature_dim=128,
@@ -153,7 +154,7 @@ class CRD(DistillationLoss):
             raise ValueError(
                 f"CRD's normalizer is 'first_batch' or 'per_batch', got {normalizer!r}."
             )
-        self.num_examples = int(num_examples)
+        self.num_examples = None if num_examples is None else int(num_examples)
         self.teacher_layer_name = teacher_layer_name
         self.student_layer_name = student_layer_name
         self.feature_dim, self.num_negatives = int(feature_dim), int(num_negatives)
@@ -184,6 +185,8 @@ class CRD(DistillationLoss):
         """Sets the training split's labels, in example order (`[N]` ints):
         `"exact"` draws negatives among the other classes' examples."""
         labels = np.asarray(labels).reshape(-1).astype("int32")
+        if self.num_examples is None and self.memory is None:
+            self.num_examples = labels.shape[0]
         if labels.shape[0] != self.num_examples:
             raise ValueError(
                 f"CRD was built for {self.num_examples} examples but adapt() got "
@@ -202,6 +205,11 @@ class CRD(DistillationLoss):
         """Creates the embeddings and the memory for features of these shapes."""
         if self.memory is not None:
             return
+        if self.num_examples is None:
+            raise ValueError(
+                "CRD does not know the training split's size: pass num_examples, "
+                "or call adapt(train_labels) before building it."
+            )
         self.student_embedding = keras.layers.Dense(
             self.feature_dim, name="crd_student_embedding", dtype="float32"
         )
