@@ -32,7 +32,8 @@ def build_loss(loss_config, train_labels=None):
 
     A loss that keeps a row per training example (`uses_sample_indices`,
     CRD) is adapted to the training split's labels, `train_labels()` (a
-    function, so that other runs never read them).
+    function, so that other runs never read them; without it, as when a
+    config is validated, the loss is left unadapted).
 
     `loss.cswt=True` puts `CSWT(loss.t_min, loss.t_max)` in the argument the
     loss declares as its `cswt_argument`; a loss that declares none refuses it.
@@ -61,12 +62,7 @@ def build_loss(loss_config, train_labels=None):
     elif argument not in (None, "temperature"):  # a CSWT-only argument: off
         options[argument] = None
     loss = losses.get(method, **options)
-    if getattr(loss, "uses_sample_indices", False):
-        if train_labels is None:
-            raise ValueError(
-                f"The {method} loss keeps a row per training example: build it "
-                "with the training split's labels (train_labels)."
-            )
+    if getattr(loss, "uses_sample_indices", False) and train_labels is not None:
         loss.adapt(train_labels())
     return loss
 

@@ -193,8 +193,8 @@ def test_three_sgd_steps_equal_the_crd_trainer():
     teacher = load_torch_state_dict(_resnet8(), _state_dict(fixture, "teacher/"))
     loss = losses.CRD(
         int(fixture["num_data"]),
-        "avgpool",  # pooled_feat (a tap name once the Distiller reads taps)
-        "avgpool",
+        "pooled_feat",
+        "pooled_feat",
         num_negatives=int(fixture["k"]),
     )
     loss.adapt(fixture["labels"])

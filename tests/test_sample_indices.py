@@ -71,5 +71,4 @@ def test_a_crd_run_needs_indexed_batches_and_no_mixup():
 def test_build_loss_adapts_crd_to_the_training_labels():
     loss = builders.build_loss(loss_config("crd"), lambda: np.arange(12) % 3)
     assert loss.num_examples == 12
-    with pytest.raises(ValueError, match="keeps a row per training example"):
-        builders.build_loss(loss_config("crd"))
+    assert builders.build_loss(loss_config("crd")).num_examples is None
