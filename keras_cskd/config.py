@@ -442,6 +442,12 @@ def _combination_problems(config):
             f"loss.method {method} keeps a row per training example: set "
             "data.sample_indices=True (batches with each example's index)"
         )
+    if data.sample_indices and data.validation_fraction > 0:
+        problems.append(
+            "data.sample_indices cannot be combined with data.validation_fraction "
+            "(validating the Distiller would run the indexed loss, CRD, on "
+            "un-indexed batches): the test accuracy is measured on the student alone"
+        )
     if data.sample_indices and (data.mixup_alpha > 0 or data.cache_teacher_logits):
         problems.append(
             "data.sample_indices cannot be combined with data.mixup_alpha (a mixed "

@@ -66,6 +66,9 @@ def test_a_crd_run_needs_indexed_batches_and_no_mixup():
     config.data.sample_indices, config.data.mixup_alpha = True, 0.2
     with pytest.raises(ValueError, match="sample_indices cannot be combined"):
         config_module.validate(config)
+    config.data.mixup_alpha, config.data.validation_fraction = 0.0, 0.1
+    with pytest.raises(ValueError, match="validation_fraction"):
+        config_module.validate(config)
 
 
 def test_build_loss_adapts_crd_to_the_training_labels():
