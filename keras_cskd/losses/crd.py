@@ -259,7 +259,7 @@ class CRD(DistillationLoss):
         if contrast_indices is None:
             contrast_indices = self.draw_contrast_indices(sample_indices)
         contrast_indices = ops.cast(contrast_indices, "int32")
-        memory.draws.assign(memory.draws + 1)
+        memory.draws.assign(ops.convert_to_tensor(memory.draws) + 1)
         # Each network's embeddings against the other's bank.
         student_scores = self._scores(memory.teacher_memory, contrast_indices, student)
         teacher_scores = self._scores(memory.student_memory, contrast_indices, teacher)
@@ -286,7 +286,8 @@ class CRD(DistillationLoss):
         estimate = ops.stop_gradient(ops.mean(scores)) * self.num_examples
         if self.normalizer == "per_batch":
             return estimate
-        value = ops.where(z < 0, estimate, z)
+        current = ops.convert_to_tensor(z)
+        value = ops.where(current < 0, estimate, current)
         z.assign(value)
         return value
 
@@ -321,7 +322,9 @@ class CRD(DistillationLoss):
         count = ops.searchsorted(sorted_labels, own, side="right") - start
         batch = ops.shape(sample_indices)[0]
         uniform = _stateless_uniform(
-            (batch, self.num_negatives + 1), self.seed, memory.draws
+            (batch, self.num_negatives + 1),
+            self.seed,
+            ops.convert_to_tensor(memory.draws),
         )
         # r in [0, N - n_y), then past the own class's block of the table.
         others = ops.cast(ops.expand_dims(size - count, 1), "float32")
