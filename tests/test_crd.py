@@ -237,3 +237,41 @@ def test_three_sgd_steps_equal_the_crd_trainer():
     memory = loss.memory
     assert _relative_error(memory.student_memory, fixture["step3_memory_v1"]) < 1e-5
     assert _relative_error(memory.teacher_memory, fixture["step3_memory_v2"]) < 1e-5
+
+
+def test_a_saved_distiller_restores_the_banks_and_the_draw_count(tmp_path):
+    """The memory's state is saved with the Distiller (.keras) and the
+    student alone is exported without it."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 4)).astype("float32")
+    y = rng.integers(0, 3, 8).astype("int32")
+
+    def model(width, name):
+        return keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(width, name=name),
+                keras.layers.Dense(3),
+            ]
+        )
+
+    loss = losses.CRD(
+        teacher_layer_name="t_features",
+        student_layer_name="s_features",
+        feature_dim=4,
+        num_negatives=5,
+    )
+    loss.adapt(y)
+    distiller = keras_cskd.Distiller(
+        model(5, "t_features"), model(6, "s_features"), loss
+    )
+    distiller.compile("sgd")
+    batch = {"images": x, "sample_indices": np.arange(8, dtype="int32")}
+    distiller.train_on_batch(batch, y)
+    distiller.save(tmp_path / "distiller.keras")
+    restored = keras.saving.load_model(tmp_path / "distiller.keras")
+    memory = restored.distillation_loss.memory
+    for saved, loaded in zip(loss.memory.weights, memory.weights, strict=True):
+        np.testing.assert_array_equal(saved.numpy(), loaded.numpy())
+    assert int(memory.draws) == 1
+    assert len(restored.student.weights) == 4  # two Dense layers, no bank
