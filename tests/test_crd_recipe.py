@@ -11,7 +11,9 @@ def test_the_crd_recipe_runs_and_resumes_bitwise(tmp_path, monkeypatch):
     """Killed after its first step: the second step reads the banks, Z and
     the draw count the first one left, so only a checkpoint holding them
     resumes to the same student."""
-    summary = assert_resumes_bitwise("crd", tmp_path, monkeypatch)
+    summary = assert_resumes_bitwise(
+        "crd", tmp_path, monkeypatch, teacher="resnet8", student="resnet8"
+    )
     assert summary["method"] == "crd"
 
 
