@@ -34,6 +34,10 @@ CSKD paper's CIFAR-100 table (PAIRS) and one of:
 - `ofd`: mdistiller's OFD (CE 1, feature weight 0.001, 1x1 connectors, the
   teacher in training mode as its `train()` leaves it) on `preact_feats[1:]`,
   240 epochs; not for MobileNetV2 students (`pairs("ofd")`).
+- `crd`: mdistiller's CRD (`losses.CRD` on the pooled features: feature dim
+  128, 16384 negatives of other classes, momentum 0.5, T 0.07; CE 1, CRD 0.8)
+  with batches that carry each example's index (`data.sample_indices`),
+  240 epochs, rate 0.05.
 - `kd_dot`: `kd` trained by mdistiller's DOT (momentum 0.9 -+ 0.075 for the
   task and the distillation gradients, `optimizers.DOT`), for the three pairs
   of its `configs/cifar100/dot/` (`DOT_PAIRS`).
@@ -192,6 +196,24 @@ FEATURE_RECIPES = {
         "distillation_loss_weight": 0.001,
         "pairs": tuple(pair for pair in PAIRS if pair[1] != "mobilenetv2"),
     },
+    # CRD: cfg.py's CRD.* (feature dim 128, NCE K 16384, momentum 0.5, T 0.07,
+    # mode exact; CE 1, feat 0.8) on the pooled features; the training split's
+    # size and labels come from the data (`data.sample_indices`, `_use_crd`).
+    "crd": {
+        "loss": loss_config(
+            "crd",
+            teacher_layer_name="pooled_feat",
+            student_layer_name="pooled_feat",
+            feature_dim=128,
+            num_negatives=16384,
+            temperature=0.07,
+            momentum=0.5,
+            mode="exact",
+            normalizer="first_batch",
+        ),
+        "ce_weight": 1.0,
+        "distillation_loss_weight": 0.8,
+    },
 }
 SMALL_LEARNING_RATE_STUDENTS = ("shufflenetv1", "shufflenetv2", "mobilenetv2")
 METHODS = ("kd", "dkd", "cskd", "cskd_reference", "kd_ls", "dkd_ls", "ctkd", "kd_dot")
@@ -213,7 +235,9 @@ def get_config(spec="cskd_reference,resnet32x4,resnet8x4"):
         raise ValueError(f"Unknown pair {teacher},{student}; known pairs: {known}.")
     known = METHODS + MLKD_METHODS + FEATURE_METHODS
     if method not in known:
-        raise ValueError(f"Unknown method '{method}' for CIFAR-100: {', '.join(known)}.")
+        raise ValueError(
+            f"Unknown method '{method}' for CIFAR-100: {', '.join(known)}."
+        )
     if method == "kd_dot":
         return _kd_dot(teacher, student)
     config = default_config()
@@ -260,6 +284,8 @@ def get_config(spec="cskd_reference,resnet32x4,resnet8x4"):
         config.loss = recipe["loss"].copy_and_resolve_references()
         config.ce_weight = recipe["ce_weight"]
         config.distillation_loss_weight = recipe["distillation_loss_weight"]
+        if method == "crd":
+            _use_crd(config)
     elif method == "cskd":
         config.loss = loss_config("cskd", temperature=4.0, cswt=True, alpha=2.0)
     elif method == "cskd_reference":
@@ -306,6 +332,14 @@ def _use_mlkd(config, teacher, student, standardize):
     config.view_weights = (1.0, 1.0)  # CE on both views, at ce_weight each
     schedules = LS_MLKD_SCHEDULES if standardize else MLKD_PAIRS
     config.epochs, config.optimizer.learning_rate = schedules[teacher, student]
+
+
+def _use_crd(config):
+    """CRD's batches carry each example's index (`CIFAR100InstanceSample`'s
+    `index`); its negatives are drawn from the run's seed (a reference, so
+    that `--config.seed` moves them too)."""
+    config.data.sample_indices = True
+    config.loss.seed = config.get_ref("seed")
 
 
 def _use_ctkd(config):

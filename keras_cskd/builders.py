@@ -28,8 +28,13 @@ def build_model(config, num_classes, input_shape):
     return models.get(config.model, num_classes, input_shape, **options)
 
 
-def build_loss(loss_config):
+def build_loss(loss_config, train_labels=None):
     """The distillation loss a `config.loss` block describes.
+
+    A loss that keeps a row per training example (`uses_sample_indices`,
+    CRD) is adapted to the training split's labels, `train_labels()` (a
+    function, so that other runs never read them; without it, as when a
+    config is validated, the loss is left unadapted).
 
     `loss.cswt=True` puts `CSWT(loss.t_min, loss.t_max)` in the argument the
     loss declares as its `cswt_argument`; a loss that declares none refuses it.
@@ -57,7 +62,10 @@ def build_loss(loss_config):
         options[argument] = cswt
     elif argument not in (None, "temperature"):  # a CSWT-only argument: off
         options[argument] = None
-    return losses.get(method, **options)
+    loss = losses.get(method, **options)
+    if getattr(loss, "uses_sample_indices", False) and train_labels is not None:
+        loss.adapt(train_labels())
+    return loss
 
 
 def _pass_standardize(method, options):
@@ -120,9 +128,11 @@ def build_optimizer(config, steps_per_epoch):
     return keras.optimizers.Adam(learning_rate, weight_decay=weight_decay)
 
 
-def build_trainer(config, model, teacher, optimizer):
+def build_trainer(config, model, teacher, optimizer, train_labels=None):
     """The compiled model `fit` trains: a `Distiller` of `teacher` into
     `model`, or `model` itself with cross-entropy when `teacher` is `None`.
+    `train_labels` (the inputs' `train_labels`) serves a loss that keeps a
+    row per training example (`build_loss`).
 
     Example:
 
@@ -132,7 +142,7 @@ def build_trainer(config, model, teacher, optimizer):
     >>> trainer = build_trainer(config, student, teacher, optimizer="sgd")
     """
     if teacher is not None:
-        distillation_loss = build_loss(config.loss)
+        distillation_loss = build_loss(config.loss, train_labels)
         if getattr(distillation_loss, "probe_batch_norm", False):
             probe_batch_norm(teacher, model)
         trainer = Distiller(

@@ -62,6 +62,10 @@ def default_config():
             "cache_teacher_logits": False,
             # float32 (exact) or float16 (half the disk) for that cache.
             "cache_dtype": "float32",
+            # Each training example's index in the training split in the
+            # batches, {"images": ..., "sample_indices": ...}: for a loss
+            # that keeps a row per example (CRD's memory bank).
+            "sample_indices": False,
         }
     )
     config.model = "digits_mlp"  # the model this run trains (the student)
@@ -430,6 +434,25 @@ def _combination_problems(config):
     if data.two_views and data.mixup_alpha > 0:
         problems.append("data.two_views and data.mixup_alpha cannot be combined")
     method = config.loss.method
+    indexed = method in losses_module.names() and getattr(
+        losses_module.get_class(method), "uses_sample_indices", False
+    )
+    if indexed and not data.sample_indices:
+        problems.append(
+            f"loss.method {method} keeps a row per training example: set "
+            "data.sample_indices=True (batches with each example's index)"
+        )
+    if data.sample_indices and data.validation_fraction > 0:
+        problems.append(
+            "data.sample_indices cannot be combined with data.validation_fraction "
+            "(validating the Distiller would run the indexed loss, CRD, on "
+            "un-indexed batches): the test accuracy is measured on the student alone"
+        )
+    if data.sample_indices and (data.mixup_alpha > 0 or data.cache_teacher_logits):
+        problems.append(
+            "data.sample_indices cannot be combined with data.mixup_alpha (a mixed "
+            "image is two examples) or data.cache_teacher_logits"
+        )
     if method in losses_module.names() and not data.two_views:
         if losses_module.get_class(method).num_views > 1:  # two_view_cskd, mlkd
             problems.append(

@@ -174,7 +174,7 @@ def build(state):
             )
         optimizer = builders.build_optimizer(config, inputs.steps_per_epoch)
         state.trainer = builders.build_trainer(
-            config, state.model, state.teacher, optimizer
+            config, state.model, state.teacher, optimizer, inputs.train_labels
         )
         resumed = not state.overwrite and checkpointing.restore(
             state.workdir / "checkpoint",

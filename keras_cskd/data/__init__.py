@@ -16,7 +16,12 @@ from keras_cskd.data.augment import (
     digits_augmentation,
 )
 from keras_cskd.data.dataset import Dataset
-from keras_cskd.data.decoded import pipeline, to_numpy, with_teacher_logits
+from keras_cskd.data.decoded import (
+    pipeline,
+    to_numpy,
+    with_sample_indices,
+    with_teacher_logits,
+)
 from keras_cskd.data.digits import digits_arrays
 from keras_cskd.data.folder import FileRecords
 from keras_cskd.data.randaugment import ReferenceRandAugment
@@ -43,6 +48,7 @@ __all__ = [
     "pipeline",
     "register",
     "to_numpy",
+    "with_sample_indices",
     "with_teacher_logits",
 ]
 

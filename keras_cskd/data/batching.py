@@ -10,9 +10,10 @@ is thus a function of `(seed, epoch, step)`, which is how resuming is exact:
 a run restarted at `(first_epoch, skip_steps)` builds its pipeline from there
 (`chain_epochs`) and sees the batches an uninterrupted run sees.
 
-The keys of a batch's inputs that carry cached teacher logits, `IMAGES` and
-`TEACHER_LOGITS`, are defined here for the data layer (the `Distiller`, which
-never imports data, spells the same two keys in `keras_cskd.distiller`).
+The keys of a batch's inputs that carry cached teacher logits or each
+example's dataset index, `IMAGES`, `TEACHER_LOGITS` and `SAMPLE_INDICES`, are
+defined here for the data layer (the `Distiller`, which never imports data,
+spells the same keys in `keras_cskd.distiller`).
 
 Example:
 
@@ -34,6 +35,9 @@ WEAK_VIEW, STRONG_VIEW, MIXUP = 0, 1, 2
 # TEACHER_LOGITS: logits}, labels)`.
 IMAGES = "images"
 TEACHER_LOGITS = "teacher_logits"
+# ... or each example's index in the training split: `({IMAGES: images,
+# SAMPLE_INDICES: indices}, labels)` (CRD's memory bank).
+SAMPLE_INDICES = "sample_indices"
 # Examples held for shuffling when a dataset does not know its size.
 DEFAULT_SHUFFLE_BUFFER = 10_000
 

@@ -21,6 +21,7 @@ from keras_cskd.data import augment
 from keras_cskd.data.batching import (
     IMAGES,
     MIXUP,
+    SAMPLE_INDICES,
     STRONG_VIEW,
     TEACHER_LOGITS,
     WEAK_VIEW,
@@ -67,7 +68,9 @@ def pipeline(
     Args:
         dataset: unbatched `tf.data.Dataset` of `(image, label)`, or of
             `({"images", "teacher_logits"}, label)` from `with_teacher_logits`
-            (which refuses random augmentation and mixup).
+            (which refuses random augmentation and mixup), or of
+            `({"images", "sample_indices"}, label)` from `with_sample_indices`
+            (augmented as the images alone; mixup is refused).
         batch_size: the global batch size.
         training: shuffle and augment.
         seed: the shuffling and augmentation seed.
@@ -136,6 +139,11 @@ def _check_options(dataset, randomised, strong_augmentation, mixup_alpha, classe
         )
     if randomised and strong_augmentation is not None and mixup_alpha > 0:
         raise ValueError("Two views and mixup cannot be combined; choose one.")
+    if randomised and mixup_alpha > 0 and _has(dataset, SAMPLE_INDICES):
+        raise ValueError(
+            "Mixup blends two examples, which then have no one dataset index: "
+            "turn mixup off for a loss that reads sample indices (CRD)."
+        )
     if randomised and mixup_alpha > 0 and not classes:
         raise ValueError("Mixup needs `num_classes` to one-hot the labels.")
 
@@ -151,15 +159,22 @@ def _randomiser(augmentation, strong_augmentation, mixup_alpha, num_classes):
         return layer(images, training=True)
 
     def randomise(key, batch):
-        images, labels = batch
+        inputs, labels = batch
+        # Inputs beside the images (sample indices) follow them unchanged.
+        others = dict(inputs) if isinstance(inputs, dict) else {}
+        images = others.pop(IMAGES, inputs)
+
+        def with_others(view_images):
+            return {IMAGES: view_images, **others} if others else view_images
+
         weak = view(augmentation, images, key, WEAK_VIEW)
         if strong_augmentation is not None:
             strong = view(strong_augmentation, images, key, STRONG_VIEW)
-            return (weak, strong), labels
+            return (with_others(weak), with_others(strong)), labels
         if mixup_alpha > 0:
             one_hot = tf.one_hot(labels, num_classes)
             return augment.mix_up(weak, one_hot, mixup_alpha, fold_in(key, MIXUP))
-        return weak, labels
+        return with_others(weak), labels
 
     return randomise
 
@@ -202,9 +217,57 @@ def with_teacher_logits(dataset, teacher, batch_size=256):
     )
 
 
+def with_sample_indices(dataset):
+    """Pairs every example with its index in `dataset` (its position).
+
+    Apply it before any shuffling: the index then follows its example through
+    every epoch's shuffle and augmentation, as
+    `CIFAR100InstanceSample.__getitem__` returns its `index` (CRD's memory
+    bank has a row per index). `dataset` must yield the same examples in the
+    same order on every pass.
+
+    Args:
+        dataset: unbatched `tf.data.Dataset` of `(image, label)`.
+
+    Returns:
+        An unbatched dataset of `({"images": image, "sample_indices": index},
+        label)`, the index int32.
+
+    Example:
+
+    >>> digits = keras_cskd.data.load("digits")
+    >>> indexed = with_sample_indices(digits.train)
+    >>> int(next(iter(indexed))[0]["sample_indices"])
+    0
+    """
+    return dataset.enumerate().map(
+        lambda index, example: (
+            {IMAGES: example[0], SAMPLE_INDICES: tf.cast(index, tf.int32)},
+            example[1],
+        )
+    )
+
+
+def labels_of(dataset):
+    """The labels of an unbatched `(inputs, label)` dataset, in its order.
+
+    Example:
+
+    >>> digits = keras_cskd.data.load("digits")
+    >>> labels_of(digits.train).shape
+    (1257,)
+    """
+    labels = dataset.map(lambda inputs, label: label).batch(4096)
+    return np.concatenate(list(labels.as_numpy_iterator()) or [np.zeros(0, "int64")])
+
+
 def _has_teacher_logits(dataset):
+    return _has(dataset, TEACHER_LOGITS)
+
+
+def _has(dataset, key):
     inputs = dataset.element_spec[0]
-    return isinstance(inputs, dict) and TEACHER_LOGITS in inputs
+    return isinstance(inputs, dict) and key in inputs
 
 
 def to_numpy(dataset):

@@ -12,6 +12,9 @@ of data it has:
 - `steps_per_epoch`, `validation`, `test` (batched `(images, labels)`
   pipelines, or `None` for a missing validation split), `first_test_images`;
 - `export_sample()`: the export's calibration data and test arrays;
+- `train_labels()`: the training split's labels in example order (the
+  order of `data.sample_indices`' indices), for a loss that keeps a row per
+  example (CRD);
 - `name`, `num_classes`, `input_shape`, `normalization` and `dataset`.
 
 What a kind does not support is refused when it is made, before a run writes
@@ -31,7 +34,13 @@ import math
 
 from keras_cskd.data import augment, registry, streaming, teacher_cache
 from keras_cskd.data.dataset_checks import check_dataset
-from keras_cskd.data.decoded import pipeline, to_numpy, with_teacher_logits
+from keras_cskd.data.decoded import (
+    labels_of,
+    pipeline,
+    to_numpy,
+    with_sample_indices,
+    with_teacher_logits,
+)
 from keras_cskd.data.streamed_source import StreamedSource
 
 # A streamed dataset's exports are measured on this many test images, and its
@@ -112,6 +121,11 @@ class Inputs:
         """`examples` as batches of `(images, labels)` for evaluation."""
         raise NotImplementedError
 
+    def train_labels(self):
+        """The training split's labels, `[N]`, in the order the batches'
+        `sample_indices` count (`data.sample_indices`)."""
+        return labels_of(self.dataset.train)
+
 
 class ArrayInputs(Inputs):
     """Splits of decoded images (`tf.data` examples): digits, CIFAR, folders.
@@ -130,6 +144,11 @@ class ArrayInputs(Inputs):
     def check(self):
         if self.config.augmentation == "imagenet_rrc":
             augment.get_augmentation("imagenet_rrc", self.dataset)  # refuses
+        if self.config.sample_indices and self.config.cache_teacher_logits:
+            raise ValueError(
+                "data.sample_indices cannot be combined with "
+                "data.cache_teacher_logits: turn the cache off."
+            )
 
     def split(self, examples):
         return pipeline(examples, self.config.eval_batch_size)
@@ -150,6 +169,8 @@ class ArrayInputs(Inputs):
             )
         if cached:
             examples = with_teacher_logits(examples, teacher[1])
+        if config.sample_indices:  # indexed before any shuffle
+            examples = with_sample_indices(examples)
         strong = None
         if config.two_views:
             strong = augment.get_strong_augmentation(
@@ -206,7 +227,12 @@ class StreamedInputs(Inputs):
 
     def check(self):
         config = self.config
-        for unsupported in ("two_views", "mixup_alpha", "cache_teacher_logits"):
+        for unsupported in (
+            "two_views",
+            "mixup_alpha",
+            "cache_teacher_logits",
+            "sample_indices",
+        ):
             if config[unsupported]:
                 raise ValueError(
                     f"data.{unsupported} is not supported for the streamed dataset "

@@ -7,6 +7,7 @@ package's own. docs/extending.md adds one from outside the package.
 
 from keras_cskd.checks import refuse_renamed
 from keras_cskd.losses.attention_transfer import AttentionTransfer
+from keras_cskd.losses.crd import CRD
 from keras_cskd.losses.cskd import CSKD
 from keras_cskd.losses.cswt import CSWT
 from keras_cskd.losses.ctkd import CTKD
@@ -37,6 +38,7 @@ __getattr__ = refuse_renamed(
 
 __all__ = [
     "AttentionTransfer",
+    "CRD",
     "CSKD",
     "CSWT",
     "CTKD",

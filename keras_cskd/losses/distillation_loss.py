@@ -50,7 +50,8 @@ class DistillationLoss(keras.distillation.DistillationLoss):
             that takes none (a config asking one for it is refused).
         uses_sample_indices: whether the loss needs each example's dataset
             index (CRD's memory bank); the Distiller then refuses batches
-            without `"sample_indices"`.
+            without `"sample_indices"`, and a run gives it the training
+            split's labels through `adapt(train_labels)` before building it.
         teacher_in_training_mode: run the teacher with `training=True` in
             training steps, its BatchNorm on batch statistics, its moving
             statistics updated, its weights still frozen (mdistiller's OFD).
@@ -98,6 +99,10 @@ class DistillationLoss(keras.distillation.DistillationLoss):
     def layers(self):
         """The loss's trainable Keras layers (none by default)."""
         return []
+
+    def adapt(self, train_labels):
+        """Learns what it needs of the training split from its labels, `[N]`
+        in example order (CRD: its size and classes); nothing by default."""
 
     def build(self, teacher_shape, student_shape):
         """Creates the loss's layers for outputs of these shapes."""
