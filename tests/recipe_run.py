@@ -23,7 +23,7 @@ DISTILL = ROOT / "configs" / "cifar100_distill.py"
 MOCK_EXAMPLES = 16  # two steps an epoch at batch 8
 
 
-def recipe_config(method, workdir, teacher="resnet8x4", student="resnet8"):
+def recipe_config(method, workdir, teacher="resnet8", student="resnet8"):
     """The recipe with `teacher` and `student` (untrained, saved in
     `workdir`'s parent), one epoch of two deterministic steps, a checkpoint
     after every step, no export."""
