@@ -21,6 +21,7 @@ from keras_cskd.losses.lskd import LSKD
 from keras_cskd.losses.mlkd import MLKD
 from keras_cskd.losses.nst import NST
 from keras_cskd.losses.pkt import PKT
+from keras_cskd.losses.reviewkd import ReviewKD
 from keras_cskd.losses.registry import get, get_class, names, register
 from keras_cskd.losses.rkd import RKD
 from keras_cskd.losses.skd import SKD
@@ -50,6 +51,7 @@ __all__ = [
     "NST",
     "PKT",
     "RKD",
+    "ReviewKD",
     "SKD",
     "SP",
     "TwoViewCSKD",
