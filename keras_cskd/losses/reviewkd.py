@@ -232,7 +232,7 @@ class ReviewKD(DistillationLoss):
     >>> stages = [(None, 8, 8, 4), (None, 4, 4, 8), (None, 8)]
     >>> loss.build(stages, stages)   # the Distiller does it
     >>> loss.shapes, loss.extra_parameters
-    ([1, 4, 8], 1562)
+    ([1, 4, 8], 1756)
     """
 
     uses_epoch = True
