@@ -7,10 +7,7 @@ from keras import ops
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.registry import register
 
-try:
-    from keras_cskd.batch_norm import GroupBatchNormalization
-except ImportError:  # before the move to the ground floor
-    from keras_cskd.models.batch_norm import GroupBatchNormalization
+from keras_cskd.batch_norm import GroupBatchNormalization
 
 # mdistiller's ABF convs: `kaiming_uniform_(a=1)`, i.e. U(+-sqrt(3 / fan_in)).
 _ABF_KERNEL = {
