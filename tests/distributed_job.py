@@ -29,6 +29,7 @@ def build_loss(name):
         "fitnets": lambda: FITNETS(),
         "attention_transfer": lambda: ATTENTION(),
         "several": lambda: [losses.CSKD(), FITNETS(), ATTENTION()],
+        "reviewkd": lambda: REVIEWKD(),
     }[name]()
 
 
@@ -44,8 +45,19 @@ def ATTENTION():
     return losses.AttentionTransfer("relu1", "features")
 
 
+def REVIEWKD():
+    """ReviewKD's ABFs (BatchNorm over the global batch) from two student maps
+    (8x8, resized to the teacher's 4x4 and 2x2) and the pooled feature."""
+    from keras_cskd import losses
+
+    return losses.ReviewKD(
+        student_layer_name=["conv", "features", "gap"], warmup_epochs=0
+    )
+
+
 # Students with a feature map to compare, and their distillation loss weights.
 FEATURE_LOSSES = {"fitnets": 1.0, "attention_transfer": 100.0, "several": [1, 1, 100]}
+FEATURE_LOSSES["reviewkd"] = 1.0
 
 
 def feature_student():

@@ -277,3 +277,38 @@ def test_three_sgd_steps_equal_mdistillers_training():
         np.testing.assert_allclose(
             ours, expected, atol=WEIGHT_RTOL * scale, err_msg=key
         )
+
+
+# ----------------------------------------------------------------------------
+# The recipe: a few steps end to end, resumed bitwise
+# ----------------------------------------------------------------------------
+
+
+def test_recipe_has_mdistillers_values():
+    from keras_cskd import config as config_module
+
+    for pair in ("resnet32x4,resnet8x4", "resnet32x4,shufflenetv2"):
+        path = f"configs/cifar100_distill.py:reviewkd,{pair}"
+        config = config_module.load_config(str(Path(__file__).parents[1] / path))
+        assert config.loss.method == "reviewkd"
+        assert (config.ce_weight, config.distillation_loss_weight) == (1.0, 5.0)
+        assert config.loss.warmup_epochs == 20 and config.epochs == 240
+        assert tuple(config.optimizer.milestones) == (150, 180, 210)
+
+
+@pytest.mark.large
+def test_recipe_runs_and_resumes_bitwise(tmp_path, monkeypatch):
+    from recipe_run import assert_resumes_bitwise
+
+    assert_resumes_bitwise("reviewkd", tmp_path, monkeypatch, teacher="resnet8")
+
+
+@pytest.mark.large
+def test_mirrored_two_replicas_train_like_one_device():
+    """The ABFs' BatchNorm sees the global batch: two replicas, one device."""
+    from distributed_job import train
+    from test_distributed import assert_same_training, two_cpus
+
+    single = train("reviewkd", tf.distribute.get_strategy())
+    mirrored = train("reviewkd", two_cpus())
+    assert_same_training(single, mirrored)
