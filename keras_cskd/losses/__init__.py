@@ -21,8 +21,8 @@ from keras_cskd.losses.lskd import LSKD
 from keras_cskd.losses.mlkd import MLKD
 from keras_cskd.losses.nst import NST
 from keras_cskd.losses.pkt import PKT
-from keras_cskd.losses.reviewkd import ReviewKD
 from keras_cskd.losses.registry import get, get_class, names, register
+from keras_cskd.losses.reviewkd import ReviewKD
 from keras_cskd.losses.rkd import RKD
 from keras_cskd.losses.skd import SKD
 from keras_cskd.losses.sp import SP

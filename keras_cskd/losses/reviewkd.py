@@ -4,10 +4,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_cskd.batch_norm import GroupBatchNormalization
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.registry import register
-
-from keras_cskd.batch_norm import GroupBatchNormalization
 
 # mdistiller's ABF convs: `kaiming_uniform_(a=1)`, i.e. U(+-sqrt(3 / fan_in)).
 _ABF_KERNEL = {
