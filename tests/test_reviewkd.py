@@ -312,3 +312,29 @@ def test_mirrored_two_replicas_train_like_one_device():
     single = train("reviewkd", tf.distribute.get_strategy())
     mirrored = train("reviewkd", two_cpus())
     assert_same_training(single, mirrored)
+
+
+def _digits_distiller(seed):
+    keras.utils.set_random_seed(seed)
+    teacher, student = (
+        keras_cskd.models.get("digits_cnn", 10, (8, 8, 1), width=w) for w in (8, 4)
+    )
+    loss = ReviewKD()
+    return keras_cskd.Distiller(teacher, student, loss), loss
+
+
+def test_abfs_train_with_the_student_and_are_saved_not_exported(tmp_path):
+    distiller, loss = _digits_distiller(0)
+    abf_weights = [w for layer in loss.layers for w in layer.trainable_weights]
+    trained = {id(w) for w in distiller.trainable_weights}
+    assert abf_weights and all(id(w) in trained for w in abf_weights)
+    assert loss.extra_parameters == sum(int(np.prod(w.shape)) for w in abf_weights)
+    assert not {id(w) for w in distiller.student.weights} & {id(w) for w in abf_weights}
+    for w in abf_weights:
+        w.assign(np.random.default_rng(1).normal(size=w.shape))
+    distiller.save_weights(tmp_path / "distiller.weights.h5")
+    restored, restored_loss = _digits_distiller(2)
+    restored.load_weights(tmp_path / "distiller.weights.h5")
+    for a, b in zip(loss.layers, restored_loss.layers, strict=True):
+        for wa, wb in zip(a.weights, b.weights, strict=True):
+            np.testing.assert_array_equal(wa.numpy(), wb.numpy())
