@@ -214,6 +214,21 @@ FEATURE_RECIPES = {
         "ce_weight": 1.0,
         "distillation_loss_weight": 0.8,
     },
+    # ReviewKD: cfg.py's REVIEWKD (CE 1, warm-up 20, taps feats[1:] + pooled_feat
+    # of the student, preact_feats[1:] + pooled_feat of the teacher; IN/OUT_CHANNELS,
+    # SHAPES, OUT_SHAPES derived from the pair's shapes) and reviewkd.yaml's
+    # REVIEWKD_WEIGHT 5.
+    "reviewkd": {
+        "loss": loss_config(
+            "reviewkd",
+            teacher_layer_name=("preact_feats[1:]", "pooled_feat"),
+            student_layer_name=("feats[1:]", "pooled_feat"),
+            warmup_epochs=20,
+            max_mid_channels=512,
+        ),
+        "ce_weight": 1.0,
+        "distillation_loss_weight": 5.0,
+    },
 }
 SMALL_LEARNING_RATE_STUDENTS = ("shufflenetv1", "shufflenetv2", "mobilenetv2")
 METHODS = ("kd", "dkd", "cskd", "cskd_reference", "kd_ls", "dkd_ls", "ctkd", "kd_dot")

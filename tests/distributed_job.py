@@ -35,6 +35,7 @@ def build_loss(name):
             ["relu0", "relu1"], ["features", "features"]
         ),
         "ofd": lambda: losses.OFD(),
+        "reviewkd": lambda: REVIEWKD(),
     }[name]()
 
 
@@ -50,10 +51,21 @@ def ATTENTION():
     return losses.AttentionTransfer("relu1", "features")
 
 
+def REVIEWKD():
+    """ReviewKD's ABFs (BatchNorm over the global batch) from two student maps
+    (8x8, resized to the teacher's 4x4 and 2x2) and the pooled feature."""
+    from keras_cskd import losses
+
+    return losses.ReviewKD(
+        student_layer_name=["conv", "features", "gap"], warmup_epochs=0
+    )
+
+
 # Students with a feature map to compare, and their distillation loss weights.
 FEATURE_LOSSES = {"fitnets": 1.0, "attention_transfer": 100.0, "several": [1, 1, 100]}
 FEATURE_LOSSES.update(fitnet=1.0, at_pairs=100.0)
 FEATURE_LOSSES["ofd"] = 0.01  # the teacher in training mode, as mdistiller's OFD
+FEATURE_LOSSES["reviewkd"] = 1.0
 
 
 def feature_student():

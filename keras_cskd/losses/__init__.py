@@ -25,6 +25,7 @@ from keras_cskd.losses.nst import NST
 from keras_cskd.losses.ofd import OFD
 from keras_cskd.losses.pkt import PKT
 from keras_cskd.losses.registry import get, get_class, names, register
+from keras_cskd.losses.reviewkd import ReviewKD
 from keras_cskd.losses.rkd import RKD
 from keras_cskd.losses.skd import SKD
 from keras_cskd.losses.sp import SP
@@ -56,6 +57,7 @@ __all__ = [
     "OFD",
     "PKT",
     "RKD",
+    "ReviewKD",
     "SKD",
     "SP",
     "TwoViewCSKD",
