@@ -250,7 +250,7 @@ class FitNet(DistillationLoss):
         projected = self.project_student(student_outputs, training=training)
         return self.compare(teacher_outputs, projected)
 
-    def project_student(self, student_outputs, training=None):
+    def project_student(self, student_outputs, training=False):
         """The student's hint through the regressor, in float32."""
         return self._built()(ops.cast(student_outputs, "float32"), training=training)
 

@@ -248,7 +248,7 @@ class OFD(DistillationLoss):
                 "lists: tap as many stages of each as the teacher has margins."
             )
 
-    def project_student(self, student_outputs, training=None):
+    def project_student(self, student_outputs, training=False):
         """Each stage's student features through its connector, in float32."""
         if not self._connectors:
             raise ValueError(

@@ -302,12 +302,11 @@ class ReviewKD(DistillationLoss):
             abf.build(student[index])
             self._abfs.append(abf)
 
-    def project_student(self, student_outputs, training=True):
+    def project_student(self, student_outputs, training=False):
         """The fused student maps, shallowest first (the teacher's order).
 
-        `training` is the ABFs' BatchNorm mode: the Distiller calls this in
-        training and in evaluation alike, and mdistiller's ABFs always see
-        training batches, so it defaults to `True`."""
+        `training` is the ABFs' BatchNorm mode, the step's (the Distiller's
+        `fit` true, `evaluate` false)."""
         if not self._abfs:
             raise ValueError(
                 "ReviewKD is not built: call build(teacher_shape, student_shape)."
