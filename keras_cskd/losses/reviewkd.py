@@ -331,12 +331,14 @@ class ReviewKD(DistillationLoss):
         loss = hierarchical_context_loss(projected_student_outputs, teacher)
         return self.warmup_factor(epoch) * loss
 
-    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+    def compute_loss(self, teacher_outputs, student_outputs, training=None, **kwargs):
         """`compare(teacher_outputs, project_student(student_outputs))`."""
         if not self._abfs:
             self.build(_shapes_of(teacher_outputs), _shapes_of(student_outputs))
         return self.compare(
-            teacher_outputs, self.project_student(student_outputs), **kwargs
+            teacher_outputs,
+            self.project_student(student_outputs, training=training),
+            **kwargs,
         )
 
     def warmup_factor(self, epoch):
