@@ -280,7 +280,8 @@ def _shapes(outputs):
 def _shape_lists(teacher_shape, student_shape):
     """Both shapes as equally long lists of shape tuples."""
     teacher_shapes, student_shapes = (
-        [tuple(s) for s in shape] if shape and isinstance(shape[0], (list, tuple))
+        [tuple(s) for s in shape]
+        if shape and isinstance(shape[0], (list, tuple))
         else [tuple(shape)]
         for shape in (teacher_shape, student_shape)
     )

@@ -23,6 +23,8 @@ is imported from there, never copied; only the numbers are committed, in
   and `random_scales` (log-scales set to seeded normal values).
 - `extra_parameters/<teacher>,<student>`: `get_extra_parameters()` of VID
   built on mdistiller's own models, for every pair of the CIFAR-100 table.
+- `shapes/<teacher>,<student>/{teacher,student}`: the `(H, W, C)` of each
+  model's `feats[1:]` as `get_feat_shapes` sees them.
 - `probe/<teacher>,<student>/{teacher,student}_moved`: whether building VID
   changed each model's BatchNorm running statistics (`get_feat_shapes` runs
   both in training mode).
@@ -116,15 +118,24 @@ def batch_norm_buffers(model):
 
 
 def pair_facts(module, cfg, models, teacher_name, student_name):
-    """`get_extra_parameters()` and whether building VID moved BN statistics."""
+    """`get_extra_parameters()`, whether building VID moved BN statistics
+    and the `feats[1:]` shapes VID was built for."""
     teacher, student = _build(models, teacher_name), _build(models, student_name)
+    student_shapes, teacher_shapes = module.get_feat_shapes(
+        student, teacher, cfg.VID.INPUT_SIZE
+    )
     before = [batch_norm_buffers(m) for m in (teacher, student)]
     distiller = module.VID(student, teacher, cfg)
     moved = [
         any(not torch.equal(old[k], v) for k, v in batch_norm_buffers(m).items())
         for old, m in zip(before, (teacher, student), strict=True)
     ]
-    return distiller.get_extra_parameters(), moved
+    # feats[1:] as NHWC shapes, the batch left out.
+    nhwc = [
+        [(s[2], s[3], s[1]) for s in side[1:]]
+        for side in (teacher_shapes, student_shapes)
+    ]
+    return distiller.get_extra_parameters(), moved, nhwc
 
 
 def main():
@@ -150,13 +161,17 @@ def main():
             out[f"{case}/{key}"] = value
         print(case, values["loss_kd"])
     out["weights"] = np.array([cfg.VID.LOSS.CE_WEIGHT, cfg.VID.LOSS.FEAT_WEIGHT])
-    out["init_pred_var"], out["eps"] = np.float64(cfg.VID.INIT_PRED_VAR), np.float64(
-        cfg.VID.EPS
+    out["init_pred_var"], out["eps"] = (
+        np.float64(cfg.VID.INIT_PRED_VAR),
+        np.float64(cfg.VID.EPS),
     )
     models = _load_sources(Path(source))
     for teacher_name, student_name in PAIRS:
         pair = f"{teacher_name},{student_name}"
-        count, moved = pair_facts(module, cfg, models, teacher_name, student_name)
+        count, moved, shapes = pair_facts(
+            module, cfg, models, teacher_name, student_name
+        )
+        out[f"shapes/{pair}/teacher"], out[f"shapes/{pair}/student"] = shapes
         out[f"extra_parameters/{pair}"] = np.int64(count)
         out[f"probe/{pair}/teacher_moved"], out[f"probe/{pair}/student_moved"] = moved
         print(pair, count, moved)

@@ -1,0 +1,138 @@
+"""VID against mdistiller's code (tests/golden/make_vid.py -> vid.npz).
+
+The fixture holds mdistiller's `VID.forward_train` value and gradients on
+fixed features with its regressors' weights, which the tests port; its
+student stages are larger than, as large as and smaller than the teacher's.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_cskd
+from keras_cskd.losses import VID
+
+GOLDEN = np.load(Path(__file__).parent / "golden" / "vid.npz")
+RTOL = 1e-5
+STAGES = (1, 2, 3)  # mdistiller's feats[1:]
+
+
+def _feats(role):
+    return [GOLDEN[f"{role}_feats{i}"] for i in STAGES]
+
+
+def _ported_vid(case, **kwargs):
+    """VID built for the fixture's shapes with mdistiller's weights."""
+    loss = VID(**kwargs)
+    loss.build(*([f.shape for f in _feats(role)] for role in ("teacher", "student")))
+    for stage, layer in zip(STAGES, loss.layers, strict=True):
+        for j, conv in enumerate(layer.convs):
+            conv.kernel.assign(GOLDEN[f"{case}/regressor{stage}/conv{j}"])
+        layer.log_scale.assign(GOLDEN[f"{case}/log_scale{stage}"])
+    return loss
+
+
+def _value_and_gradients(loss):
+    student = [tf.Variable(f) for f in _feats("student")]
+    log_scales = [layer.log_scale for layer in loss.layers]
+    with tf.GradientTape() as tape:
+        value = loss.compute_loss(_feats("teacher"), student)
+    return value.numpy(), tape.gradient(value, student + log_scales)
+
+
+def _assert_gradient_close(ours, expected):
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(ours, expected, atol=RTOL * scale)
+
+
+@pytest.mark.parametrize("case", ["init", "random_scales"])
+def test_value_and_student_gradient_match_mdistiller(case):
+    assert VID.REFERENCE_WEIGHT == GOLDEN["weights"][1]  # cfg.py's FEAT_WEIGHT
+    value, gradients = _value_and_gradients(_ported_vid(case))
+    np.testing.assert_allclose(value, GOLDEN[f"{case}/loss_kd"], rtol=RTOL)
+    for stage, gradient in zip(STAGES, gradients[:3], strict=True):
+        _assert_gradient_close(gradient.numpy(), GOLDEN[f"{case}/grad_feats{stage}"])
+    assert gradients[3:] == [None] * 3  # mdistiller never trains them
+
+
+def test_trained_variances_get_mdistillers_log_scale_gradient():
+    loss = _ported_vid("random_scales", train_variances=True)
+    value, gradients = _value_and_gradients(loss)
+    np.testing.assert_allclose(value, GOLDEN["random_scales/loss_kd"], rtol=RTOL)
+    for stage, gradient in zip(STAGES, gradients[3:], strict=True):
+        _assert_gradient_close(
+            gradient.numpy(), GOLDEN[f"random_scales/grad_log_scale{stage}"]
+        )
+
+
+def test_variances_start_as_mdistillers_and_are_frozen_by_default():
+    loss = VID(init_pred_var=float(GOLDEN["init_pred_var"]), eps=float(GOLDEN["eps"]))
+    loss.build(
+        [f.shape for f in _feats("teacher")], [f.shape for f in _feats("student")]
+    )
+    for stage, layer in zip(STAGES, loss.layers, strict=True):
+        np.testing.assert_allclose(
+            layer.log_scale.numpy(), GOLDEN[f"init/log_scale{stage}"], rtol=1e-6
+        )
+        assert not layer.log_scale.trainable
+        assert len(layer.trainable_weights) == 3  # the three convolutions
+    trained = VID(train_variances=True)
+    trained.build([(None, 4, 4, 8)], [(None, 4, 4, 3)])
+    assert trained.layers[0].log_scale.trainable
+
+
+def test_extra_parameters_count_the_regressors_as_mdistiller():
+    loss = _ported_vid("init")
+    expected = sum(
+        GOLDEN[f"init/regressor{stage}/conv{j}"].size
+        for stage in STAGES
+        for j in range(3)
+    )
+    assert loss.extra_parameters == expected
+    assert loss.extra_parameters == sum(
+        int(np.prod(w.shape)) for layer in loss.layers for w in layer.trainable_weights
+    )
+
+
+def test_regressors_start_as_pytorch_conv2d():
+    loss = VID()
+    loss.build([(None, 4, 4, 256)], [(None, 4, 4, 64)])
+    first = loss.layers[0].convs[0].kernel.numpy()  # fan_in 64: U(-1/8, 1/8)
+    assert np.abs(first).max() <= 1 / 8
+    np.testing.assert_allclose(first.std(), 1 / 8 / np.sqrt(3), rtol=0.05)
+
+
+def test_config_round_trip():
+    loss = VID(
+        "feats[1:]", "feats[1:]", init_pred_var=2.0, eps=1e-4, train_variances=True
+    )
+    restored = keras_cskd.losses.get_class("vid").from_config(loss.get_config())
+    assert restored.get_config() == loss.get_config()
+
+
+def test_refuses_unequal_stage_counts_and_fractional_pooling():
+    with pytest.raises(ValueError, match="pairs stages"):
+        VID().build([(None, 4, 4, 8)] * 2, [(None, 4, 4, 8)])
+    with pytest.raises(ValueError, match="integer factor"):
+        VID().build([(None, 6, 6, 8)], [(None, 4, 4, 8)])
+    with pytest.raises(ValueError, match=r"\[B, H, W, C\]"):
+        VID().build([(None, 8)], [(None, 8)])
+
+
+PAIRS = sorted({key.split("/")[1] for key in GOLDEN if key.startswith("extra_")})
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_extra_parameters_equal_mdistillers_for_every_pair(pair):
+    # The shapes of mdistiller's feats[1:]; the zoo's are the same
+    # (tests/test_cifar_porting.py compares every tap).
+    loss = VID()
+    loss.build(
+        *(
+            [(None, *shape) for shape in GOLDEN[f"shapes/{pair}/{role}"]]
+            for role in ("teacher", "student")
+        )
+    )
+    assert loss.extra_parameters == GOLDEN[f"extra_parameters/{pair}"]
