@@ -149,7 +149,21 @@ DOT_PAIRS = (
 # of the loss (cfg.py's <METHOD>.LOSS.CE_WEIGHT and FEAT_WEIGHT). Their solver
 # is `kd`'s (configs/cifar100/<method>.yaml). docs/reproducing.md, "Feature
 # methods", gives each value's source.
-FEATURE_RECIPES = {}
+FEATURE_RECIPES = {
+    # VID: stages feats[1:], variances from 5 (never trained, as mdistiller).
+    "vid": {
+        "loss": loss_config(
+            "vid",
+            teacher_layer_name="feats[1:]",
+            student_layer_name="feats[1:]",
+            init_pred_var=5.0,
+            eps=1e-5,
+            train_variances=False,
+        ),
+        "ce_weight": 1.0,
+        "distillation_loss_weight": 1.0,
+    },
+}
 SMALL_LEARNING_RATE_STUDENTS = ("shufflenetv1", "shufflenetv2", "mobilenetv2")
 METHODS = ("kd", "dkd", "cskd", "cskd_reference", "kd_ls", "dkd_ls", "ctkd", "kd_dot")
 MLKD_METHODS = ("mlkd", "mlkd_ls")

@@ -7,6 +7,7 @@ student stages are larger than, as large as and smaller than the teacher's.
 
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -121,10 +122,43 @@ def test_refuses_unequal_stage_counts_and_fractional_pooling():
         VID().build([(None, 8)], [(None, 8)])
 
 
+@pytest.mark.parametrize(
+    "train_variances", [False, pytest.param(True, marks=pytest.mark.large)]
+)
+def test_the_distiller_trains_the_regressors_and_the_variances_only_if_asked(
+    train_variances,
+):
+    from distributed_job import feature_student
+
+    teacher = keras_cskd.models.get("digits_cnn", 10, (8, 8, 1), width=8)
+    loss = VID("relu0", "features", train_variances=train_variances)
+    distiller = keras_cskd.Distiller(teacher, feature_student(), loss)
+    distiller.compile(keras.optimizers.SGD(0.1))
+    regressor = loss.layers[0]
+    watched = (regressor.convs[0].kernel, regressor.log_scale)
+    before = [w.numpy() for w in watched]
+    images = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype("float32")
+    distiller.train_on_batch(images, np.arange(4))
+    kernel_moved, log_scale_moved = (
+        not np.array_equal(old, new.numpy())
+        for old, new in zip(before, watched, strict=True)
+    )
+    assert kernel_moved and log_scale_moved == train_variances
+
+
 PAIRS = sorted({key.split("/")[1] for key in GOLDEN if key.startswith("extra_")})
 
 
-@pytest.mark.parametrize("pair", PAIRS)
+README_PAIR = "resnet32x4,resnet8x4"
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [
+        pair if pair == README_PAIR else pytest.param(pair, marks=pytest.mark.large)
+        for pair in PAIRS
+    ],
+)
 def test_extra_parameters_equal_mdistillers_for_every_pair(pair):
     # The shapes of mdistiller's feats[1:]; the zoo's are the same
     # (tests/test_cifar_porting.py compares every tap).
@@ -136,3 +170,21 @@ def test_extra_parameters_equal_mdistillers_for_every_pair(pair):
         )
     )
     assert loss.extra_parameters == GOLDEN[f"extra_parameters/{pair}"]
+
+
+@pytest.mark.large
+def test_the_vid_recipe_trains_and_resumes_bitwise(tmp_path, monkeypatch):
+    from recipe_run import assert_resumes_bitwise
+
+    summary = assert_resumes_bitwise("vid", tmp_path, monkeypatch)
+    assert summary["last_epoch"] == 1
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("loss", ["vid", "vid_trained_variances"])
+def test_two_mirrored_replicas_train_vid_like_one_device(loss):
+    from distributed_job import train
+    from test_distributed import assert_same_training, two_cpus
+
+    single = train(loss, tf.distribute.get_strategy())
+    assert_same_training(single, train(loss, two_cpus()))
