@@ -126,7 +126,7 @@ def test_refuses_unequal_stage_counts_and_fractional_pooling():
     "train_variances", [False, pytest.param(True, marks=pytest.mark.large)]
 )
 def test_the_distiller_trains_the_regressors_and_the_variances_only_if_asked(
-    train_variances,
+    train_variances, tmp_path
 ):
     from distributed_job import feature_student
 
@@ -144,6 +144,13 @@ def test_the_distiller_trains_the_regressors_and_the_variances_only_if_asked(
         for old, new in zip(before, watched, strict=True)
     )
     assert kernel_moved and log_scale_moved == train_variances
+    if train_variances:  # the trained variances reload with the Distiller
+        distiller.save(tmp_path / "distiller.keras")
+        loaded = keras.saving.load_model(tmp_path / "distiller.keras")
+        for ours, theirs in zip(
+            regressor.weights, loaded.distillation_loss.layers[0].weights, strict=True
+        ):
+            np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
 
 
 PAIRS = sorted({key.split("/")[1] for key in GOLDEN if key.startswith("extra_")})
