@@ -29,7 +29,6 @@ def build_loss(name):
         "fitnets": lambda: FITNETS(),
         "attention_transfer": lambda: ATTENTION(),
         "several": lambda: [losses.CSKD(), FITNETS(), ATTENTION()],
-        "vid": lambda: losses.VID("relu0", "features"),
         "vid_trained_variances": lambda: losses.VID(
             "relu0", "features", train_variances=True
         ),
@@ -50,7 +49,7 @@ def ATTENTION():
 
 # Students with a feature map to compare, and their distillation loss weights.
 FEATURE_LOSSES = {"fitnets": 1.0, "attention_transfer": 100.0, "several": [1, 1, 100]}
-FEATURE_LOSSES.update(vid=1.0, vid_trained_variances=1.0)
+FEATURE_LOSSES.update(vid_trained_variances=1.0)
 
 
 def feature_student():
