@@ -15,6 +15,7 @@ import tensorflow as tf
 import keras_cskd
 from keras_cskd.losses import VID
 
+DISTILL = Path(__file__).resolve().parents[1] / "configs" / "cifar100_distill.py"
 GOLDEN = np.load(Path(__file__).parent / "golden" / "vid.npz")
 RTOL = 1e-5
 STAGES = (1, 2, 3)  # mdistiller's feats[1:]
@@ -197,3 +198,20 @@ def test_two_mirrored_replicas_train_vid_like_one_device():
 
     single = train("vid_trained_variances", tf.distribute.get_strategy())
     assert_same_training(single, train("vid_trained_variances", two_cpus()))
+
+
+def test_the_vid_recipe_holds_mdistillers_values_for_every_pair():
+    from keras_cskd import builders
+    from keras_cskd import config as config_module
+
+    for pair in PAIRS:
+        config = config_module.load_config(f"{DISTILL}:vid,{pair}")
+        config_module.validate(config)
+        assert (config.ce_weight, config.distillation_loss_weight) == (1.0, 1.0)
+        assert (config.epochs, config.data.batch_size) == (240, 64)
+        small = pair.split(",")[1] in ("shufflenetv1", "shufflenetv2", "mobilenetv2")
+        assert config.optimizer.learning_rate == (0.01 if small else 0.05)
+    loss = builders.build_loss(config.loss)
+    assert isinstance(loss, VID) and not loss.train_variances
+    assert loss.teacher_layer_name == loss.student_layer_name == "feats[1:]"
+    assert (loss.init_pred_var, loss.eps) == (5.0, 1e-5)
