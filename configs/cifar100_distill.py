@@ -150,7 +150,8 @@ DOT_PAIRS = (
 # is `kd`'s (configs/cifar100/<method>.yaml). docs/reproducing.md, "Feature
 # methods", gives each value's source.
 FEATURE_RECIPES = {
-    # VID: stages feats[1:], variances from 5 (never trained, as mdistiller).
+    # VID: stages feats[1:], variances from 5 (never trained, as mdistiller);
+    # the probe: get_feat_shapes at VID's construction.
     "vid": {
         "loss": loss_config(
             "vid",
@@ -159,6 +160,7 @@ FEATURE_RECIPES = {
             init_pred_var=5.0,
             eps=1e-5,
             train_variances=False,
+            probe_batch_norm=True,
         ),
         "ce_weight": 1.0,
         "distillation_loss_weight": 1.0,

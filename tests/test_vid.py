@@ -108,7 +108,12 @@ def test_regressors_start_as_pytorch_conv2d():
 
 def test_config_round_trip():
     loss = VID(
-        "feats[1:]", "feats[1:]", init_pred_var=2.0, eps=1e-4, train_variances=True
+        "feats[1:]",
+        "feats[1:]",
+        init_pred_var=2.0,
+        eps=1e-4,
+        train_variances=True,
+        probe_batch_norm=True,
     )
     restored = keras_cskd.losses.get_class("vid").from_config(loss.get_config())
     assert restored.get_config() == loss.get_config()
@@ -213,5 +218,6 @@ def test_the_vid_recipe_holds_mdistillers_values_for_every_pair():
         assert config.optimizer.learning_rate == (0.01 if small else 0.05)
     loss = builders.build_loss(config.loss)
     assert isinstance(loss, VID) and not loss.train_variances
+    assert loss.probe_batch_norm  # mdistiller's get_feat_shapes, by the builder
     assert loss.teacher_layer_name == loss.student_layer_name == "feats[1:]"
     assert (loss.init_pred_var, loss.eps) == (5.0, 1e-5)

@@ -128,6 +128,11 @@ class VID(FeatureLoss):
         init_pred_var: the initial variance (cfg.py's `VID.INIT_PRED_VAR`).
         eps: the variance's floor (cfg.py's `VID.EPS`).
         train_variances: train `log_scale` too (mdistiller: no).
+        probe_batch_norm: the recipe builder runs teacher and student once in
+            training mode on one standard-normal image before training, as
+            mdistiller's `get_feat_shapes` does when VID is constructed, which
+            moves both networks' BatchNorm statistics (docs/reproducing.md);
+            `False` is the clean variant.
 
     Raises:
         ValueError: for unequal stage counts, features not `[B, H, W, C]`, or
@@ -155,6 +160,7 @@ class VID(FeatureLoss):
         init_pred_var=5.0,
         eps=1e-5,
         train_variances=False,
+        probe_batch_norm=False,
     ):
         super().__init__(teacher_layer_name, student_layer_name)
         self.init_pred_var = float(init_pred_var)
@@ -165,6 +171,7 @@ class VID(FeatureLoss):
                 f"{init_pred_var}: pass a larger variance."
             )
         self.train_variances = bool(train_variances)
+        self.probe_batch_norm = bool(probe_batch_norm)
         self._regressors = []
         self._teacher_heights = []
 
@@ -213,7 +220,7 @@ class VID(FeatureLoss):
             self.build(*(_shapes(x) for x in (teacher_outputs, student_outputs)))
         return self.compare(teacher_outputs, self.project_student(student_outputs))
 
-    def project_student(self, student_outputs):
+    def project_student(self, student_outputs, training=None):
         """Each stage's predicted mean, `[B, h, h, t]` (with
         `train_variances`, its `log_scale` broadcast after it, `[B, h, h,
         2t]`, so that each replica's rows carry their share of its gradient)."""
@@ -268,6 +275,7 @@ class VID(FeatureLoss):
             "init_pred_var": self.init_pred_var,
             "eps": self.eps,
             "train_variances": self.train_variances,
+            "probe_batch_norm": self.probe_batch_norm,
         }
 
 
