@@ -229,6 +229,21 @@ FEATURE_RECIPES = {
         "ce_weight": 1.0,
         "distillation_loss_weight": 5.0,
     },
+    # VID: stages feats[1:], variances from 5 (never trained, as mdistiller);
+    # the probe: get_feat_shapes at VID's construction.
+    "vid": {
+        "loss": loss_config(
+            "vid",
+            teacher_layer_name="feats[1:]",
+            student_layer_name="feats[1:]",
+            init_pred_var=5.0,
+            eps=1e-5,
+            train_variances=False,
+            probe_batch_norm=True,
+        ),
+        "ce_weight": 1.0,
+        "distillation_loss_weight": 1.0,
+    },
 }
 SMALL_LEARNING_RATE_STUDENTS = ("shufflenetv1", "shufflenetv2", "mobilenetv2")
 METHODS = ("kd", "dkd", "cskd", "cskd_reference", "kd_ls", "dkd_ls", "ctkd", "kd_dot")

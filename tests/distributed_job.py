@@ -36,6 +36,9 @@ def build_loss(name):
         ),
         "ofd": lambda: losses.OFD(),
         "reviewkd": lambda: REVIEWKD(),
+        "vid_trained_variances": lambda: losses.VID(
+            "relu0", "features", train_variances=True
+        ),
     }[name]()
 
 
@@ -66,6 +69,7 @@ FEATURE_LOSSES = {"fitnets": 1.0, "attention_transfer": 100.0, "several": [1, 1,
 FEATURE_LOSSES.update(fitnet=1.0, at_pairs=100.0)
 FEATURE_LOSSES["ofd"] = 0.01  # the teacher in training mode, as mdistiller's OFD
 FEATURE_LOSSES["reviewkd"] = 1.0
+FEATURE_LOSSES.update(vid_trained_variances=1.0)
 
 
 def feature_student():

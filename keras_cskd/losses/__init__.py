@@ -30,6 +30,7 @@ from keras_cskd.losses.rkd import RKD
 from keras_cskd.losses.skd import SKD
 from keras_cskd.losses.sp import SP
 from keras_cskd.losses.two_view_cskd import TwoViewCSKD
+from keras_cskd.losses.vid import VID
 
 # Old spellings, refused with the new one (nothing saved refers to them).
 __getattr__ = refuse_renamed(
@@ -61,6 +62,7 @@ __all__ = [
     "SKD",
     "SP",
     "TwoViewCSKD",
+    "VID",
     "get",
     "get_class",
     "names",
