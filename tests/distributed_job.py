@@ -29,6 +29,12 @@ def build_loss(name):
         "fitnets": lambda: FITNETS(),
         "attention_transfer": lambda: ATTENTION(),
         "several": lambda: [losses.CSKD(), FITNETS(), ATTENTION()],
+        # On their default taps, mdistiller's (feats[1:], pooled_feat, feats[-1]).
+        "nst": lambda: losses.NST(),
+        "pkt": lambda: losses.PKT(),
+        "rkd": lambda: losses.RKD(),
+        "sp": lambda: losses.SP(),
+        "kdsvd": lambda: losses.KDSVD(),
     }[name]()
 
 
@@ -46,6 +52,25 @@ def ATTENTION():
 
 # Students with a feature map to compare, and their distillation loss weights.
 FEATURE_LOSSES = {"fitnets": 1.0, "attention_transfer": 100.0, "several": [1, 1, 100]}
+# Students with feature taps (feats_<i>, pooled_feat), and their loss weights.
+TAP_LOSSES = {"nst": 10.0, "pkt": 1000.0, "rkd": 1.0, "sp": 100.0, "kdsvd": 1.0}
+
+
+def tap_student():
+    """A small CNN without BatchNorm or dropout whose layers name the feature
+    taps: `feats_0` (8x8), `feats_1` (4x4), `feats_2` (2x2) and `pooled_feat`,
+    the shapes of the `digits_cnn` teacher's taps."""
+    import keras
+
+    inputs = keras.Input((8, 8, 1), name="images")
+    x = inputs
+    for i, filters in enumerate((4, 4, 8)):
+        x = keras.layers.Conv2D(filters, 3, padding="same", name=f"conv{i}")(x)
+        x = keras.layers.ReLU(name=f"feats_{i}")(x)
+        if i < 2:
+            x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pooled_feat")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
 
 
 def feature_student():
@@ -79,13 +104,17 @@ def train(loss_name, strategy, global_batch=32, steps=5):
         teacher = keras_cskd.models.get("digits_cnn", 10, (8, 8, 1), width=8)
         if loss_name in FEATURE_LOSSES:
             student = feature_student()
+        elif loss_name in TAP_LOSSES:
+            student = tap_student()
         else:
             student = keras_cskd.models.get("digits_mlp", 10, (8, 8, 1))
         distiller = keras_cskd.Distiller(
             teacher,
             student,
             build_loss(loss_name),
-            distillation_loss_weight=FEATURE_LOSSES.get(loss_name, 1.0),
+            distillation_loss_weight={**FEATURE_LOSSES, **TAP_LOSSES}.get(
+                loss_name, 1.0
+            ),
             view_weights=(1.0, 1.0) if two_views else None,
         )
         distiller.compile(
