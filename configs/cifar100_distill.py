@@ -149,7 +149,56 @@ DOT_PAIRS = (
 # of the loss (cfg.py's <METHOD>.LOSS.CE_WEIGHT and FEAT_WEIGHT). Their solver
 # is `kd`'s (configs/cifar100/<method>.yaml). docs/reproducing.md, "Feature
 # methods", gives each value's source.
-FEATURE_RECIPES = {}
+FEATURE_RECIPES = {
+    "nst": dict(
+        loss=loss_config(
+            "nst", teacher_layer_name="feats[1:]", student_layer_name="feats[1:]"
+        ),
+        ce_weight=1.0,
+        distillation_loss_weight=50.0,
+    ),
+    "pkt": dict(
+        loss=loss_config(
+            "pkt",
+            teacher_layer_name="pooled_feat",
+            student_layer_name="pooled_feat",
+            epsilon=1e-7,
+        ),
+        ce_weight=1.0,
+        distillation_loss_weight=30000.0,
+    ),
+    "kdsvd": dict(
+        loss=loss_config(
+            "kdsvd",
+            teacher_layer_name="feats[1:]",
+            student_layer_name="feats[1:]",
+            k=1,
+            signs="library",  # torch.svd's signs as the SVD returns them
+        ),
+        ce_weight=1.0,
+        distillation_loss_weight=1.0,
+    ),
+    "rkd": dict(
+        loss=loss_config(
+            "rkd",
+            teacher_layer_name="pooled_feat",
+            student_layer_name="pooled_feat",
+            distance_weight=25.0,
+            angle_weight=50.0,
+            epsilon=1e-12,
+            squared=False,
+        ),
+        ce_weight=1.0,
+        distillation_loss_weight=1.0,
+    ),
+    "sp": dict(
+        loss=loss_config(
+            "sp", teacher_layer_name="feats[-1]", student_layer_name="feats[-1]"
+        ),
+        ce_weight=1.0,
+        distillation_loss_weight=3000.0,
+    ),
+}
 SMALL_LEARNING_RATE_STUDENTS = ("shufflenetv1", "shufflenetv2", "mobilenetv2")
 METHODS = ("kd", "dkd", "cskd", "cskd_reference", "kd_ls", "dkd_ls", "ctkd", "kd_dot")
 MLKD_METHODS = ("mlkd", "mlkd_ls")
@@ -168,7 +217,9 @@ def get_config(spec="cskd_reference,resnet32x4,resnet8x4"):
         raise ValueError(f"Unknown pair {teacher},{student}; known pairs: {known}.")
     known = METHODS + MLKD_METHODS + FEATURE_METHODS
     if method not in known:
-        raise ValueError(f"Unknown method '{method}' for CIFAR-100: {', '.join(known)}.")
+        raise ValueError(
+            f"Unknown method '{method}' for CIFAR-100: {', '.join(known)}."
+        )
     if method == "kd_dot":
         return _kd_dot(teacher, student)
     config = default_config()

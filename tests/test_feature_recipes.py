@@ -14,5 +14,5 @@ METHODS = ("nst", "pkt", "kdsvd", "rkd", "sp")
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_recipe_runs_and_resumes_bitwise(method, tmp_path):
-    assert_resumes_bitwise(method, tmp_path)
+def test_recipe_runs_and_resumes_bitwise(method, tmp_path, monkeypatch):
+    assert_resumes_bitwise(method, tmp_path, monkeypatch)
