@@ -414,7 +414,7 @@ def test_distiller_passes_the_default_taps_and_matches_mdistiller():
     distiller = keras_cskd.Distiller(
         teacher, student, losses, distillation_loss_weight=[1.0] * len(losses)
     )
-    distiller.compile(optimizer="sgd")
+    distiller.compile(optimizer="sgd", run_eagerly=True)  # one step: no tracing
     x = _fixture_rows()
     logs = distiller.evaluate(
         x, np.zeros(len(x)), batch_size=len(x), verbose=0, return_dict=True
