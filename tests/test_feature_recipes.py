@@ -15,4 +15,4 @@ METHODS = ("nst", "pkt", "kdsvd", "rkd", "sp")
 
 @pytest.mark.parametrize("method", METHODS)
 def test_recipe_runs_and_resumes_bitwise(method, tmp_path, monkeypatch):
-    assert_resumes_bitwise(method, tmp_path, monkeypatch)
+    assert_resumes_bitwise(method, tmp_path, monkeypatch, teacher="resnet8")
