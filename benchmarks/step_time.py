@@ -227,7 +227,7 @@ def measure(pair_name, values):
         "step_ms": {c: s for c, s in summaries.items() if c not in features},
         "memory_mib": {c: m for c, m in memory.items() if c not in features},
         "xla": {c: x for c, x in xla.items() if c not in features},
-        "feature_student": pair.feature_student,
+        "feature_student": pair.describe_feature_student(),
         "feature_step_ms": {c[len(_FEATURES) :]: summaries[c] for c in features},
         "feature_memory_mib": {
             c[len(_FEATURES) :]: memory[c] for c in features if c in memory
@@ -583,7 +583,7 @@ def report_features(pair_name, result):
     title = (
         f"## {pair_name}, feature methods: {result['pair'].split(' -> ')[0]} -> "
         f"{result['feature_student']}, each as its CIFAR-100 recipe (loss, taps, "
-        "weights); the same rounds as the table above"
+        "weights); timed in the same rounds as the table above"
     )
     header = [
         "method",

@@ -150,6 +150,13 @@ class Pair:
         y = rng.integers(0, self.num_classes, size=batch_size).astype("int32")
         return x, y
 
+    def describe_feature_student(self):
+        """`"digits_cnn (width=8)"`: the feature student and its options."""
+        options = ", ".join(f"{k}={v}" for k, v in self.feature_student_options)
+        return (
+            f"{self.feature_student} ({options})" if options else self.feature_student
+        )
+
     def model(self, role):
         options = (
             dict(self.feature_student_options) if role == "feature_student" else {}
