@@ -240,7 +240,10 @@ def build_feature_models(pair, values):
     every feature recipe); none for an empty `--methods`."""
     if _METHODS.present and not _METHODS.value:
         return {}
-    methods = timing.feature_methods(_METHODS.value)
+    try:
+        methods = timing.feature_methods(_METHODS.value)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
     if methods == [timing.FEATURE_BASELINE]:  # no feature recipe yet
         return {}
     recipes = timing.feature_recipes()
