@@ -31,6 +31,9 @@ CSKD paper's CIFAR-100 table (PAIRS) and one of:
 - `ctkd`: CTKD's global learnable temperature (`losses.CTKD`: T in (1, 21),
   its gradient reversed with the cosine curriculum 0 -> -1 over epochs 1-10)
   as its `scripts/run_cifar_distill.sh`: CE 0.1, KD 0.9, 240 epochs, rate 0.05.
+- `nst`, `pkt`, `kdsvd`, `rkd`, `sp` (`FEATURE_RECIPES`): mdistiller's feature
+  relations on its taps (`feats[1:]`, `pooled_feat`, `feats[-1]`), CE 1 plus
+  cfg.py's feature weight (50, 30000, 1, 1, 3000), `kd`'s solver.
 - `kd_dot`: `kd` trained by mdistiller's DOT (momentum 0.9 -+ 0.075 for the
   task and the distillation gradients, `optimizers.DOT`), for the three pairs
   of its `configs/cifar100/dot/` (`DOT_PAIRS`).

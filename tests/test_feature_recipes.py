@@ -14,7 +14,7 @@ import pytest
 from recipe_run import DISTILL, assert_resumes_bitwise
 
 from keras_cskd import builders, losses
-from keras_cskd.config import load_config
+from keras_cskd.config import load_config, validate
 
 METHODS = ("nst", "pkt", "kdsvd", "rkd", "sp")
 
@@ -39,6 +39,7 @@ def test_recipe_holds_mdistillers_values_for_every_pair(method):
     loss_class, taps, ce_weight, feature_weight, options = RECIPE_VALUES[method]
     for teacher, student in _distill_module().PAIRS:
         config = load_config(f"{DISTILL}:{method},{teacher},{student}")
+        validate(config)
         loss = builders.build_loss(config.loss)
         assert type(loss) is loss_class
         assert (loss.teacher_layer_name, loss.student_layer_name) == (taps, taps)
