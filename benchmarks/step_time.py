@@ -197,13 +197,15 @@ def measure(pair_name, values):
         configuration: timing.build(configuration, pair, values.jit_compile)
         for configuration in timing.CONFIGURATIONS
     }
-    models.update(build_feature_models(pair, values))
     steps = {
         configuration: timing.make_step(
             model, timing.batch_for(configuration, model, batch), values.jit_compile
         )
         for configuration, model in models.items()
     }
+    feature_models, feature_steps, skipped = feature_workloads(pair, batch, values)
+    models.update(feature_models)
+    steps.update(feature_steps)
     num_steps = values.steps_for(pair)
     summaries = timing.interleaved_step_times(
         steps, num_steps, values.warmup, values.repeats
@@ -232,27 +234,35 @@ def measure(pair_name, values):
         "feature_memory_mib": {
             c[len(_FEATURES) :]: memory[c] for c in features if c in memory
         },
+        "feature_skipped": skipped,
     }
 
 
-def build_feature_models(pair, values):
-    """`{"features:<method>": model}` for KD and the `--methods` (default:
-    every feature recipe); none for an empty `--methods`."""
+def feature_workloads(pair, batch, values):
+    """The feature table's models and steps, `{"features:<method>": ...}`, for
+    KD and the `--methods` (default: every feature recipe; none for an empty
+    `--methods`), and `{method: reason}` for those that cannot train on the
+    benchmark's random batches (a loss that needs what only a run's data
+    gives), shown as skipped rows."""
     if _METHODS.present and not _METHODS.value:
-        return {}
+        return {}, {}, {}
     try:
         methods = timing.feature_methods(_METHODS.value)
     except ValueError as error:
         raise app.UsageError(str(error)) from None
     if methods == [timing.FEATURE_BASELINE]:  # no feature recipe yet
-        return {}
+        return {}, {}, {}
     recipes = timing.feature_recipes()
-    return {
-        _FEATURES + method: timing.build_feature(
-            method, pair, values.jit_compile, recipes
-        )
-        for method in methods
-    }
+    models, steps, skipped = {}, {}, {}
+    for method in methods:
+        try:
+            model = timing.build_feature(method, pair, values.jit_compile, recipes)
+            step = timing.make_step(model, batch, values.jit_compile)
+        except (ValueError, TypeError, KeyError) as error:
+            skipped[method] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+            continue
+        models[_FEATURES + method], steps[_FEATURES + method] = model, step
+    return models, steps, skipped
 
 
 def run_memory_probe(configuration, pair_name, values):
@@ -583,6 +593,8 @@ def report_features(pair_name, result):
                 f"{memory['growth']:.0f}" if memory else "n/a",
             ]
         )
+    for method, reason in result["feature_skipped"].items():
+        rows.append([method, f"skipped: {reason}", *["-"] * 4])
     title = (
         f"## {pair_name}, feature methods: {result['pair'].split(' -> ')[0]} -> "
         f"{result['feature_student']}, each as its CIFAR-100 recipe (loss, taps, "

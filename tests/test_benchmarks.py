@@ -158,7 +158,8 @@ def test_step_time_times_every_feature_method_against_kd(runs):
         "RSS growth MiB (own process)",
     ]
     assert table[0] == header
-    body = table[2:]
+    # A method that needs a run's data (CRD's sample indices) may be skipped.
+    body = [row for row in table[2:] if not row[1].startswith("skipped: ")]
     methods = [row[0] for row in body]
     assert methods[0] == "kd" and body[0][3] == "1.00"
     assert {"nst", "pkt", "rkd", "sp", "kdsvd"} <= set(methods)
