@@ -37,6 +37,17 @@ slots, activations and gradients of the warm-up and timed steps).
 `--pair=cifar` is resnet32x4 -> resnet8x4 on random 32x32x3 images (100
 classes); `--pair=digits` is digits_cnn -> digits_mlp on 8x8x1 (10 classes).
 
+A second table times the feature methods, each as its CIFAR-100 recipe
+builds it (`FEATURE_RECIPES` in configs/cifar100_distill.py: its loss, the
+reference's feature taps, its weights), against KD on the same student, in
+the same interleaved rounds as the first table: the ratio `÷ KD`, and each
+one's memory in a process of its own. The student is the pair's (resnet8x4),
+or on the digits pair a narrow `digits_cnn` (width 8: the MLP has no feature
+taps). `--methods` picks them (default: every feature recipe):
+
+    python benchmarks/step_time.py --pair=cifar --methods=nst,pkt,rkd,sp,kdsvd
+    python benchmarks/step_time.py --pair=cifar --methods=   # no feature table
+
 With `--backends`, the same step times (not the memory) on each Keras backend
 listed: one table, a row per backend and configuration, each ratio taken
 within its backend.
@@ -85,12 +96,21 @@ _MEMORY = flags.DEFINE_bool(
     "Measure each configuration's memory in a subprocess of its own (off under "
     "--smoke unless given).",
 )
-_MEMORY_PROBE = flags.DEFINE_enum(
+_MEMORY_PROBE = flags.DEFINE_string(
     "memory_probe",
     None,
-    list(timing.CONFIGURATIONS),
-    "Internal: run this configuration alone and print its memory as JSON.",
+    "Internal: run this configuration (one of timing.CONFIGURATIONS, or "
+    "features:<method>) alone and print its memory as JSON.",
 )
+_METHODS = flags.DEFINE_list(
+    "methods",
+    None,
+    "Feature methods to time against KD on the same student (names of "
+    "FEATURE_RECIPES in configs/cifar100_distill.py). Default: all of them; "
+    "empty: no feature table. Not with --backends.",
+)
+# The feature table's configurations are named `features:<method>`.
+_FEATURES = "features:"
 
 _BACKENDS = flags.DEFINE_list(
     "backends",
@@ -144,6 +164,11 @@ def main(argv):
         unknown = sorted(set(backends) - set(_BACKEND_MODULES))
         if unknown:
             raise app.UsageError(f"Unknown backends {unknown}: use {_BACKEND_MODULES}.")
+        if _METHODS.value:
+            raise app.UsageError(
+                "--methods times the feature methods on TensorFlow alone: drop "
+                "--backends, or --methods."
+            )
         results = {}
         for name in pair_names:
             results[name] = measure_backends(name, backends, values)
@@ -178,6 +203,9 @@ def measure(pair_name, values):
         )
         for configuration, model in models.items()
     }
+    feature_models, feature_steps, skipped = feature_workloads(pair, batch, values)
+    models.update(feature_models)
+    steps.update(feature_steps)
     num_steps = values.steps_for(pair)
     summaries = timing.interleaved_step_times(
         steps, num_steps, values.warmup, values.repeats
@@ -192,16 +220,49 @@ def measure(pair_name, values):
                     strict=True,
                 )
             )
+    xla = {c: timing.effective_jit(m, values.jit_compile) for c, m in models.items()}
+    features = [c for c in models if c.startswith(_FEATURES)]
     return {
         "pair": str(pair),
         "device": timing.describe_device("/CPU:0"),
         "steps": num_steps,
-        "step_ms": summaries,
-        "memory_mib": memory,
-        "xla": {
-            c: timing.effective_jit(m, values.jit_compile) for c, m in models.items()
+        "step_ms": {c: s for c, s in summaries.items() if c not in features},
+        "memory_mib": {c: m for c, m in memory.items() if c not in features},
+        "xla": {c: x for c, x in xla.items() if c not in features},
+        "feature_student": pair.describe_feature_student(),
+        "feature_step_ms": {c[len(_FEATURES) :]: summaries[c] for c in features},
+        "feature_memory_mib": {
+            c[len(_FEATURES) :]: memory[c] for c in features if c in memory
         },
+        "feature_skipped": skipped,
     }
+
+
+def feature_workloads(pair, batch, values):
+    """The feature table's models and steps, `{"features:<method>": ...}`, for
+    KD and the `--methods` (default: every feature recipe; none for an empty
+    `--methods`), and `{method: reason}` for those that cannot train on the
+    benchmark's random batches (a loss that needs what only a run's data
+    gives), shown as skipped rows."""
+    if _METHODS.present and not _METHODS.value:
+        return {}, {}, {}
+    try:
+        methods = timing.feature_methods(_METHODS.value)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    if methods == [timing.FEATURE_BASELINE]:  # no feature recipe yet
+        return {}, {}, {}
+    recipes = timing.feature_recipes()
+    models, steps, skipped = {}, {}, {}
+    for method in methods:
+        try:
+            model = timing.build_feature(method, pair, values.jit_compile, recipes)
+            step = timing.make_step(model, batch, values.jit_compile)
+        except (ValueError, TypeError, KeyError) as error:
+            skipped[method] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+            continue
+        models[_FEATURES + method], steps[_FEATURES + method] = model, step
+    return models, steps, skipped
 
 
 def run_memory_probe(configuration, pair_name, values):
@@ -225,7 +286,16 @@ def run_memory_probe(configuration, pair_name, values):
 def probe_memory(configuration, pair_name, values):
     """Builds and runs one configuration; its peak RSS and the growth to it."""
     pair = timing.PAIRS[pair_name]
-    model = timing.build(configuration, pair, values.jit_compile)
+    if configuration.startswith(_FEATURES):
+        method = configuration[len(_FEATURES) :]
+        model = timing.build_feature(method, pair, values.jit_compile)
+    elif configuration in timing.CONFIGURATIONS:
+        model = timing.build(configuration, pair, values.jit_compile)
+    else:
+        raise app.UsageError(
+            f"Unknown --memory_probe={configuration}: use one of "
+            f"{', '.join(timing.CONFIGURATIONS)} or {_FEATURES}<method>."
+        )
     baseline = timing.rss_mib()
     peak_was_reset = timing.reset_peak_rss()
     batch = timing.batch_for(configuration, model, pair.random_batch(_BATCH_SIZE.value))
@@ -496,6 +566,45 @@ def report(pair_name, result, values):
     )
     header = [
         *_STEP_HEADER,
+        "peak RSS MiB (own process)",
+        "RSS growth MiB (own process)",
+    ]
+    table = f"{title}\n\n{timing.markdown_table(header, rows)}"
+    if not result["feature_step_ms"]:
+        return table
+    return f"{table}\n\n{report_features(pair_name, result)}"
+
+
+def report_features(pair_name, result):
+    """The feature methods' table: step time, its ratio to KD on the same
+    student (timed in the same rounds), and memory."""
+    step_ms = result["feature_step_ms"]
+    baseline = step_ms[timing.FEATURE_BASELINE].median
+    rows = []
+    for method, summary in step_ms.items():
+        memory = result["feature_memory_mib"].get(method)
+        rows.append(
+            [
+                method,
+                f"{summary.median:.2f}",
+                f"{summary.iqr:.2f}",
+                f"{summary.median / baseline:.2f}",
+                f"{memory['peak']:.0f}" if memory else "n/a",
+                f"{memory['growth']:.0f}" if memory else "n/a",
+            ]
+        )
+    for method, reason in result["feature_skipped"].items():
+        rows.append([method, f"skipped: {reason}", *["-"] * 4])
+    title = (
+        f"## {pair_name}, feature methods: {result['pair'].split(' -> ')[0]} -> "
+        f"{result['feature_student']}, each as its CIFAR-100 recipe (loss, taps, "
+        "weights); timed in the same rounds as the table above"
+    )
+    header = [
+        "method",
+        "median ms/step",
+        "IQR ms",
+        "÷ KD",
         "peak RSS MiB (own process)",
         "RSS growth MiB (own process)",
     ]

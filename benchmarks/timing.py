@@ -20,6 +20,7 @@ where TensorFlow is not imported; everything else here needs TensorFlow's.
 
 import dataclasses
 import functools
+import importlib.util
 import itertools
 import json
 import os
@@ -31,6 +32,7 @@ import numpy as np
 from absl import flags
 
 import keras_cskd
+from keras_cskd import builders
 
 if keras.backend.backend() == "tensorflow":
     import tensorflow as tf
@@ -134,6 +136,9 @@ class Pair:
     input_shape: tuple
     num_classes: int
     default_steps: int
+    # The student of the feature methods (one with feature taps) and its options.
+    feature_student: str = ""
+    feature_student_options: tuple = ()
 
     def __str__(self):
         return f"{self.teacher} -> {self.student}"
@@ -145,15 +150,41 @@ class Pair:
         y = rng.integers(0, self.num_classes, size=batch_size).astype("int32")
         return x, y
 
+    def describe_feature_student(self):
+        """`"digits_cnn (width=8)"`: the feature student and its options."""
+        options = ", ".join(f"{k}={v}" for k, v in self.feature_student_options)
+        return (
+            f"{self.feature_student} ({options})" if options else self.feature_student
+        )
+
     def model(self, role):
+        options = (
+            dict(self.feature_student_options) if role == "feature_student" else {}
+        )
         return keras_cskd.models.get(
-            getattr(self, role), self.num_classes, self.input_shape
+            getattr(self, role), self.num_classes, self.input_shape, **options
         )
 
 
 PAIRS = {
-    "digits": Pair("digits_cnn", "digits_mlp", (8, 8, 1), 10, default_steps=50),
-    "cifar": Pair("resnet32x4", "resnet8x4", (32, 32, 3), 100, default_steps=5),
+    # digits_mlp has no feature taps: the feature methods distil a narrow CNN.
+    "digits": Pair(
+        "digits_cnn",
+        "digits_mlp",
+        (8, 8, 1),
+        10,
+        default_steps=50,
+        feature_student="digits_cnn",
+        feature_student_options=(("width", 8),),
+    ),
+    "cifar": Pair(
+        "resnet32x4",
+        "resnet8x4",
+        (32, 32, 3),
+        100,
+        default_steps=5,
+        feature_student="resnet8x4",
+    ),
 }
 
 # Configuration name -> table label.
@@ -177,6 +208,64 @@ _OUR_LOSSES = {
     ),
 }
 _OUR_LOSSES.update({f"{name}_cached": loss for name, loss in _OUR_LOSSES.items()})
+
+
+# The feature methods: `FEATURE_RECIPES` of the CIFAR-100 recipes' config, each
+# timed against KD on the same (feature) student.
+RECIPES_PATH = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "configs",
+    "cifar100_distill.py",
+)
+FEATURE_BASELINE = "kd"
+
+
+def feature_recipes():
+    """`{method: recipe}`: `FEATURE_RECIPES` of configs/cifar100_distill.py
+    (each `dict(loss=..., ce_weight=..., distillation_loss_weight=...)`)."""
+    spec = importlib.util.spec_from_file_location("_cifar100_distill", RECIPES_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(getattr(module, "FEATURE_RECIPES", {}))
+
+
+def feature_methods(requested=None):
+    """The methods of the feature table: KD first, then `requested` (default:
+    every feature recipe). Raises a `ValueError` naming the known ones."""
+    recipes = feature_recipes()
+    requested = list(recipes) if requested is None else list(requested)
+    unknown = sorted(set(requested) - set(recipes) - {FEATURE_BASELINE})
+    if unknown:
+        raise ValueError(
+            f"No feature recipe for {unknown}: use kd or one of "
+            f"{', '.join(recipes) or 'none'} (configs/cifar100_distill.py)."
+        )
+    return [FEATURE_BASELINE] + [m for m in requested if m != FEATURE_BASELINE]
+
+
+def build_feature(method, pair, jit_compile=False, recipes=None):
+    """`keras_cskd.Distiller` of `method`'s recipe (its loss, taps and weights)
+    on `pair`'s teacher and feature student, compiled with SGD(0.05,
+    momentum=0.9); `"kd"` is KD at temperature 4 with CE and KD at 0.5 each."""
+    keras.utils.set_random_seed(0)
+    teacher, student = pair.model("teacher"), pair.model("feature_student")
+    if method == FEATURE_BASELINE:
+        loss, weights = keras_cskd.losses.KD(temperature=4.0), (0.5, 0.5)
+    else:
+        recipe = (recipes or feature_recipes())[method]
+        loss = builders.build_loss(recipe["loss"])
+        weights = (recipe["ce_weight"], recipe["distillation_loss_weight"])
+    model = keras_cskd.Distiller(
+        teacher,
+        student,
+        loss,
+        ce_weight=weights[0],
+        distillation_loss_weight=weights[1],
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=jit_compile
+    )
+    return model
 
 
 def batch_for(configuration, model, batch):

@@ -31,13 +31,12 @@ CSKD paper's CIFAR-100 table (PAIRS) and one of:
 - `ctkd`: CTKD's global learnable temperature (`losses.CTKD`: T in (1, 21),
   its gradient reversed with the cosine curriculum 0 -> -1 over epochs 1-10)
   as its `scripts/run_cifar_distill.sh`: CE 0.1, KD 0.9, 240 epochs, rate 0.05.
-- `ofd`: mdistiller's OFD (CE 1, feature weight 0.001, 1x1 connectors, the
-  teacher in training mode as its `train()` leaves it) on `preact_feats[1:]`,
-  240 epochs; not for MobileNetV2 students (`pairs("ofd")`).
-- `crd`: mdistiller's CRD (`losses.CRD` on the pooled features: feature dim
-  128, 16384 negatives of other classes, momentum 0.5, T 0.07; CE 1, CRD 0.8)
-  with batches that carry each example's index (`data.sample_indices`),
-  240 epochs, rate 0.05.
+- `fitnet`, `at`, `nst`, `pkt`, `kdsvd`, `rkd`, `sp`, `vid`, `ofd`, `crd`,
+  `reviewkd` (`FEATURE_RECIPES`): mdistiller's feature methods on its taps
+  (`feats[2]`, `feats[1:]`, `preact_feats[1:]`, `pooled_feat`, ...), each
+  with cfg.py's options, CE weight and feature weight, and `kd`'s solver;
+  CRD's batches carry each example's index (`data.sample_indices`), and OFD
+  has no MobileNetV2 students (`pairs("ofd")`).
 - `kd_dot`: `kd` trained by mdistiller's DOT (momentum 0.9 -+ 0.075 for the
   task and the distillation gradients, `optimizers.DOT`), for the three pairs
   of its `configs/cifar100/dot/` (`DOT_PAIRS`).
@@ -243,6 +242,54 @@ FEATURE_RECIPES = {
         ),
         "ce_weight": 1.0,
         "distillation_loss_weight": 1.0,
+    },
+    "nst": {
+        "loss": loss_config(
+            "nst", teacher_layer_name="feats[1:]", student_layer_name="feats[1:]"
+        ),
+        "ce_weight": 1.0,
+        "distillation_loss_weight": 50.0,
+    },
+    "pkt": {
+        "loss": loss_config(
+            "pkt",
+            teacher_layer_name="pooled_feat",
+            student_layer_name="pooled_feat",
+            epsilon=1e-7,
+        ),
+        "ce_weight": 1.0,
+        "distillation_loss_weight": 30000.0,
+    },
+    "kdsvd": {
+        "loss": loss_config(
+            "kdsvd",
+            teacher_layer_name="feats[1:]",
+            student_layer_name="feats[1:]",
+            k=1,
+            signs="library",  # torch.svd's signs as the SVD returns them
+        ),
+        "ce_weight": 1.0,
+        "distillation_loss_weight": 1.0,
+    },
+    "rkd": {
+        "loss": loss_config(
+            "rkd",
+            teacher_layer_name="pooled_feat",
+            student_layer_name="pooled_feat",
+            distance_weight=25.0,
+            angle_weight=50.0,
+            epsilon=1e-12,
+            squared=False,
+        ),
+        "ce_weight": 1.0,
+        "distillation_loss_weight": 1.0,
+    },
+    "sp": {
+        "loss": loss_config(
+            "sp", teacher_layer_name="feats[-1]", student_layer_name="feats[-1]"
+        ),
+        "ce_weight": 1.0,
+        "distillation_loss_weight": 3000.0,
     },
 }
 SMALL_LEARNING_RATE_STUDENTS = ("shufflenetv1", "shufflenetv2", "mobilenetv2")

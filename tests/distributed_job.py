@@ -39,6 +39,16 @@ def build_loss(name):
         "vid_trained_variances": lambda: losses.VID(
             "relu0", "features", train_variances=True
         ),
+        # On their default taps, mdistiller's (feats[1:], pooled_feat, feats[-1]).
+        "nst": lambda: losses.NST(),
+        "pkt": lambda: losses.PKT(),
+        # This student's pooled and 2x2 features lie close together (nearest
+        # rows 0.007 apart); RKD's angles normalise their differences, which
+        # amplifies float32 rounding (one device and shards differ by 3e-5 in
+        # 5 steps): its 4x4 tap, whose rows lie apart, instead.
+        "rkd": lambda: losses.RKD("feats[1]", "feats[1]"),
+        "sp": lambda: losses.SP(),
+        "kdsvd": lambda: losses.KDSVD(),
     }[name]()
 
 
@@ -70,6 +80,25 @@ FEATURE_LOSSES.update(fitnet=1.0, at_pairs=100.0)
 FEATURE_LOSSES["ofd"] = 0.01  # the teacher in training mode, as mdistiller's OFD
 FEATURE_LOSSES["reviewkd"] = 1.0
 FEATURE_LOSSES.update(vid_trained_variances=1.0)
+# Students with feature taps (feats_<i>, pooled_feat), and their loss weights.
+TAP_LOSSES = {"nst": 10.0, "pkt": 1000.0, "rkd": 1.0, "sp": 100.0, "kdsvd": 1.0}
+
+
+def tap_student():
+    """A small CNN without BatchNorm or dropout whose layers name the feature
+    taps: `feats_0` (8x8), `feats_1` (4x4), `feats_2` (2x2) and `pooled_feat`,
+    the shapes of the `digits_cnn` teacher's taps."""
+    import keras
+
+    inputs = keras.Input((8, 8, 1), name="images")
+    x = inputs
+    for i, filters in enumerate((4, 4, 8)):
+        x = keras.layers.Conv2D(filters, 3, padding="same", name=f"conv{i}")(x)
+        x = keras.layers.ReLU(name=f"feats_{i}")(x)
+        if i < 2:
+            x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pooled_feat")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
 
 
 def feature_student():
@@ -120,13 +149,17 @@ def train(loss_name, strategy, global_batch=32, steps=5):
             student = ofd_student()
         elif loss_name in FEATURE_LOSSES:
             student = feature_student()
+        elif loss_name in TAP_LOSSES:
+            student = tap_student()
         else:
             student = keras_cskd.models.get("digits_mlp", 10, (8, 8, 1))
         distiller = keras_cskd.Distiller(
             teacher,
             student,
             build_loss(loss_name),
-            distillation_loss_weight=FEATURE_LOSSES.get(loss_name, 1.0),
+            distillation_loss_weight={**FEATURE_LOSSES, **TAP_LOSSES}.get(
+                loss_name, 1.0
+            ),
             view_weights=(1.0, 1.0) if two_views else None,
         )
         distiller.compile(

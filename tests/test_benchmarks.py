@@ -124,7 +124,7 @@ def positive(cell):
 
 def test_step_time_prints_every_configuration_with_ratios(runs):
     tables = tables_in(output_of(runs, "step_time"))
-    assert len(tables) == 1  # --smoke: the digits pair only
+    assert len(tables) == 2  # --smoke: the digits pair, and its feature methods
     header = [
         "configuration",
         "median ms/step",
@@ -147,6 +147,29 @@ def test_step_time_prints_every_configuration_with_ratios(runs):
     assert body[-1][5] == "1.00"  # (d) ÷ (d)
 
 
+def test_step_time_times_every_feature_method_against_kd(runs):
+    table = tables_in(output_of(runs, "step_time"))[1]
+    header = [
+        "method",
+        "median ms/step",
+        "IQR ms",
+        "÷ KD",
+        "peak RSS MiB (own process)",
+        "RSS growth MiB (own process)",
+    ]
+    assert table[0] == header
+    # A method that needs a run's data (CRD's sample indices) may be skipped.
+    body = [row for row in table[2:] if not row[1].startswith("skipped: ")]
+    methods = [row[0] for row in body]
+    assert methods[0] == "kd" and body[0][3] == "1.00"
+    assert {"nst", "pkt", "rkd", "sp", "kdsvd"} <= set(methods)
+    for _, median, iqr, ratio, peak, growth in body:
+        positive(median)
+        assert float(iqr) >= 0
+        positive(ratio)
+        assert (peak, growth) == ("n/a", "n/a")  # --smoke skips memory
+
+
 def test_step_time_writes_json(runs):
     output_of(runs, "step_time")
     result = json.loads(runs["step_time_json"].read_text())
@@ -163,6 +186,8 @@ def test_step_time_writes_json(runs):
         "keras_kd",
     }
     assert all(summary["count"] == 1 * 2 for summary in step_ms.values())
+    feature_step_ms = result["pairs"]["digits"]["feature_step_ms"]
+    assert {"kd", "nst", "pkt", "rkd", "sp", "kdsvd"} <= set(feature_step_ms)
 
 
 def test_memory_probe_reports_peak_and_growth(runs):

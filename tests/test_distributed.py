@@ -18,6 +18,7 @@ pytestmark = pytest.mark.large  # multi-process, end-to-end or every zoo model
 LOSSES = ["kd", "cskd", "cskd_cswt", "kd_cswt", "dist", "dkd", "two_view_cskd"]
 LOSSES += ["kd_ls", "dkd_ls"]  # logit standardisation: per-sample, exact on shards
 FEATURE_LOSSES = ["fitnets", "attention_transfer", "several"]
+FEATURE_LOSSES += ["nst", "pkt", "rkd", "sp", "kdsvd"]  # on feature taps
 TOLERANCE = 1e-5
 
 

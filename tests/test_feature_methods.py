@@ -364,3 +364,63 @@ def test_golden_values_on_other_backends(backend):
     for method, value in values.items():
         expected = GOLDEN[f"{method}/loss_kd"].reshape(()) / GOLDEN[f"{method}/weight"]
         np.testing.assert_allclose(value, expected, rtol=RTOL, err_msg=method)
+
+
+# ----------------------------------------------------------------------------
+# Through the Distiller: the default taps reach the loss
+# ----------------------------------------------------------------------------
+
+TAP_KEYS = {f"feats_{i}": f"feats{i}" for i in range(4)} | {"pooled_feat": "pooled"}
+
+
+def _tap_model(role, offset):
+    """A model of the flat fixture row whose tap layers (`feats_<i>`,
+    `pooled_feat`) output `role`'s golden features: the slice of its input at
+    `offset` onwards, reshaped. Returns the model and the next offset."""
+    inputs = keras.Input((_flat_size(),), name="fixture")
+    taps = []
+    for name, key in TAP_KEYS.items():
+        shape = _golden(role, key).shape[1:]
+        size = int(np.prod(shape))
+        tap = keras.layers.Reshape(shape, name=name)(inputs[:, offset : offset + size])
+        taps.append(keras.layers.Flatten()(tap))
+        offset += size
+    # The logits read every tap, so that each is a layer of the model.
+    logits = keras.layers.Dense(3, name="logits")(keras.layers.Concatenate()(taps))
+    return keras.Model(inputs, logits, name=f"{role}_taps"), offset
+
+
+def _flat_size():
+    return sum(
+        int(np.prod(_golden(role, key).shape[1:]))
+        for role in ("teacher", "student")
+        for key in TAP_KEYS.values()
+    )
+
+
+def _fixture_rows():
+    parts = [
+        _golden(role, key).reshape(len(_golden(role, key)), -1)
+        for role in ("teacher", "student")
+        for key in TAP_KEYS.values()
+    ]
+    return np.concatenate(parts, axis=1)
+
+
+def test_distiller_passes_the_default_taps_and_matches_mdistiller():
+    teacher, offset = _tap_model("teacher", 0)
+    student, _ = _tap_model("student", offset)
+    losses = [loss_class() for loss_class, _, _ in GOLDEN_CASES.values()]
+    distiller = keras_cskd.Distiller(
+        teacher, student, losses, distillation_loss_weight=[1.0] * len(losses)
+    )
+    distiller.compile(optimizer="sgd", run_eagerly=True)  # one step: no tracing
+    x = _fixture_rows()
+    logs = distiller.evaluate(
+        x, np.zeros(len(x)), batch_size=len(x), verbose=0, return_dict=True
+    )
+    for method in GOLDEN_CASES:
+        expected = GOLDEN[f"{method}/loss_kd"].reshape(()) / GOLDEN[f"{method}/weight"]
+        np.testing.assert_allclose(
+            logs[f"{method}_loss"], expected, rtol=RTOL, err_msg=method
+        )

@@ -9,16 +9,18 @@ from keras_cskd.losses.feature_distillation import check_named_layers
 class FeatureLoss(DistillationLoss):
     """A loss between teacher and student features, stage by stage.
 
-    The `Distiller` passes the outputs of `teacher_layer_name` and
-    `student_layer_name` (one tensor each); called directly, `compute_loss`
-    also takes lists of tensors, one per stage (mdistiller's `feats[1:]`).
+    The `Distiller` passes the outputs that `teacher_layer_name` and
+    `student_layer_name` name: one tensor (a layer, `"pooled_feat"`,
+    `"feats[-1]"`) or a list, one per stage (a slice such as mdistiller's
+    `"feats[1:]"`, or a list of layer names); `compute_loss` takes the same.
     Subclasses define `stage_losses(teacher_stages, student_stages)`, which
     gets float32 lists, the teacher's behind `stop_gradient`, and returns a
     scalar. `min_rank` is the feature rank the method needs (4: `[B, H, W, C]`).
 
     Args:
-        teacher_layer_name: the teacher layer, or `None` for its logits.
-        student_layer_name: the student layer, or `None` for its logits.
+        teacher_layer_name: the teacher's layer, tap spec or list of layer
+            names, or `None` for its logits.
+        student_layer_name: the student's, alike.
 
     Example:
 

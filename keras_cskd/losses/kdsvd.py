@@ -59,8 +59,9 @@ class KDSVD(FeatureLoss):
     teacher's normalised singular values. Between consecutive stages, the
     radial basis `exp(-(v_i - u_j)^2 / 8)` of their components is compared:
     `L = sum_stages sum (rbf_s - rbf_t)^2 / N` (non-finite terms dropped).
-    It needs at least two stages: pass lists (mdistiller: `feats[1:]`).
-    cfg.py: `k` 1, feature weight 1 (`REFERENCE_WEIGHT`).
+    It needs at least two stages: the default taps are mdistiller's
+    `feats[1:]` (the Distiller passes the lists). cfg.py: `k` 1, feature
+    weight 1 (`REFERENCE_WEIGHT`).
 
     The sign of a singular vector is the SVD library's choice. The student's
     cancels (the alignment); the teacher's does not, since each stage's
@@ -69,6 +70,9 @@ class KDSVD(FeatureLoss):
     vector's largest component positive, the same on every backend.
 
     Args:
+        teacher_layer_name: the teacher's stages: a tap (default
+            `"feats[1:]"`, mdistiller's) or a list of layer names.
+        student_layer_name: the student's, alike.
         k: the number of teacher singular vectors.
         signs: "library" or "canonical" (see above).
 
@@ -85,7 +89,11 @@ class KDSVD(FeatureLoss):
     min_rank = 4
 
     def __init__(
-        self, teacher_layer_name=None, student_layer_name=None, k=1, signs="library"
+        self,
+        teacher_layer_name="feats[1:]",
+        student_layer_name="feats[1:]",
+        k=1,
+        signs="library",
     ):
         super().__init__(teacher_layer_name, student_layer_name)
         if signs not in SIGNS:

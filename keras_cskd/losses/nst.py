@@ -49,13 +49,13 @@ class NST(FeatureLoss):
     kernel), the map with the larger height first average-pooled to a square
     of the smaller height (mdistiller's adaptive pooling; an integer ratio).
     Channel counts may differ. mdistiller sums it over the stages after the
-    stem (`feats[1:]`) and weighs it by 50 (`REFERENCE_WEIGHT`, cfg.py's
-    `NST.LOSS.FEAT_WEIGHT`): pass lists here, or use one NST per stage pair
-    in the Distiller (their sum is the same).
+    stem, the default taps `feats[1:]` (the Distiller passes the lists), and
+    weighs it by 50 (`REFERENCE_WEIGHT`, cfg.py's `NST.LOSS.FEAT_WEIGHT`).
 
     Args:
-        teacher_layer_name: the teacher layer, with `[B, H, W, C]` outputs.
-        student_layer_name: the student layer, with `[B, H, W, C]` outputs.
+        teacher_layer_name: the teacher's `[B, H, W, C]` features: a tap
+            (default `"feats[1:]"`, mdistiller's), a layer name or a list.
+        student_layer_name: the student's, alike.
 
     Example:
 
@@ -68,6 +68,9 @@ class NST(FeatureLoss):
 
     REFERENCE_WEIGHT = 50.0
     min_rank = 4
+
+    def __init__(self, teacher_layer_name="feats[1:]", student_layer_name="feats[1:]"):
+        super().__init__(teacher_layer_name, student_layer_name)
 
     def stage_losses(self, teacher_stages, student_stages):
         total = 0.0

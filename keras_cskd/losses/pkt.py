@@ -32,8 +32,9 @@ class PKT(FeatureLoss):
     Distiller's `distillation_loss_weight`). Feature widths may differ.
 
     Args:
-        teacher_layer_name: the teacher layer (its pooled features), or `None`.
-        student_layer_name: the student layer, or `None`.
+        teacher_layer_name: the teacher's features: a tap (default
+            `"pooled_feat"`, mdistiller's), a layer name, or `None` (logits).
+        student_layer_name: the student's, alike.
         epsilon: the reference's `eps`, added to the norms and the probabilities.
 
     Example:
@@ -47,7 +48,12 @@ class PKT(FeatureLoss):
 
     REFERENCE_WEIGHT = 30000.0
 
-    def __init__(self, teacher_layer_name=None, student_layer_name=None, epsilon=1e-7):
+    def __init__(
+        self,
+        teacher_layer_name="pooled_feat",
+        student_layer_name="pooled_feat",
+        epsilon=1e-7,
+    ):
         super().__init__(teacher_layer_name, student_layer_name)
         self.epsilon = float(epsilon)
 

@@ -58,8 +58,9 @@ class RKD(FeatureLoss):
     `sqrt(epsilon)` apart (the clamp), so they give finite values.
 
     Args:
-        teacher_layer_name: the teacher layer (its pooled features), or `None`.
-        student_layer_name: the student layer, or `None`.
+        teacher_layer_name: the teacher's features: a tap (default
+            `"pooled_feat"`, mdistiller's), a layer name, or `None` (logits).
+        student_layer_name: the student's, alike.
         distance_weight: the weight of the distance term.
         angle_weight: the weight of the angle term.
         epsilon: the clamp of the squared distances.
@@ -78,8 +79,8 @@ class RKD(FeatureLoss):
 
     def __init__(
         self,
-        teacher_layer_name=None,
-        student_layer_name=None,
+        teacher_layer_name="pooled_feat",
+        student_layer_name="pooled_feat",
         distance_weight=25.0,
         angle_weight=50.0,
         epsilon=1e-12,

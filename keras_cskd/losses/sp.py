@@ -20,14 +20,16 @@ class SP(FeatureLoss):
 
     With `G = normalize_rows(F F^T)` for features flattened to `[B, D]`,
     `L = sum_{i,j} (G_t - G_s)_ij^2 / B^2`, summed over stages when given
-    lists. mdistiller compares the last stage (`feats[-1]`) and weighs the
+    lists. mdistiller compares the last stage (`feats[-1]`, the default
+    taps) and weighs the
     loss by 3000 (`REFERENCE_WEIGHT`, cfg.py's `SP.LOSS.FEAT_WEIGHT`). Its
     value has shape `(1,)`; mdistiller's trainer takes `.mean()` of it, so the
     scalar returned here is the same number (docs/reproducing.md).
 
     Args:
-        teacher_layer_name: the teacher layer (mdistiller: the last stage).
-        student_layer_name: the student layer.
+        teacher_layer_name: the teacher's features: a tap (default
+            `"feats[-1]"`, mdistiller's last stage), a layer name or a list.
+        student_layer_name: the student's, alike.
 
     Example:
 
@@ -39,6 +41,9 @@ class SP(FeatureLoss):
     """
 
     REFERENCE_WEIGHT = 3000.0
+
+    def __init__(self, teacher_layer_name="feats[-1]", student_layer_name="feats[-1]"):
+        super().__init__(teacher_layer_name, student_layer_name)
 
     def stage_losses(self, teacher_stages, student_stages):
         total = 0.0
