@@ -1,22 +1,24 @@
 """The feature methods' CIFAR-100 recipes: mdistiller's values, and a run.
 
-Each method of METHODS runs `configs/cifar100_distill.py:<method>,resnet32x4,
-resnet8x4` on mock CIFAR data with small zoo models (tests/recipe_run.py): one
-run straight through, one killed after a checkpoint and resumed, bitwise the
-same. RECIPE_VALUES holds mdistiller's (a08d46f) values for the recipes of NST,
-PKT, KDSVD, RKD and SP: cfg.py's weights and options and the forward_train's
-taps (docs/reproducing.md, "Feature methods").
+Every feature method (`FEATURE_RECIPES`) runs `configs/cifar100_distill.py:
+<method>,resnet32x4,resnet8x4` on mock CIFAR data with small zoo models
+(tests/recipe_run.py): one run straight through, one killed after a checkpoint
+and resumed, bitwise the same; and its Distiller builds on every pair of its
+recipe. RECIPE_VALUES holds mdistiller's (a08d46f) values for the recipes of
+NST, PKT, KDSVD, RKD and SP (the other methods' are in their own tests): cfg.py's
+weights and options and the forward_train's taps (docs/reproducing.md).
 """
 
+import functools
 import importlib.util
 
+import numpy as np
 import pytest
 from recipe_run import DISTILL, assert_resumes_bitwise
 
+import keras_cskd
 from keras_cskd import builders, losses
 from keras_cskd.config import load_config, validate
-
-METHODS = ("nst", "pkt", "kdsvd", "rkd", "sp")
 
 # method: (class, taps, CE weight, feature weight, options)
 RECIPE_VALUES = {
@@ -56,6 +58,7 @@ def test_recipe_holds_mdistillers_values_for_every_pair(method):
         assert config.data.cache_teacher_logits is False
 
 
+@functools.cache
 def _distill_module():
     spec = importlib.util.spec_from_file_location("_cifar100_distill", DISTILL)
     module = importlib.util.module_from_spec(spec)
@@ -63,7 +66,28 @@ def _distill_module():
     return module
 
 
+METHODS = _distill_module().FEATURE_METHODS
+
+
 @pytest.mark.large  # end to end
 @pytest.mark.parametrize("method", METHODS)
 def test_recipe_runs_and_resumes_bitwise(method, tmp_path, monkeypatch):
-    assert_resumes_bitwise(method, tmp_path, monkeypatch, teacher="resnet8")
+    summary = assert_resumes_bitwise(method, tmp_path, monkeypatch)
+    assert summary["last_epoch"] == 1
+
+
+@functools.cache
+def _zoo_model(name):
+    return keras_cskd.models.get(name, 100, (32, 32, 3))
+
+
+@pytest.mark.large  # builds every zoo model of the table
+@pytest.mark.parametrize("method", METHODS)
+def test_recipe_builds_its_distiller_on_every_pair(method):
+    """The method's modules fit every pair's taps (shapes, channels, stage
+    counts): the recipe's loss and Distiller build on the real models."""
+    for teacher, student in _distill_module().pairs(method):
+        config = load_config(f"{DISTILL}:{method},{teacher},{student}")
+        labels = np.arange(200) % 100  # for CRD's class tables
+        loss = builders.build_loss(config.loss, train_labels=lambda: labels)
+        keras_cskd.Distiller(_zoo_model(teacher), _zoo_model(student), loss)

@@ -24,8 +24,8 @@ from golden.make_imagenet_zoo import (
 from test_backends import skip_unless_installed
 
 import keras_cskd.models
-from keras_cskd.models import porting
 from keras_cskd.batch_norm import TorchBatchNormalization
+from keras_cskd.models import porting
 
 FIXTURE = np.load(Path(__file__).parent / "golden" / "imagenet_zoo.npz")
 ZOO = [str(name) for name in FIXTURE["models"]]

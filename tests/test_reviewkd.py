@@ -299,13 +299,6 @@ def test_recipe_has_mdistillers_values():
 
 
 @pytest.mark.large
-def test_recipe_runs_and_resumes_bitwise(tmp_path, monkeypatch):
-    from recipe_run import assert_resumes_bitwise
-
-    assert_resumes_bitwise("reviewkd", tmp_path, monkeypatch, teacher="resnet8")
-
-
-@pytest.mark.large
 def test_mirrored_two_replicas_train_like_one_device():
     """The ABFs' BatchNorm sees the global batch: two replicas, one device."""
     from distributed_job import train

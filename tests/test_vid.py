@@ -186,15 +186,6 @@ def test_extra_parameters_equal_mdistillers_for_every_pair(pair):
 
 
 @pytest.mark.large
-def test_the_vid_recipe_trains_and_resumes_bitwise(tmp_path, monkeypatch):
-    from recipe_run import assert_resumes_bitwise
-
-    # resnet8 as the teacher too: the smallest run that builds VID's modules.
-    summary = assert_resumes_bitwise("vid", tmp_path, monkeypatch, teacher="resnet8")
-    assert summary["last_epoch"] == 1
-
-
-@pytest.mark.large
 def test_two_mirrored_replicas_train_vid_like_one_device():
     # With trained variances: the regressors and the log-scales, whose
     # gradient would double on two replicas if the gathered batch carried it.

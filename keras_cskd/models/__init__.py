@@ -1,5 +1,9 @@
 """The model zoo: `get(name, num_classes, input_shape)`, `names()`, `features`."""
 
+from keras_cskd.batch_norm import (
+    GroupBatchNormalization,
+    TorchBatchNormalization,
+)
 from keras_cskd.models import (
     cifar_mobilenet,  # noqa: F401
     cifar_resnet,  # noqa: F401
@@ -9,10 +13,6 @@ from keras_cskd.models import (
     digits,  # noqa: F401  (registers the digits pair)
     imagenet_mobilenet,  # noqa: F401
     imagenet_resnet,  # noqa: F401
-)
-from keras_cskd.batch_norm import (
-    GroupBatchNormalization,
-    TorchBatchNormalization,
 )
 from keras_cskd.models.registry import get, names, register
 from keras_cskd.models.saving import CodeInModelError, load

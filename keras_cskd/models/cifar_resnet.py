@@ -13,8 +13,8 @@ default (uniform within `1 / sqrt(in_features)`, weight and bias). `resnetv2.py`
 
 import keras
 
-from keras_cskd.models import initializers
 from keras_cskd.batch_norm import TorchBatchNormalization
+from keras_cskd.models import initializers
 from keras_cskd.models.registry import register
 
 

@@ -19,8 +19,9 @@ inference mode, and records the logits and the spatial mean of the feature maps
 that mdistiller's feature losses compare (each under its zoo layer name), and
 every feature tap of mdistiller's `feats` dict (`<model>/tap/...`, reduced as
 `make_cifar_zoo.summarize` does; for the ResNets from mdistiller's own ImageNet
-ResNet with the same weights). It writes `imagenet_zoo.npz` next to this script, with the torch and torchvision
-versions and the SHA-256 of each source file.
+ResNet with the same weights). It writes `imagenet_zoo.npz` next to this
+script, with the torch and torchvision versions and the SHA-256 of each source
+file.
 
     pip install torch==2.13.0 && pip install --no-deps torchvision==0.28.0
     python tests/golden/make_imagenet_zoo.py --peer_dir PEER
