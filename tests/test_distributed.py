@@ -19,6 +19,10 @@ LOSSES = ["kd", "cskd", "cskd_cswt", "kd_cswt", "dist", "dkd", "two_view_cskd"]
 LOSSES += ["kd_ls", "dkd_ls"]  # logit standardisation: per-sample, exact on shards
 FEATURE_LOSSES = ["fitnets", "attention_transfer", "several"]
 FEATURE_LOSSES += ["nst", "pkt", "rkd", "sp", "kdsvd"]  # on feature taps
+# With modules of their own (BatchNorm over the global batch in FitNet's,
+# OFD's and ReviewKD's; VID's variances trained; OFD's teacher in training
+# mode); CRD's memory banks in tests/test_crd_recipe.py.
+FEATURE_LOSSES += ["fitnet", "at_pairs", "ofd", "reviewkd", "vid_trained_variances"]
 TOLERANCE = 1e-5
 
 

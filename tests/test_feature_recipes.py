@@ -86,8 +86,8 @@ def _zoo_model(name):
 def test_recipe_builds_its_distiller_on_every_pair(method):
     """The method's modules fit every pair's taps (shapes, channels, stage
     counts): the recipe's loss and Distiller build on the real models."""
+    labels = np.arange(200) % 100  # for CRD's class tables
     for teacher, student in _distill_module().pairs(method):
         config = load_config(f"{DISTILL}:{method},{teacher},{student}")
-        labels = np.arange(200) % 100  # for CRD's class tables
         loss = builders.build_loss(config.loss, train_labels=lambda: labels)
         keras_cskd.Distiller(_zoo_model(teacher), _zoo_model(student), loss)

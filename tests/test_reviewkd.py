@@ -298,17 +298,6 @@ def test_recipe_has_mdistillers_values():
         assert tuple(config.optimizer.milestones) == (150, 180, 210)
 
 
-@pytest.mark.large
-def test_mirrored_two_replicas_train_like_one_device():
-    """The ABFs' BatchNorm sees the global batch: two replicas, one device."""
-    from distributed_job import train
-    from test_distributed import assert_same_training, two_cpus
-
-    single = train("reviewkd", tf.distribute.get_strategy())
-    mirrored = train("reviewkd", two_cpus())
-    assert_same_training(single, mirrored)
-
-
 def _digits_distiller(seed):
     keras.utils.set_random_seed(seed)
     teacher, student = (

@@ -185,17 +185,6 @@ def test_extra_parameters_equal_mdistillers_for_every_pair(pair):
     assert loss.extra_parameters == GOLDEN[f"extra_parameters/{pair}"]
 
 
-@pytest.mark.large
-def test_two_mirrored_replicas_train_vid_like_one_device():
-    # With trained variances: the regressors and the log-scales, whose
-    # gradient would double on two replicas if the gathered batch carried it.
-    from distributed_job import train
-    from test_distributed import assert_same_training, two_cpus
-
-    single = train("vid_trained_variances", tf.distribute.get_strategy())
-    assert_same_training(single, train("vid_trained_variances", two_cpus()))
-
-
 def test_the_vid_recipe_holds_mdistillers_values_for_every_pair():
     from keras_cskd import builders
     from keras_cskd import config as config_module
