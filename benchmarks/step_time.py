@@ -257,7 +257,8 @@ def feature_workloads(pair, batch, values):
     for method in methods:
         try:
             model = timing.build_feature(method, pair, values.jit_compile, recipes)
-            step = timing.make_step(model, batch, values.jit_compile)
+            method_batch = timing.batch_for(_FEATURES + method, model, batch)
+            step = timing.make_step(model, method_batch, values.jit_compile)
         except (ValueError, TypeError, KeyError) as error:
             skipped[method] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
             continue

@@ -136,6 +136,8 @@ class Pair:
     input_shape: tuple
     num_classes: int
     default_steps: int
+    # The training split's size (CRD's memory banks hold a row per example).
+    train_examples: int = 50000
     # The student of the feature methods (one with feature taps) and its options.
     feature_student: str = ""
     feature_student_options: tuple = ()
@@ -149,6 +151,10 @@ class Pair:
         x = rng.random((batch_size, *self.input_shape), dtype="float32")
         y = rng.integers(0, self.num_classes, size=batch_size).astype("int32")
         return x, y
+
+    def train_labels(self):
+        """Labels of a training split of `train_examples`, classes in turn."""
+        return np.arange(self.train_examples) % self.num_classes
 
     def describe_feature_student(self):
         """`"digits_cnn (width=8)"`: the feature student and its options."""
@@ -174,6 +180,7 @@ PAIRS = {
         (8, 8, 1),
         10,
         default_steps=50,
+        train_examples=1257,  # keras_cskd.data's digits training split
         feature_student="digits_cnn",
         feature_student_options=(("width", 8),),
     ),
@@ -253,7 +260,7 @@ def build_feature(method, pair, jit_compile=False, recipes=None):
         loss, weights = keras_cskd.losses.KD(temperature=4.0), (0.5, 0.5)
     else:
         recipe = (recipes or feature_recipes())[method]
-        loss = builders.build_loss(recipe["loss"])
+        loss = builders.build_loss(recipe["loss"], train_labels=pair.train_labels)
         weights = (recipe["ce_weight"], recipe["distillation_loss_weight"])
     model = keras_cskd.Distiller(
         teacher,
@@ -270,10 +277,14 @@ def build_feature(method, pair, jit_compile=False, recipes=None):
 
 def batch_for(configuration, model, batch):
     """The batch a configuration trains on: with cached teacher logits, the
-    images come with the teacher's logits, computed once beforehand."""
+    images come with the teacher's logits, computed once beforehand; for a
+    loss that reads each example's dataset index (CRD), with indices."""
+    x, y = batch
+    losses = getattr(model, "distillation_losses", [])
+    if any(getattr(loss, "uses_sample_indices", False) for loss in losses):
+        return {"images": x, "sample_indices": np.arange(len(y), dtype="int32")}, y
     if not configuration.endswith("_cached"):
         return batch
-    x, y = batch
     logits = model.teacher.predict(x, verbose=0)
     return {"images": x, "teacher_logits": logits}, y
 
