@@ -116,6 +116,27 @@ def test_exact_negatives_are_the_other_classes_uniformly_and_the_positive_itself
         assert set(negatives) == set(np.flatnonzero(labels != labels[index]))
 
 
+def test_exact_negatives_are_distinct_when_a_class_has_enough_others():
+    """The reference's `np.random.choice(..., replace=False)` while K is at
+    most the other classes' count (45 here): K distinct other-class rows,
+    every example as likely (each drawn 30/45 of the time)."""
+    loss, labels = _drawing_loss(num_negatives=30)
+    indices = np.repeat(np.array([0, 7], "int32"), 150)
+    counts = np.zeros(60)
+    for step in range(4):
+        loss.memory.draws.assign(step)
+        drawn = ops.convert_to_numpy(loss.draw_contrast_indices(indices))
+        for row, index in zip(drawn, indices, strict=True):
+            negatives = row[1:]
+            assert len(set(negatives)) == 30
+            assert np.all(labels[negatives] != labels[index])
+            counts[negatives] += 1
+    # A class-1 example is another class's for all 1200 rows, drawn by each
+    # with probability 30/45: mean 800, binomial sd 16.3.
+    drawn_counts = counts[labels == 1]
+    assert np.all(np.abs(drawn_counts - 1200 * 30 / 45) < 80), drawn_counts
+
+
 def test_draws_are_a_function_of_the_seed_and_the_step_alone():
     first, _ = _drawing_loss(seed=3)
     again, _ = _drawing_loss(seed=3)

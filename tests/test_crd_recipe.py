@@ -59,8 +59,10 @@ def test_crd_on_two_replicas_trains_like_one_device_banks_included():
 
     single, single_loss, _ = _train_crd(tf.distribute.get_strategy())
     mirrored, mirrored_loss, replicas = _train_crd(distribute.get_strategy("mirrored"))
+    # Z is about 6e4 (N times the first batch's mean exponential): its 1e-5
+    # is relative, one float32 step at that size being 4e-3.
     for a, b in zip(single, mirrored, strict=True):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-5 if a.size == 1 else 0, atol=1e-5)
     assert abs(single_loss - mirrored_loss) < 1e-5
     assert len(replicas[0]) == 2
     for copies in replicas:

@@ -311,9 +311,11 @@ class CRD(DistillationLoss):
 
     def draw_contrast_indices(self, sample_indices):
         """`[B, K + 1]` bank rows: each example's positive, then `K` negatives
-        drawn uniformly, with replacement, among the other classes' examples,
-        from (seed, draws) alone."""
-        memory, size = self.memory, self.num_examples
+        drawn uniformly among the other classes' examples, from (seed, draws)
+        alone: without replacement, as the reference's `np.random.choice`,
+        unless a class has fewer than `K` other examples (then with it, as the
+        reference does too)."""
+        memory, size, k = self.memory, self.num_examples, self.num_negatives
         labels = ops.convert_to_tensor(memory.example_labels)
         order = ops.convert_to_tensor(memory.class_sorted_indices)
         sorted_labels = ops.take(labels, order)
@@ -321,19 +323,27 @@ class CRD(DistillationLoss):
         start = ops.searchsorted(sorted_labels, own, side="left")
         count = ops.searchsorted(sorted_labels, own, side="right") - start
         batch = ops.shape(sample_indices)[0]
+        # Column 0: the relaxed positive; then K ranks (with replacement);
+        # then a key per example (without replacement).
         uniform = _stateless_uniform(
-            (batch, self.num_negatives + 1),
-            self.seed,
-            ops.convert_to_tensor(memory.draws),
+            (batch, 1 + k + size), self.seed, ops.convert_to_tensor(memory.draws)
         )
         # r in [0, N - n_y), then past the own class's block of the table.
-        others = ops.cast(ops.expand_dims(size - count, 1), "float32")
-        rank = ops.cast(ops.floor(uniform[:, 1:] * others), "int32")
-        rank = ops.minimum(rank, ops.expand_dims(size - count, 1) - 1)
+        others = ops.expand_dims(size - count, 1)
+        scale = ops.cast(others, "float32")
+        rank = ops.cast(ops.floor(uniform[:, 1 : 1 + k] * scale), "int32")
+        rank = ops.minimum(rank, others - 1)
         rank = ops.where(
             rank >= ops.expand_dims(start, 1), rank + ops.expand_dims(count, 1), rank
         )
         negatives = ops.take(order, rank)
+        if k <= size:
+            # The K largest of uniform keys, the own class's set below them
+            # all: K distinct examples of the other classes, uniformly.
+            same_class = ops.equal(ops.expand_dims(labels, 0), ops.expand_dims(own, 1))
+            keys = ops.where(same_class, -1.0, uniform[:, 1 + k :])
+            distinct = ops.cast(ops.top_k(keys, k)[1], negatives.dtype)
+            negatives = ops.where(others >= k, distinct, negatives)
         positive = sample_indices
         if self.mode == "relax":
             offset = ops.cast(
