@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 import keras_cskd.models
-from keras_cskd.models import initializers
+from keras_cskd import initializers
 from keras_cskd.batch_norm import TorchBatchNormalization
 
 FIXTURE = np.load(Path(__file__).parent / "golden" / "init_statistics.npz")

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_cskd.batch_norm import GroupBatchNormalization
+from keras_cskd.initializers import torch_default_bias, torch_default_kernel
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.feature_distillation import check_named_layers
 from keras_cskd.losses.registry import register
@@ -48,21 +49,6 @@ def regressor_convolution(student_shape, teacher_shape):
     )
 
 
-def _torch_default_initializers(fan_in):
-    """PyTorch's default conv init, `kaiming_uniform_(a=sqrt(5))` and a bias
-    within `1 / sqrt(fan_in)` (as keras_cskd.models.initializers builds them;
-    the losses floor does not import models). Keras's fans of a conv and a
-    transposed-conv kernel agree with PyTorch's (for the transposed one both
-    take the output channels times the kernel area)."""
-    bound = 1.0 / math.sqrt(fan_in)
-    return {
-        "kernel_initializer": keras.initializers.VarianceScaling(
-            scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
-        ),
-        "bias_initializer": keras.initializers.RandomUniform(-bound, bound),
-    }
-
-
 def _shape(outputs):
     """A tensor's shape, or a list's shapes (which FitNet refuses)."""
     if isinstance(outputs, (list, tuple, dict)):
@@ -103,6 +89,9 @@ class ConvRegressor(keras.layers.Layer):
         # bottom and right of an even map at stride 2: pad explicitly.
         strided_conv = kind == "conv" and stride == 2
         self.padding = keras.layers.ZeroPadding2D(1) if strided_conv else None
+        # PyTorch's default init; Keras's fans of a conv and a transposed-conv
+        # kernel agree with PyTorch's (for the transposed one both take the
+        # output channels times the kernel area).
         if kind == "transposed":
             # "same" at kernel 4, stride 2 crops one row and column on each
             # side: PyTorch's padding=1.
@@ -113,7 +102,8 @@ class ConvRegressor(keras.layers.Layer):
                 stride,
                 padding="same",
                 name="conv",
-                **_torch_default_initializers(fan_in),
+                kernel_initializer=torch_default_kernel(),
+                bias_initializer=torch_default_bias(fan_in),
             )
         else:
             fan_in = student_channels * math.prod(kernel)
@@ -122,7 +112,8 @@ class ConvRegressor(keras.layers.Layer):
                 kernel,
                 stride,
                 name="conv",
-                **_torch_default_initializers(fan_in),
+                kernel_initializer=torch_default_kernel(),
+                bias_initializer=torch_default_bias(fan_in),
             )
         self.bn = GroupBatchNormalization(
             momentum=0.9, epsilon=1e-5, unbiased_moving_variance=True, name="bn"

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_cskd.batch_norm import GroupBatchNormalization
+from keras_cskd.initializers import kaiming_normal_fan_out
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.registry import register
 
@@ -220,9 +221,7 @@ class OFD(DistillationLoss):
             padding="same",
             use_bias=False,
             # normal(0, sqrt(2 / (k * k * out_channels))), as the reference.
-            kernel_initializer=keras.initializers.VarianceScaling(
-                2.0, "fan_out", "untruncated_normal"
-            ),
+            kernel_initializer=kaiming_normal_fan_out(),
             name=f"ofd_connector{index}_conv",
             dtype="float32",
         )

@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_cskd.batch_norm import GroupBatchNormalization
+from keras_cskd.initializers import torch_default_bias, torch_default_kernel
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.registry import register
 
@@ -12,11 +13,6 @@ from keras_cskd.losses.registry import register
 _ABF_KERNEL = {
     "class_name": "VarianceScaling",
     "config": {"scale": 1.0, "mode": "fan_in", "distribution": "uniform"},
-}
-# PyTorch's default Conv2d kernel init, `kaiming_uniform_(a=sqrt(5))`.
-_TORCH_KERNEL = {
-    "class_name": "VarianceScaling",
-    "config": {"scale": 1.0 / 3.0, "mode": "fan_in", "distribution": "uniform"},
 }
 HCL_LEVELS = (4, 2, 1)
 
@@ -136,14 +132,14 @@ class AttentionBasedFusion(keras.layers.Layer):
         self.attention = None
         if self.fuse:
             fan_in = 2 * self.mid_channels
+            # PyTorch's default Conv2d init. The bias is created first, as it
+            # always was: unseeded initializers draw their seeds in that order.
             self.attention = keras.layers.Conv2D(
                 2,
                 1,
                 activation="sigmoid",
-                kernel_initializer=_TORCH_KERNEL,
-                bias_initializer=keras.initializers.RandomUniform(
-                    -(fan_in**-0.5), fan_in**-0.5
-                ),
+                bias_initializer=torch_default_bias(fan_in),
+                kernel_initializer=torch_default_kernel(),
                 name="attention",
                 dtype="float32",
             )

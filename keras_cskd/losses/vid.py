@@ -5,17 +5,10 @@ import math
 import keras
 from keras import ops
 
+from keras_cskd.initializers import torch_default_kernel
 from keras_cskd.losses.attention_transfer import average_pool_to
 from keras_cskd.losses.feature_loss import FeatureLoss
 from keras_cskd.losses.registry import register
-
-
-def _torch_conv_initializer():
-    """PyTorch's default `Conv2d` weights, `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`
-    (kaiming-uniform with `a = sqrt(5)`), as mdistiller's regressors start."""
-    return keras.initializers.VarianceScaling(
-        scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
-    )
 
 
 class VIDRegressor(keras.layers.Layer):
@@ -54,7 +47,7 @@ class VIDRegressor(keras.layers.Layer):
                 self.channels,
                 1,
                 use_bias=False,
-                kernel_initializer=_torch_conv_initializer(),
+                kernel_initializer=torch_default_kernel(),
                 dtype=self.dtype_policy,
                 name=f"conv{i}",
             )
