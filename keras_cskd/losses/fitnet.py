@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_cskd.batch_norm import GroupBatchNormalization
+from keras_cskd.batch_norm import TorchBatchNormalization
 from keras_cskd.initializers import torch_default_bias, torch_default_kernel
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.feature_distillation import check_named_layers
@@ -115,9 +115,7 @@ class ConvRegressor(keras.layers.Layer):
                 kernel_initializer=torch_default_kernel(),
                 bias_initializer=torch_default_bias(fan_in),
             )
-        self.bn = GroupBatchNormalization(
-            momentum=0.9, epsilon=1e-5, unbiased_moving_variance=True, name="bn"
-        )
+        self.bn = TorchBatchNormalization(name="bn")
 
     def build(self, input_shape):
         shape = (None, *self.student_shape[1:])

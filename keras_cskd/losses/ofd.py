@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_cskd.batch_norm import GroupBatchNormalization
+from keras_cskd.batch_norm import TorchBatchNormalization
 from keras_cskd.initializers import kaiming_normal_fan_out
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.registry import register
@@ -226,14 +226,9 @@ class OFD(DistillationLoss):
             dtype="float32",
         )
         conv.build(student_shape)
-        # PyTorch's BatchNorm2d: momentum 0.1, eps 1e-5, unbiased running
-        # variance; statistics over the global batch on any replica count.
-        batch_norm = GroupBatchNormalization(
-            momentum=0.9,
-            epsilon=1e-5,
-            unbiased_moving_variance=True,
-            name=f"ofd_connector{index}_bn",
-            dtype="float32",
+        # PyTorch's BatchNorm2d over the global batch on any replica count.
+        batch_norm = TorchBatchNormalization(
+            name=f"ofd_connector{index}_bn", dtype="float32"
         )
         batch_norm.build(student_shape[:-1] + (teacher_channels,))
         return (conv, batch_norm)

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_cskd.batch_norm import GroupBatchNormalization
+from keras_cskd.batch_norm import TorchBatchNormalization
 from keras_cskd.initializers import torch_default_bias, torch_default_kernel
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.registry import register
@@ -124,11 +124,12 @@ class AttentionBasedFusion(keras.layers.Layer):
         self.fuse = bool(fuse)
         conv = dict(use_bias=False, kernel_initializer=_ABF_KERNEL, dtype="float32")
         self.conv1 = keras.layers.Conv2D(mid_channels, 1, name="conv1", **conv)
-        self.bn1 = _torch_batch_norm("bn1")
+        # PyTorch's BatchNorm2d, statistics over the global batch.
+        self.bn1 = TorchBatchNormalization(name="bn1", dtype="float32")
         self.conv2 = keras.layers.Conv2D(
             out_channels, 3, padding="same", name="conv2", **conv
         )
-        self.bn2 = _torch_batch_norm("bn2")
+        self.bn2 = TorchBatchNormalization(name="bn2", dtype="float32")
         self.attention = None
         if self.fuse:
             fan_in = 2 * self.mid_channels
@@ -171,19 +172,6 @@ class AttentionBasedFusion(keras.layers.Layer):
             "out_channels": self.out_channels,
             "fuse": self.fuse,
         }
-
-
-def _torch_batch_norm(name):
-    """BatchNorm2d's defaults over the global batch (one device's statistics
-    on any number of replicas)."""
-    return GroupBatchNormalization(
-        group_size=None,
-        momentum=0.9,
-        epsilon=1e-5,
-        unbiased_moving_variance=True,
-        name=name,
-        dtype="float32",
-    )
 
 
 @register("reviewkd")
