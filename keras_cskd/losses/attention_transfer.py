@@ -6,6 +6,7 @@ from keras import ops
 from keras_cskd.checks import positive_number
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.feature_distillation import check_named_layers
+from keras_cskd.losses.feature_loss import average_pool_to
 from keras_cskd.losses.registry import register
 
 # F.normalize's eps: `x / max(|x|, 1e-12)`, computed as `x / sqrt(max(|x|^2, 1e-24))`
@@ -19,25 +20,6 @@ def attention_map(features, p=2.0):
     attention = ops.reshape(ops.mean(powered, axis=-1), (ops.shape(features)[0], -1))
     squared_norm = ops.sum(ops.square(attention), axis=-1, keepdims=True)
     return attention / ops.sqrt(ops.maximum(squared_norm, NORM_EPSILON**2))
-
-
-def average_pool_to(features, height, width):
-    """Averages `[B, H, W, C]` features over `H/height x W/width` blocks."""
-    _, feature_height, feature_width, _ = features.shape
-    if (feature_height, feature_width) == (height, width):
-        return features
-    blocks = ops.reshape(
-        features,
-        (
-            ops.shape(features)[0],
-            height,
-            feature_height // height,
-            width,
-            feature_width // width,
-            -1,
-        ),
-    )
-    return ops.mean(blocks, axis=(2, 4))
 
 
 @register("attention_transfer")

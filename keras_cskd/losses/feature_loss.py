@@ -90,3 +90,36 @@ def l2_normalize(x, axis):
     finite gradient."""
     squared_norm = ops.sum(ops.square(x), axis=axis, keepdims=True)
     return x / ops.sqrt(ops.maximum(squared_norm, 1e-24))
+
+
+def average_pool_to(features, height, width):
+    """PyTorch's `adaptive_avg_pool2d` of `[B, H, W, C]` features to `(height,
+    width)`, for sizes that divide `H` and `W`: the mean of each block.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.arange(16.0, dtype="float32").reshape(1, 4, 4, 1)
+    >>> np.ravel(average_pool_to(x, 2, 2)).tolist()
+    [2.5, 4.5, 10.5, 12.5]
+    """
+    feature_height, feature_width = features.shape[1], features.shape[2]
+    if (feature_height, feature_width) == (height, width):
+        return features
+    if feature_height % height or feature_width % width:
+        raise ValueError(
+            f"Pooling {feature_height}x{feature_width} features to {height}x{width} "
+            "takes sizes that divide them: choose other layers or taps."
+        )
+    blocks = ops.reshape(
+        features,
+        (
+            ops.shape(features)[0],
+            height,
+            feature_height // height,
+            width,
+            feature_width // width,
+            -1,
+        ),
+    )
+    return ops.mean(blocks, axis=(2, 4))

@@ -8,6 +8,7 @@ from keras import ops
 from keras_cskd.batch_norm import TorchBatchNormalization
 from keras_cskd.initializers import kaiming_normal_fan_out
 from keras_cskd.losses.distillation_loss import DistillationLoss
+from keras_cskd.losses.feature_loss import average_pool_to
 from keras_cskd.losses.registry import register
 
 _PREACT_STAGES = "preact_feats[1:]"
@@ -78,23 +79,6 @@ def partial_l2(student, teacher, margin):
         + square * ops.cast(teacher > 0, student.dtype)
     )
     return ops.sum(ops.mean(ops.abs(loss), axis=0))
-
-
-def average_pool_to(features, height, width):
-    """PyTorch's `adaptive_avg_pool2d` of NHWC `features` to `(height, width)`,
-    for sizes that divide the input's (the only ones OFD's pairs need)."""
-    in_height, in_width = features.shape[1], features.shape[2]
-    if (in_height, in_width) == (height, width):
-        return features
-    if in_height % height or in_width % width:
-        raise ValueError(
-            f"OFD pools the teacher's {in_height}x{in_width} features to the "
-            f"student's {height}x{width}, which must divide them: tap other stages."
-        )
-    rows, cols = in_height // height, in_width // width
-    channels = features.shape[3]
-    blocks = ops.reshape(features, (-1, height, rows, width, cols, channels))
-    return ops.mean(blocks, axis=(2, 4))
 
 
 @register("ofd")

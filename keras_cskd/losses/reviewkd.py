@@ -7,6 +7,7 @@ from keras import ops
 from keras_cskd.batch_norm import TorchBatchNormalization
 from keras_cskd.initializers import torch_default_bias, torch_default_kernel
 from keras_cskd.losses.distillation_loss import DistillationLoss
+from keras_cskd.losses.feature_loss import average_pool_to
 from keras_cskd.losses.registry import register
 
 # mdistiller's ABF convs: `kaiming_uniform_(a=1)`, i.e. U(+-sqrt(3 / fan_in)).
@@ -50,10 +51,7 @@ def adaptive_average_pool(x, size):
     """
     height, width = x.shape[1], x.shape[2]
     if height % size == 0 and width % size == 0:
-        blocks = ops.reshape(
-            x, (-1, size, height // size, size, width // size, x.shape[3])
-        )
-        return ops.mean(blocks, axis=(2, 4))
+        return average_pool_to(x, size, size)
     rows, columns = _pooling_matrix(height, size), _pooling_matrix(width, size)
     return ops.einsum("ih,bhwc,jw->bijc", rows, x, columns)
 

@@ -6,8 +6,7 @@ import keras
 from keras import ops
 
 from keras_cskd.initializers import torch_default_kernel
-from keras_cskd.losses.attention_transfer import average_pool_to
-from keras_cskd.losses.feature_loss import FeatureLoss
+from keras_cskd.losses.feature_loss import FeatureLoss, average_pool_to
 from keras_cskd.losses.registry import register
 
 
