@@ -6,7 +6,7 @@ from keras import ops
 from keras_cskd.checks import positive_number
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.feature_distillation import check_named_layers
-from keras_cskd.losses.feature_loss import average_pool_to
+from keras_cskd.losses.feature_loss import as_list, average_pool_to, shape_list
 from keras_cskd.losses.registry import register
 
 # F.normalize's eps: `x / max(|x|, 1e-12)`, computed as `x / sqrt(max(|x|^2, 1e-24))`
@@ -86,7 +86,7 @@ class AttentionTransfer(DistillationLoss):
     def build(self, teacher_shape, student_shape):
         """Checks the feature shapes, a shape or a list of shapes each (the
         loss has no layers)."""
-        for pair in _pairs(_shape_list(teacher_shape), _shape_list(student_shape)):
+        for pair in _pairs(shape_list(teacher_shape), shape_list(student_shape)):
             self._pooled_size(*pair)
 
     def validate_model_compatibility(self, teacher, student):
@@ -102,7 +102,7 @@ class AttentionTransfer(DistillationLoss):
         sizes = self._shape_pairs(teacher_outputs, student_outputs)
         total = 0.0
         for teacher, student, (height, width) in zip(
-            _as_list(teacher_outputs), _as_list(student_outputs), sizes, strict=True
+            as_list(teacher_outputs), as_list(student_outputs), sizes, strict=True
         ):
             teacher = ops.stop_gradient(ops.cast(teacher, "float32"))
             student = ops.cast(student, "float32")
@@ -116,7 +116,7 @@ class AttentionTransfer(DistillationLoss):
     def _shape_pairs(self, teacher_outputs, student_outputs):
         """The pooled size of each pair of maps."""
         teacher_shapes, student_shapes = (
-            [tuple(x.shape) for x in _as_list(outputs)]
+            [tuple(x.shape) for x in as_list(outputs)]
             for outputs in (teacher_outputs, student_outputs)
         )
         return [
@@ -164,19 +164,6 @@ class AttentionTransfer(DistillationLoss):
 def _stored(name):
     """A layer name or tap as given; a list of names as a list (JSON-able)."""
     return list(name) if isinstance(name, (list, tuple)) else name
-
-
-def _as_list(outputs):
-    """One map, or a list of maps, as a list."""
-    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-
-
-def _shape_list(shape):
-    """A shape tuple, or a list of them, as a list of shape tuples."""
-    shape = list(shape)
-    if shape and isinstance(shape[0], (list, tuple)):
-        return [tuple(s) for s in shape]
-    return [tuple(shape)]
 
 
 def _pairs(teacher_shapes, student_shapes):

@@ -1,5 +1,6 @@
 """`FeatureLoss`: the base of the feature methods without trainable modules."""
 
+import keras
 from keras import ops
 
 from keras_cskd.losses.distillation_loss import DistillationLoss
@@ -47,8 +48,8 @@ class FeatureLoss(DistillationLoss):
         """Both outputs as equally long float32 lists, the teacher's frozen."""
         name = type(self).__name__
         teacher_stages, student_stages = (
-            list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-            for outputs in (teacher_outputs, student_outputs)
+            as_list(teacher_outputs),
+            as_list(student_outputs),
         )
         if len(teacher_stages) != len(student_stages) or not teacher_stages:
             raise ValueError(
@@ -123,3 +124,38 @@ def average_pool_to(features, height, width):
         ),
     )
     return ops.mean(blocks, axis=(2, 4))
+
+
+def as_list(outputs):
+    """One tensor, or a list or tuple of them, as a list."""
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def shapes_of(outputs):
+    """A tensor's shape tuple; for (nested) lists of tensors, the list of
+    their shape tuples, flattened in order.
+
+    Example:
+
+    >>> shapes_of([keras.ops.ones((2, 3)), [keras.ops.ones((2, 4))]])
+    [(2, 3), (2, 4)]
+    """
+    if isinstance(outputs, (list, tuple, dict)):
+        return [tuple(x.shape) for x in keras.tree.flatten(outputs)]
+    return tuple(outputs.shape)
+
+
+def shape_list(shapes):
+    """A shape, or a (nested) list of shapes, as a flat list of shape tuples:
+    what `build` gets for one tensor or for a list of them.
+
+    Example:
+
+    >>> shape_list((None, 4, 4, 8))
+    [(None, 4, 4, 8)]
+    >>> shape_list([[(None, 4, 4, 8), (None, 2, 2, 8)], (None, 8)])
+    [(None, 4, 4, 8), (None, 2, 2, 8), (None, 8)]
+    """
+    if shapes and isinstance(shapes[0], (list, tuple)):
+        return [flat for shape in shapes for flat in shape_list(shape)]
+    return [tuple(shapes)]

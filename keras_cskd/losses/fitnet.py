@@ -9,6 +9,7 @@ from keras_cskd.batch_norm import TorchBatchNormalization
 from keras_cskd.initializers import torch_default_bias, torch_default_kernel
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.feature_distillation import check_named_layers
+from keras_cskd.losses.feature_loss import shapes_of
 from keras_cskd.losses.registry import register
 
 _REGRESSOR = "fitnet_conv_reg"
@@ -47,13 +48,6 @@ def regressor_convolution(student_shape, teacher_shape):
         f"teacher's {teacher_height}: it takes twice, half, or at least the "
         "teacher's height (mdistiller's ConvReg); choose other layers."
     )
-
-
-def _shape(outputs):
-    """A tensor's shape, or a list's shapes (which FitNet refuses)."""
-    if isinstance(outputs, (list, tuple, dict)):
-        return tuple(tuple(x.shape) for x in keras.tree.flatten(outputs))
-    return tuple(outputs.shape)
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
@@ -231,7 +225,10 @@ class FitNet(DistillationLoss):
 
     def validate_outputs(self, teacher_outputs, student_outputs):
         """Checks that the hints are single `[B, H, W, C]` maps."""
-        self._check_shapes(*(_shape(x) for x in (teacher_outputs, student_outputs)))
+        # A list's shapes as a tuple too, which _check_shapes refuses.
+        self._check_shapes(
+            *(tuple(shapes_of(x)) for x in (teacher_outputs, student_outputs))
+        )
 
     def compute_loss(self, teacher_outputs, student_outputs, training=None, **kwargs):
         """The scalar hint loss (the regressor run with `training`)."""

@@ -8,7 +8,7 @@ from keras import ops
 from keras_cskd.batch_norm import TorchBatchNormalization
 from keras_cskd.initializers import kaiming_normal_fan_out
 from keras_cskd.losses.distillation_loss import DistillationLoss
-from keras_cskd.losses.feature_loss import average_pool_to
+from keras_cskd.losses.feature_loss import as_list, average_pool_to, shape_list
 from keras_cskd.losses.registry import register
 
 _PREACT_STAGES = "preact_feats[1:]"
@@ -187,8 +187,8 @@ class OFD(DistillationLoss):
         """Creates one connector per stage, from the student's channels to the
         teacher's."""
         teacher_shapes, student_shapes = (
-            _shape_list(teacher_shape),
-            _shape_list(student_shape),
+            shape_list(teacher_shape),
+            shape_list(student_shape),
         )
         self._check_stage_counts(len(teacher_shapes), len(student_shapes))
         if self._connectors:
@@ -232,7 +232,7 @@ class OFD(DistillationLoss):
             raise ValueError(
                 "OFD is not built: call build(teacher_shapes, student_shapes) first."
             )
-        student_stages = _as_list(student_outputs)
+        student_stages = as_list(student_outputs)
         self._check_stage_counts(len(self._connectors), len(student_stages))
         return [
             batch_norm(conv(ops.cast(student, "float32")), training=training)
@@ -253,8 +253,8 @@ class OFD(DistillationLoss):
                 "OFD has no margins: use it in a Distiller, or pass OFD(margins="
                 "margins_from_batch_norms(keras_cskd.models.bn_before_relu(teacher)))."
             )
-        teacher_stages = _as_list(teacher_outputs)
-        students = _as_list(projected_student_outputs)
+        teacher_stages = as_list(teacher_outputs)
+        students = as_list(projected_student_outputs)
         self._check_stage_counts(len(teacher_stages), len(students))
         total = 0.0
         for index, (teacher, student) in enumerate(
@@ -275,14 +275,3 @@ class OFD(DistillationLoss):
             "student_layer_name": self.student_layer_name,
             "teacher_batch_statistics": self.teacher_batch_statistics,
         }
-
-
-def _as_list(outputs):
-    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-
-
-def _shape_list(shapes):
-    """A shape or a list of shapes, as a list of shape tuples."""
-    if shapes and isinstance(shapes[0], (list, tuple)):
-        return [tuple(shape) for shape in shapes]
-    return [tuple(shapes)]

@@ -7,7 +7,7 @@ from keras import ops
 from keras_cskd.batch_norm import TorchBatchNormalization
 from keras_cskd.initializers import torch_default_bias, torch_default_kernel
 from keras_cskd.losses.distillation_loss import DistillationLoss
-from keras_cskd.losses.feature_loss import average_pool_to
+from keras_cskd.losses.feature_loss import average_pool_to, shape_list, shapes_of
 from keras_cskd.losses.registry import register
 
 # mdistiller's ABF convs: `kaiming_uniform_(a=1)`, i.e. U(+-sqrt(3 / fan_in)).
@@ -293,7 +293,9 @@ class ReviewKD(DistillationLoss):
             raise ValueError(
                 "ReviewKD is not built: call build(teacher_shape, student_shape)."
             )
-        stages = [_as_map(ops.cast(x, "float32")) for x in _flat(student_outputs)]
+        stages = [
+            _as_map(ops.cast(x, "float32")) for x in keras.tree.flatten(student_outputs)
+        ]
         fused, residual = [], None
         for abf, stage, out_size in zip(
             self._abfs, reversed(stages), self.out_shapes, strict=True
@@ -308,7 +310,7 @@ class ReviewKD(DistillationLoss):
         """The warmed-up HCL between teacher maps and fused student maps."""
         teacher = [
             ops.stop_gradient(_as_map(ops.cast(t, "float32")))
-            for t in _flat(teacher_outputs)
+            for t in keras.tree.flatten(teacher_outputs)
         ]
         loss = hierarchical_context_loss(projected_student_outputs, teacher)
         return self.warmup_factor(epoch) * loss
@@ -316,7 +318,7 @@ class ReviewKD(DistillationLoss):
     def compute_loss(self, teacher_outputs, student_outputs, training=None, **kwargs):
         """`compare(teacher_outputs, project_student(student_outputs))`."""
         if not self._abfs:
-            self.build(_shapes_of(teacher_outputs), _shapes_of(student_outputs))
+            self.build(shapes_of(teacher_outputs), shapes_of(student_outputs))
         return self.compare(
             teacher_outputs,
             self.project_student(student_outputs, training=training),
@@ -351,30 +353,14 @@ def _ints(values):
     return None if values is None else [int(v) for v in values]
 
 
-def _flat(outputs):
-    """Nested outputs (`[[stage1, stage2, stage3], pooled]`) as one list."""
-    return keras.tree.flatten(outputs)
-
-
 def _as_map(x):
     """A pooled `[B, C]` vector as mdistiller's `[B, C, 1, 1]` map (NHWC)."""
     return ops.reshape(x, (-1, 1, 1, x.shape[-1])) if len(x.shape) == 2 else x
 
 
-def _is_shape(value):
-    return isinstance(value, (list, tuple)) and all(
-        v is None or isinstance(v, int) for v in value
-    )
-
-
 def _map_shapes(shapes):
     """Nested shapes as a flat list of NHWC shapes (pooled ones 1x1), square."""
-    if _is_shape(shapes):
-        shapes = [shapes]
-    flat = []
-    for shape in shapes:
-        flat.extend([tuple(shape)] if _is_shape(shape) else _map_shapes(shape))
-    maps = [(s[0], 1, 1, s[1]) if len(s) == 2 else s for s in flat]
+    maps = [(s[0], 1, 1, s[1]) if len(s) == 2 else s for s in shape_list(shapes)]
     for shape in maps:
         if len(shape) != 4 or shape[1] != shape[2] or None in shape[1:]:
             raise ValueError(
@@ -382,7 +368,3 @@ def _map_shapes(shapes):
                 f"features of known sizes, got {shape}: name other outputs."
             )
     return maps
-
-
-def _shapes_of(outputs):
-    return [tuple(x.shape) for x in _flat(outputs)]

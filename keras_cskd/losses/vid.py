@@ -6,7 +6,13 @@ import keras
 from keras import ops
 
 from keras_cskd.initializers import torch_default_kernel
-from keras_cskd.losses.feature_loss import FeatureLoss, average_pool_to
+from keras_cskd.losses.feature_loss import (
+    FeatureLoss,
+    as_list,
+    average_pool_to,
+    shape_list,
+    shapes_of,
+)
 from keras_cskd.losses.registry import register
 
 
@@ -209,16 +215,14 @@ class VID(FeatureLoss):
     def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
         """The loss (built for these features' shapes on first use)."""
         if not self._regressors:
-            self.build(*(_shapes(x) for x in (teacher_outputs, student_outputs)))
+            self.build(*(shapes_of(x) for x in (teacher_outputs, student_outputs)))
         return self.compare(teacher_outputs, self.project_student(student_outputs))
 
     def project_student(self, student_outputs, training=False):
         """Each stage's predicted mean, `[B, h, h, t]` (with
         `train_variances`, its `log_scale` broadcast after it, `[B, h, h,
         2t]`, so that each replica's rows carry their share of its gradient)."""
-        stages = student_outputs
-        if not isinstance(stages, (list, tuple)):
-            stages = [stages]
+        stages = as_list(student_outputs)
         if len(stages) != len(self._regressors):
             raise ValueError(
                 f"VID was built for {len(self._regressors)} stages, got "
@@ -271,19 +275,11 @@ class VID(FeatureLoss):
         }
 
 
-def _shapes(outputs):
-    if isinstance(outputs, (list, tuple)):
-        return [tuple(x.shape) for x in outputs]
-    return tuple(outputs.shape)
-
-
 def _shape_lists(teacher_shape, student_shape):
     """Both shapes as equally long lists of shape tuples."""
     teacher_shapes, student_shapes = (
-        [tuple(s) for s in shape]
-        if shape and isinstance(shape[0], (list, tuple))
-        else [tuple(shape)]
-        for shape in (teacher_shape, student_shape)
+        shape_list(teacher_shape),
+        shape_list(student_shape),
     )
     if len(teacher_shapes) != len(student_shapes):
         raise ValueError(
