@@ -174,15 +174,6 @@ class OFD(DistillationLoss):
         """Each stage's connector conv and BatchNorm, once built."""
         return [layer for connector in self._connectors for layer in connector]
 
-    @property
-    def extra_parameters(self):
-        """The connectors' parameter count, as mdistiller's
-        `get_extra_parameters` (BatchNorm's moving statistics excluded)."""
-        return sum(int(math.prod(w.shape)) for w in self._trainable_weights())
-
-    def _trainable_weights(self):
-        return [w for layer in self.layers for w in layer.trainable_weights]
-
     def build(self, teacher_shape, student_shape):
         """Creates one connector per stage, from the student's channels to the
         teacher's."""

@@ -241,13 +241,6 @@ class ReviewKD(DistillationLoss):
         """The ABFs, deepest (the pooled feature's) first."""
         return list(self._abfs)
 
-    @property
-    def extra_parameters(self):
-        """mdistiller's `get_extra_parameters`: the ABFs' trainable values."""
-        return sum(
-            int(np.prod(w.shape)) for a in self._abfs for w in a.trainable_weights
-        )
-
     def build(self, teacher_shape, student_shape):
         """Derives the settings left `None` and creates the ABFs."""
         teacher, student = _map_shapes(teacher_shape), _map_shapes(student_shape)

@@ -85,12 +85,6 @@ class VIDRegressor(keras.layers.Layer):
         log_scale = self.log_scale if log_scale is None else log_scale
         return ops.log(1.0 + ops.exp(log_scale)) + self.eps
 
-    @property
-    def parameter_count(self):
-        """The trainable values, as mdistiller's `get_extra_parameters` counts
-        (its `log_scales` are never trainable, nor counted)."""
-        return sum(math.prod(w.shape) for w in self.trainable_weights)
-
     def get_config(self):
         return {
             **super().get_config(),
@@ -177,12 +171,6 @@ class VID(FeatureLoss):
     def layers(self):
         """One `VIDRegressor` per stage, once built."""
         return list(self._regressors)
-
-    @property
-    def extra_parameters(self):
-        """The trainable values of the loss's modules (mdistiller's
-        `get_extra_parameters`: the regressors' convolutions)."""
-        return sum(layer.parameter_count for layer in self._regressors)
 
     def build(self, teacher_shape, student_shape):
         """Creates a regressor per stage from the compared outputs' shapes."""
