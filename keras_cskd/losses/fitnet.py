@@ -83,32 +83,27 @@ class ConvRegressor(keras.layers.Layer):
         # bottom and right of an even map at stride 2: pad explicitly.
         strided_conv = kind == "conv" and stride == 2
         self.padding = keras.layers.ZeroPadding2D(1) if strided_conv else None
-        # PyTorch's default init; Keras's fans of a conv and a transposed-conv
-        # kernel agree with PyTorch's (for the transposed one both take the
-        # output channels times the kernel area).
-        if kind == "transposed":
-            # "same" at kernel 4, stride 2 crops one row and column on each
-            # side: PyTorch's padding=1.
-            fan_in = teacher_channels * math.prod(kernel)
-            self.conv = keras.layers.Conv2DTranspose(
-                teacher_channels,
-                kernel,
-                stride,
-                padding="same",
-                name="conv",
-                kernel_initializer=torch_default_kernel(),
-                bias_initializer=torch_default_bias(fan_in),
-            )
-        else:
-            fan_in = student_channels * math.prod(kernel)
-            self.conv = keras.layers.Conv2D(
-                teacher_channels,
-                kernel,
-                stride,
-                name="conv",
-                kernel_initializer=torch_default_kernel(),
-                bias_initializer=torch_default_bias(fan_in),
-            )
+        # "same" at kernel 4, stride 2 crops one row and column on each side:
+        # PyTorch's padding=1 of the transposed conv.
+        transposed = kind == "transposed"
+        convolution = (
+            keras.layers.Conv2DTranspose if transposed else keras.layers.Conv2D
+        )
+        # PyTorch's default init. Keras's fans of a conv and a transposed-conv
+        # kernel agree with PyTorch's; the bias's fan_in is the weight's dim 1
+        # times the kernel area: the teacher's channels for a transposed conv.
+        fan_in = (teacher_channels if transposed else student_channels) * math.prod(
+            kernel
+        )
+        self.conv = convolution(
+            teacher_channels,
+            kernel,
+            stride,
+            padding="same" if transposed else "valid",
+            name="conv",
+            kernel_initializer=torch_default_kernel(),
+            bias_initializer=torch_default_bias(fan_in),
+        )
         self.bn = TorchBatchNormalization(name="bn")
 
     def build(self, input_shape):
