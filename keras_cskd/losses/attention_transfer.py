@@ -6,7 +6,12 @@ from keras import ops
 from keras_cskd.checks import positive_number
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.feature_distillation import check_named_layers
-from keras_cskd.losses.feature_loss import as_list, average_pool_to, shape_list
+from keras_cskd.losses.feature_loss import (
+    as_list,
+    average_pool_to,
+    shape_list,
+    stored_layer_name,
+)
 from keras_cskd.losses.registry import register
 
 # F.normalize's eps: `x / max(|x|, 1e-12)`, computed as `x / sqrt(max(|x|^2, 1e-24))`
@@ -79,8 +84,8 @@ class AttentionTransfer(DistillationLoss):
                     f"layer or tap with [B, H, W, C] outputs (or a list of them); "
                     f"got {name!r}."
                 )
-        self.teacher_layer_name = _stored(teacher_layer_name)
-        self.student_layer_name = _stored(student_layer_name)
+        self.teacher_layer_name = stored_layer_name(teacher_layer_name)
+        self.student_layer_name = stored_layer_name(student_layer_name)
         self.p = positive_number("p", p)
 
     def build(self, teacher_shape, student_shape):
@@ -159,11 +164,6 @@ class AttentionTransfer(DistillationLoss):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-
-def _stored(name):
-    """A layer name or tap as given; a list of names as a list (JSON-able)."""
-    return list(name) if isinstance(name, (list, tuple)) else name
 
 
 def _pairs(teacher_shapes, student_shapes):

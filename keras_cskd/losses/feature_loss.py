@@ -159,3 +159,9 @@ def shape_list(shapes):
     if shapes and isinstance(shapes[0], (list, tuple)):
         return [flat for shape in shapes for flat in shape_list(shape)]
     return [tuple(shapes)]
+
+
+def stored_layer_name(name):
+    """A layer name or tap spec as given; several as a list (JSON-friendly in
+    `get_config`)."""
+    return list(name) if isinstance(name, (list, tuple)) else name

@@ -7,7 +7,12 @@ from keras import ops
 from keras_cskd.batch_norm import TorchBatchNormalization
 from keras_cskd.initializers import torch_default_bias, torch_default_kernel
 from keras_cskd.losses.distillation_loss import DistillationLoss
-from keras_cskd.losses.feature_loss import average_pool_to, shape_list, shapes_of
+from keras_cskd.losses.feature_loss import (
+    average_pool_to,
+    shape_list,
+    shapes_of,
+    stored_layer_name,
+)
 from keras_cskd.losses.registry import register
 
 # mdistiller's ABF convs: `kaiming_uniform_(a=1)`, i.e. U(+-sqrt(3 / fan_in)).
@@ -226,8 +231,8 @@ class ReviewKD(DistillationLoss):
         out_shapes=None,
         max_mid_channels=512,
     ):
-        self.teacher_layer_name = _names(teacher_layer_name)
-        self.student_layer_name = _names(student_layer_name)
+        self.teacher_layer_name = stored_layer_name(teacher_layer_name)
+        self.student_layer_name = stored_layer_name(student_layer_name)
         self.warmup_epochs = float(warmup_epochs)
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}.")
@@ -335,11 +340,6 @@ class ReviewKD(DistillationLoss):
             "out_shapes": self.out_shapes,
             "max_mid_channels": self.max_mid_channels,
         }
-
-
-def _names(name):
-    """A layer name or tap spec as is; several as a list (JSON-friendly)."""
-    return list(name) if isinstance(name, (list, tuple)) else name
 
 
 def _ints(values):
