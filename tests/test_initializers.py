@@ -17,8 +17,8 @@ import pytest
 import tensorflow as tf
 
 import keras_cskd.models
+from keras_cskd import initializers
 from keras_cskd.batch_norm import TorchBatchNormalization
-from keras_cskd.models import initializers
 
 FIXTURE = np.load(Path(__file__).parent / "golden" / "init_statistics.npz")
 ZOO = [str(name) for name in FIXTURE["models"]]

@@ -6,6 +6,12 @@ from keras import ops
 from keras_cskd.checks import positive_number
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.feature_distillation import check_named_layers
+from keras_cskd.losses.feature_loss import (
+    as_list,
+    average_pool_to,
+    shape_list,
+    stored_layer_name,
+)
 from keras_cskd.losses.registry import register
 
 # F.normalize's eps: `x / max(|x|, 1e-12)`, computed as `x / sqrt(max(|x|^2, 1e-24))`
@@ -19,25 +25,6 @@ def attention_map(features, p=2.0):
     attention = ops.reshape(ops.mean(powered, axis=-1), (ops.shape(features)[0], -1))
     squared_norm = ops.sum(ops.square(attention), axis=-1, keepdims=True)
     return attention / ops.sqrt(ops.maximum(squared_norm, NORM_EPSILON**2))
-
-
-def average_pool_to(features, height, width):
-    """Averages `[B, H, W, C]` features over `H/height x W/width` blocks."""
-    _, feature_height, feature_width, _ = features.shape
-    if (feature_height, feature_width) == (height, width):
-        return features
-    blocks = ops.reshape(
-        features,
-        (
-            ops.shape(features)[0],
-            height,
-            feature_height // height,
-            width,
-            feature_width // width,
-            -1,
-        ),
-    )
-    return ops.mean(blocks, axis=(2, 4))
 
 
 @register("attention_transfer")
@@ -97,14 +84,14 @@ class AttentionTransfer(DistillationLoss):
                     f"layer or tap with [B, H, W, C] outputs (or a list of them); "
                     f"got {name!r}."
                 )
-        self.teacher_layer_name = _stored(teacher_layer_name)
-        self.student_layer_name = _stored(student_layer_name)
+        self.teacher_layer_name = stored_layer_name(teacher_layer_name)
+        self.student_layer_name = stored_layer_name(student_layer_name)
         self.p = positive_number("p", p)
 
     def build(self, teacher_shape, student_shape):
         """Checks the feature shapes, a shape or a list of shapes each (the
         loss has no layers)."""
-        for pair in _pairs(_shape_list(teacher_shape), _shape_list(student_shape)):
+        for pair in _pairs(shape_list(teacher_shape), shape_list(student_shape)):
             self._pooled_size(*pair)
 
     def validate_model_compatibility(self, teacher, student):
@@ -120,7 +107,7 @@ class AttentionTransfer(DistillationLoss):
         sizes = self._shape_pairs(teacher_outputs, student_outputs)
         total = 0.0
         for teacher, student, (height, width) in zip(
-            _as_list(teacher_outputs), _as_list(student_outputs), sizes, strict=True
+            as_list(teacher_outputs), as_list(student_outputs), sizes, strict=True
         ):
             teacher = ops.stop_gradient(ops.cast(teacher, "float32"))
             student = ops.cast(student, "float32")
@@ -134,7 +121,7 @@ class AttentionTransfer(DistillationLoss):
     def _shape_pairs(self, teacher_outputs, student_outputs):
         """The pooled size of each pair of maps."""
         teacher_shapes, student_shapes = (
-            [tuple(x.shape) for x in _as_list(outputs)]
+            [tuple(x.shape) for x in as_list(outputs)]
             for outputs in (teacher_outputs, student_outputs)
         )
         return [
@@ -177,24 +164,6 @@ class AttentionTransfer(DistillationLoss):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-
-def _stored(name):
-    """A layer name or tap as given; a list of names as a list (JSON-able)."""
-    return list(name) if isinstance(name, (list, tuple)) else name
-
-
-def _as_list(outputs):
-    """One map, or a list of maps, as a list."""
-    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-
-
-def _shape_list(shape):
-    """A shape tuple, or a list of them, as a list of shape tuples."""
-    shape = list(shape)
-    if shape and isinstance(shape[0], (list, tuple)):
-        return [tuple(s) for s in shape]
-    return [tuple(shape)]
 
 
 def _pairs(teacher_shapes, student_shapes):

@@ -1,5 +1,7 @@
 """`DistillationLoss`: everything the `Distiller` gives a loss, in one place."""
 
+import math
+
 import keras
 
 
@@ -99,6 +101,15 @@ class DistillationLoss(keras.distillation.DistillationLoss):
     def layers(self):
         """The loss's trainable Keras layers (none by default)."""
         return []
+
+    @property
+    def extra_parameters(self):
+        """The trainable values of `layers`: what mdistiller's
+        `get_extra_parameters` counts of a distiller's own modules (their
+        BatchNorm moving statistics excluded). 0 before `build`."""
+        return sum(
+            math.prod(w.shape) for layer in self.layers for w in layer.trainable_weights
+        )
 
     def adapt(self, train_labels):
         """Learns what it needs of the training split from its labels, `[N]`

@@ -1,5 +1,6 @@
 """`FeatureLoss`: the base of the feature methods without trainable modules."""
 
+import keras
 from keras import ops
 
 from keras_cskd.losses.distillation_loss import DistillationLoss
@@ -49,8 +50,8 @@ class FeatureLoss(DistillationLoss):
         """Both outputs as equally long float32 lists, the teacher's frozen."""
         name = type(self).__name__
         teacher_stages, student_stages = (
-            list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-            for outputs in (teacher_outputs, student_outputs)
+            as_list(teacher_outputs),
+            as_list(student_outputs),
         )
         if len(teacher_stages) != len(student_stages) or not teacher_stages:
             raise ValueError(
@@ -92,3 +93,77 @@ def l2_normalize(x, axis):
     finite gradient."""
     squared_norm = ops.sum(ops.square(x), axis=axis, keepdims=True)
     return x / ops.sqrt(ops.maximum(squared_norm, 1e-24))
+
+
+def average_pool_to(features, height, width):
+    """PyTorch's `adaptive_avg_pool2d` of `[B, H, W, C]` features to `(height,
+    width)`, for sizes that divide `H` and `W`: the mean of each block.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.arange(16.0, dtype="float32").reshape(1, 4, 4, 1)
+    >>> np.ravel(average_pool_to(x, 2, 2)).tolist()
+    [2.5, 4.5, 10.5, 12.5]
+    """
+    feature_height, feature_width = features.shape[1], features.shape[2]
+    if (feature_height, feature_width) == (height, width):
+        return features
+    if feature_height % height or feature_width % width:
+        raise ValueError(
+            f"Pooling {feature_height}x{feature_width} features to {height}x{width} "
+            "takes sizes that divide them: choose other layers or taps."
+        )
+    blocks = ops.reshape(
+        features,
+        (
+            ops.shape(features)[0],
+            height,
+            feature_height // height,
+            width,
+            feature_width // width,
+            -1,
+        ),
+    )
+    return ops.mean(blocks, axis=(2, 4))
+
+
+def as_list(outputs):
+    """One tensor, or a list or tuple of them, as a list."""
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def shapes_of(outputs):
+    """A tensor's shape tuple; for (nested) lists of tensors, the list of
+    their shape tuples, flattened in order.
+
+    Example:
+
+    >>> shapes_of([keras.ops.ones((2, 3)), [keras.ops.ones((2, 4))]])
+    [(2, 3), (2, 4)]
+    """
+    if isinstance(outputs, (list, tuple, dict)):
+        return [tuple(x.shape) for x in keras.tree.flatten(outputs)]
+    return tuple(outputs.shape)
+
+
+def shape_list(shapes):
+    """A shape, or a (nested) list of shapes, as a flat list of shape tuples:
+    what `build` gets for one tensor or for a list of them.
+
+    Example:
+
+    >>> shape_list((None, 4, 4, 8))
+    [(None, 4, 4, 8)]
+    >>> shape_list([[(None, 4, 4, 8), (None, 2, 2, 8)], (None, 8)])
+    [(None, 4, 4, 8), (None, 2, 2, 8), (None, 8)]
+    """
+    if shapes and isinstance(shapes[0], (list, tuple)):
+        return [flat for shape in shapes for flat in shape_list(shape)]
+    return [tuple(shapes)]
+
+
+def stored_layer_name(name):
+    """A layer name or tap spec as given; several as a list (JSON-friendly in
+    `get_config`)."""
+    return list(name) if isinstance(name, (list, tuple)) else name

@@ -5,9 +5,11 @@ import math
 import keras
 from keras import ops
 
-from keras_cskd.batch_norm import GroupBatchNormalization
+from keras_cskd.batch_norm import TorchBatchNormalization
+from keras_cskd.initializers import torch_default_bias, torch_default_kernel
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.feature_distillation import check_named_layers
+from keras_cskd.losses.feature_loss import shapes_of
 from keras_cskd.losses.registry import register
 
 _REGRESSOR = "fitnet_conv_reg"
@@ -48,28 +50,6 @@ def regressor_convolution(student_shape, teacher_shape):
     )
 
 
-def _torch_default_initializers(fan_in):
-    """PyTorch's default conv init, `kaiming_uniform_(a=sqrt(5))` and a bias
-    within `1 / sqrt(fan_in)` (as keras_cskd.models.initializers builds them;
-    the losses floor does not import models). Keras's fans of a conv and a
-    transposed-conv kernel agree with PyTorch's (for the transposed one both
-    take the output channels times the kernel area)."""
-    bound = 1.0 / math.sqrt(fan_in)
-    return {
-        "kernel_initializer": keras.initializers.VarianceScaling(
-            scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
-        ),
-        "bias_initializer": keras.initializers.RandomUniform(-bound, bound),
-    }
-
-
-def _shape(outputs):
-    """A tensor's shape, or a list's shapes (which FitNet refuses)."""
-    if isinstance(outputs, (list, tuple, dict)):
-        return tuple(tuple(x.shape) for x in keras.tree.flatten(outputs))
-    return tuple(outputs.shape)
-
-
 @keras.saving.register_keras_serializable(package="keras_cskd")
 class ConvRegressor(keras.layers.Layer):
     """mdistiller's `ConvReg`: conv (see `regressor_convolution`), BatchNorm,
@@ -103,30 +83,28 @@ class ConvRegressor(keras.layers.Layer):
         # bottom and right of an even map at stride 2: pad explicitly.
         strided_conv = kind == "conv" and stride == 2
         self.padding = keras.layers.ZeroPadding2D(1) if strided_conv else None
-        if kind == "transposed":
-            # "same" at kernel 4, stride 2 crops one row and column on each
-            # side: PyTorch's padding=1.
-            fan_in = teacher_channels * math.prod(kernel)
-            self.conv = keras.layers.Conv2DTranspose(
-                teacher_channels,
-                kernel,
-                stride,
-                padding="same",
-                name="conv",
-                **_torch_default_initializers(fan_in),
-            )
-        else:
-            fan_in = student_channels * math.prod(kernel)
-            self.conv = keras.layers.Conv2D(
-                teacher_channels,
-                kernel,
-                stride,
-                name="conv",
-                **_torch_default_initializers(fan_in),
-            )
-        self.bn = GroupBatchNormalization(
-            momentum=0.9, epsilon=1e-5, unbiased_moving_variance=True, name="bn"
+        # "same" at kernel 4, stride 2 crops one row and column on each side:
+        # PyTorch's padding=1 of the transposed conv.
+        transposed = kind == "transposed"
+        convolution = (
+            keras.layers.Conv2DTranspose if transposed else keras.layers.Conv2D
         )
+        # PyTorch's default init. Keras's fans of a conv and a transposed-conv
+        # kernel agree with PyTorch's; the bias's fan_in is the weight's dim 1
+        # times the kernel area: the teacher's channels for a transposed conv.
+        fan_in = (teacher_channels if transposed else student_channels) * math.prod(
+            kernel
+        )
+        self.conv = convolution(
+            teacher_channels,
+            kernel,
+            stride,
+            padding="same" if transposed else "valid",
+            name="conv",
+            kernel_initializer=torch_default_kernel(),
+            bias_initializer=torch_default_bias(fan_in),
+        )
+        self.bn = TorchBatchNormalization(name="bn")
 
     def build(self, input_shape):
         shape = (None, *self.student_shape[1:])
@@ -211,7 +189,8 @@ class FitNet(DistillationLoss):
     @property
     def extra_parameters(self):
         """The regressor's trainable values: mdistiller's `get_extra_parameters`."""
-        return sum(math.prod(w.shape) for w in self._built().trainable_weights)
+        self._built()  # an unbuilt FitNet refuses, as it always did
+        return super().extra_parameters
 
     def build(self, teacher_shape, student_shape):
         """Creates the regressor for `[B, H, W, C]` maps of these shapes."""
@@ -242,7 +221,10 @@ class FitNet(DistillationLoss):
 
     def validate_outputs(self, teacher_outputs, student_outputs):
         """Checks that the hints are single `[B, H, W, C]` maps."""
-        self._check_shapes(*(_shape(x) for x in (teacher_outputs, student_outputs)))
+        # A list's shapes as a tuple too, which _check_shapes refuses.
+        self._check_shapes(
+            *(tuple(shapes_of(x)) for x in (teacher_outputs, student_outputs))
+        )
 
     def compute_loss(self, teacher_outputs, student_outputs, training=None, **kwargs):
         """The scalar hint loss (the regressor run with `training`)."""

@@ -3,8 +3,7 @@
 import keras
 from keras import ops
 
-from keras_cskd.losses.attention_transfer import average_pool_to
-from keras_cskd.losses.feature_loss import FeatureLoss, l2_normalize
+from keras_cskd.losses.feature_loss import FeatureLoss, average_pool_to, l2_normalize
 from keras_cskd.losses.registry import register
 
 

@@ -5,8 +5,10 @@ import math
 import keras
 from keras import ops
 
-from keras_cskd.batch_norm import GroupBatchNormalization
+from keras_cskd.batch_norm import TorchBatchNormalization
+from keras_cskd.initializers import kaiming_normal_fan_out
 from keras_cskd.losses.distillation_loss import DistillationLoss
+from keras_cskd.losses.feature_loss import as_list, average_pool_to, shape_list
 from keras_cskd.losses.registry import register
 
 _PREACT_STAGES = "preact_feats[1:]"
@@ -77,23 +79,6 @@ def partial_l2(student, teacher, margin):
         + square * ops.cast(teacher > 0, student.dtype)
     )
     return ops.sum(ops.mean(ops.abs(loss), axis=0))
-
-
-def average_pool_to(features, height, width):
-    """PyTorch's `adaptive_avg_pool2d` of NHWC `features` to `(height, width)`,
-    for sizes that divide the input's (the only ones OFD's pairs need)."""
-    in_height, in_width = features.shape[1], features.shape[2]
-    if (in_height, in_width) == (height, width):
-        return features
-    if in_height % height or in_width % width:
-        raise ValueError(
-            f"OFD pools the teacher's {in_height}x{in_width} features to the "
-            f"student's {height}x{width}, which must divide them: tap other stages."
-        )
-    rows, cols = in_height // height, in_width // width
-    channels = features.shape[3]
-    blocks = ops.reshape(features, (-1, height, rows, width, cols, channels))
-    return ops.mean(blocks, axis=(2, 4))
 
 
 @register("ofd")
@@ -189,21 +174,12 @@ class OFD(DistillationLoss):
         """Each stage's connector conv and BatchNorm, once built."""
         return [layer for connector in self._connectors for layer in connector]
 
-    @property
-    def extra_parameters(self):
-        """The connectors' parameter count, as mdistiller's
-        `get_extra_parameters` (BatchNorm's moving statistics excluded)."""
-        return sum(int(math.prod(w.shape)) for w in self._trainable_weights())
-
-    def _trainable_weights(self):
-        return [w for layer in self.layers for w in layer.trainable_weights]
-
     def build(self, teacher_shape, student_shape):
         """Creates one connector per stage, from the student's channels to the
         teacher's."""
         teacher_shapes, student_shapes = (
-            _shape_list(teacher_shape),
-            _shape_list(student_shape),
+            shape_list(teacher_shape),
+            shape_list(student_shape),
         )
         self._check_stage_counts(len(teacher_shapes), len(student_shapes))
         if self._connectors:
@@ -220,21 +196,14 @@ class OFD(DistillationLoss):
             padding="same",
             use_bias=False,
             # normal(0, sqrt(2 / (k * k * out_channels))), as the reference.
-            kernel_initializer=keras.initializers.VarianceScaling(
-                2.0, "fan_out", "untruncated_normal"
-            ),
+            kernel_initializer=kaiming_normal_fan_out(),
             name=f"ofd_connector{index}_conv",
             dtype="float32",
         )
         conv.build(student_shape)
-        # PyTorch's BatchNorm2d: momentum 0.1, eps 1e-5, unbiased running
-        # variance; statistics over the global batch on any replica count.
-        batch_norm = GroupBatchNormalization(
-            momentum=0.9,
-            epsilon=1e-5,
-            unbiased_moving_variance=True,
-            name=f"ofd_connector{index}_bn",
-            dtype="float32",
+        # PyTorch's BatchNorm2d over the global batch on any replica count.
+        batch_norm = TorchBatchNormalization(
+            name=f"ofd_connector{index}_bn", dtype="float32"
         )
         batch_norm.build(student_shape[:-1] + (teacher_channels,))
         return (conv, batch_norm)
@@ -254,7 +223,7 @@ class OFD(DistillationLoss):
             raise ValueError(
                 "OFD is not built: call build(teacher_shapes, student_shapes) first."
             )
-        student_stages = _as_list(student_outputs)
+        student_stages = as_list(student_outputs)
         self._check_stage_counts(len(self._connectors), len(student_stages))
         return [
             batch_norm(conv(ops.cast(student, "float32")), training=training)
@@ -275,8 +244,8 @@ class OFD(DistillationLoss):
                 "OFD has no margins: use it in a Distiller, or pass OFD(margins="
                 "margins_from_batch_norms(keras_cskd.models.bn_before_relu(teacher)))."
             )
-        teacher_stages = _as_list(teacher_outputs)
-        students = _as_list(projected_student_outputs)
+        teacher_stages = as_list(teacher_outputs)
+        students = as_list(projected_student_outputs)
         self._check_stage_counts(len(teacher_stages), len(students))
         total = 0.0
         for index, (teacher, student) in enumerate(
@@ -297,14 +266,3 @@ class OFD(DistillationLoss):
             "student_layer_name": self.student_layer_name,
             "teacher_batch_statistics": self.teacher_batch_statistics,
         }
-
-
-def _as_list(outputs):
-    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-
-
-def _shape_list(shapes):
-    """A shape or a list of shapes, as a list of shape tuples."""
-    if shapes and isinstance(shapes[0], (list, tuple)):
-        return [tuple(shape) for shape in shapes]
-    return [tuple(shapes)]

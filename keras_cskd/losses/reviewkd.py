@@ -4,19 +4,21 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_cskd.batch_norm import GroupBatchNormalization
+from keras_cskd.batch_norm import TorchBatchNormalization
+from keras_cskd.initializers import torch_default_bias, torch_default_kernel
 from keras_cskd.losses.distillation_loss import DistillationLoss
+from keras_cskd.losses.feature_loss import (
+    average_pool_to,
+    shape_list,
+    shapes_of,
+    stored_layer_name,
+)
 from keras_cskd.losses.registry import register
 
 # mdistiller's ABF convs: `kaiming_uniform_(a=1)`, i.e. U(+-sqrt(3 / fan_in)).
 _ABF_KERNEL = {
     "class_name": "VarianceScaling",
     "config": {"scale": 1.0, "mode": "fan_in", "distribution": "uniform"},
-}
-# PyTorch's default Conv2d kernel init, `kaiming_uniform_(a=sqrt(5))`.
-_TORCH_KERNEL = {
-    "class_name": "VarianceScaling",
-    "config": {"scale": 1.0 / 3.0, "mode": "fan_in", "distribution": "uniform"},
 }
 HCL_LEVELS = (4, 2, 1)
 
@@ -54,10 +56,7 @@ def adaptive_average_pool(x, size):
     """
     height, width = x.shape[1], x.shape[2]
     if height % size == 0 and width % size == 0:
-        blocks = ops.reshape(
-            x, (-1, size, height // size, size, width // size, x.shape[3])
-        )
-        return ops.mean(blocks, axis=(2, 4))
+        return average_pool_to(x, size, size)
     rows, columns = _pooling_matrix(height, size), _pooling_matrix(width, size)
     return ops.einsum("ih,bhwc,jw->bijc", rows, x, columns)
 
@@ -128,22 +127,23 @@ class AttentionBasedFusion(keras.layers.Layer):
         self.fuse = bool(fuse)
         conv = dict(use_bias=False, kernel_initializer=_ABF_KERNEL, dtype="float32")
         self.conv1 = keras.layers.Conv2D(mid_channels, 1, name="conv1", **conv)
-        self.bn1 = _torch_batch_norm("bn1")
+        # PyTorch's BatchNorm2d, statistics over the global batch.
+        self.bn1 = TorchBatchNormalization(name="bn1", dtype="float32")
         self.conv2 = keras.layers.Conv2D(
             out_channels, 3, padding="same", name="conv2", **conv
         )
-        self.bn2 = _torch_batch_norm("bn2")
+        self.bn2 = TorchBatchNormalization(name="bn2", dtype="float32")
         self.attention = None
         if self.fuse:
             fan_in = 2 * self.mid_channels
+            # PyTorch's default Conv2d init. The bias is created first, as it
+            # always was: unseeded initializers draw their seeds in that order.
             self.attention = keras.layers.Conv2D(
                 2,
                 1,
                 activation="sigmoid",
-                kernel_initializer=_TORCH_KERNEL,
-                bias_initializer=keras.initializers.RandomUniform(
-                    -(fan_in**-0.5), fan_in**-0.5
-                ),
+                bias_initializer=torch_default_bias(fan_in),
+                kernel_initializer=torch_default_kernel(),
                 name="attention",
                 dtype="float32",
             )
@@ -175,19 +175,6 @@ class AttentionBasedFusion(keras.layers.Layer):
             "out_channels": self.out_channels,
             "fuse": self.fuse,
         }
-
-
-def _torch_batch_norm(name):
-    """BatchNorm2d's defaults over the global batch (one device's statistics
-    on any number of replicas)."""
-    return GroupBatchNormalization(
-        group_size=None,
-        momentum=0.9,
-        epsilon=1e-5,
-        unbiased_moving_variance=True,
-        name=name,
-        dtype="float32",
-    )
 
 
 @register("reviewkd")
@@ -244,8 +231,8 @@ class ReviewKD(DistillationLoss):
         out_shapes=None,
         max_mid_channels=512,
     ):
-        self.teacher_layer_name = _names(teacher_layer_name)
-        self.student_layer_name = _names(student_layer_name)
+        self.teacher_layer_name = stored_layer_name(teacher_layer_name)
+        self.student_layer_name = stored_layer_name(student_layer_name)
         self.warmup_epochs = float(warmup_epochs)
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}.")
@@ -258,13 +245,6 @@ class ReviewKD(DistillationLoss):
     def layers(self):
         """The ABFs, deepest (the pooled feature's) first."""
         return list(self._abfs)
-
-    @property
-    def extra_parameters(self):
-        """mdistiller's `get_extra_parameters`: the ABFs' trainable values."""
-        return sum(
-            int(np.prod(w.shape)) for a in self._abfs for w in a.trainable_weights
-        )
 
     def build(self, teacher_shape, student_shape):
         """Derives the settings left `None` and creates the ABFs."""
@@ -311,7 +291,9 @@ class ReviewKD(DistillationLoss):
             raise ValueError(
                 "ReviewKD is not built: call build(teacher_shape, student_shape)."
             )
-        stages = [_as_map(ops.cast(x, "float32")) for x in _flat(student_outputs)]
+        stages = [
+            _as_map(ops.cast(x, "float32")) for x in keras.tree.flatten(student_outputs)
+        ]
         fused, residual = [], None
         for abf, stage, out_size in zip(
             self._abfs, reversed(stages), self.out_shapes, strict=True
@@ -326,7 +308,7 @@ class ReviewKD(DistillationLoss):
         """The warmed-up HCL between teacher maps and fused student maps."""
         teacher = [
             ops.stop_gradient(_as_map(ops.cast(t, "float32")))
-            for t in _flat(teacher_outputs)
+            for t in keras.tree.flatten(teacher_outputs)
         ]
         loss = hierarchical_context_loss(projected_student_outputs, teacher)
         return self.warmup_factor(epoch) * loss
@@ -334,7 +316,7 @@ class ReviewKD(DistillationLoss):
     def compute_loss(self, teacher_outputs, student_outputs, training=None, **kwargs):
         """`compare(teacher_outputs, project_student(student_outputs))`."""
         if not self._abfs:
-            self.build(_shapes_of(teacher_outputs), _shapes_of(student_outputs))
+            self.build(shapes_of(teacher_outputs), shapes_of(student_outputs))
         return self.compare(
             teacher_outputs,
             self.project_student(student_outputs, training=training),
@@ -360,18 +342,8 @@ class ReviewKD(DistillationLoss):
         }
 
 
-def _names(name):
-    """A layer name or tap spec as is; several as a list (JSON-friendly)."""
-    return list(name) if isinstance(name, (list, tuple)) else name
-
-
 def _ints(values):
     return None if values is None else [int(v) for v in values]
-
-
-def _flat(outputs):
-    """Nested outputs (`[[stage1, stage2, stage3], pooled]`) as one list."""
-    return keras.tree.flatten(outputs)
 
 
 def _as_map(x):
@@ -379,20 +351,9 @@ def _as_map(x):
     return ops.reshape(x, (-1, 1, 1, x.shape[-1])) if len(x.shape) == 2 else x
 
 
-def _is_shape(value):
-    return isinstance(value, (list, tuple)) and all(
-        v is None or isinstance(v, int) for v in value
-    )
-
-
 def _map_shapes(shapes):
     """Nested shapes as a flat list of NHWC shapes (pooled ones 1x1), square."""
-    if _is_shape(shapes):
-        shapes = [shapes]
-    flat = []
-    for shape in shapes:
-        flat.extend([tuple(shape)] if _is_shape(shape) else _map_shapes(shape))
-    maps = [(s[0], 1, 1, s[1]) if len(s) == 2 else s for s in flat]
+    maps = [(s[0], 1, 1, s[1]) if len(s) == 2 else s for s in shape_list(shapes)]
     for shape in maps:
         if len(shape) != 4 or shape[1] != shape[2] or None in shape[1:]:
             raise ValueError(
@@ -400,7 +361,3 @@ def _map_shapes(shapes):
                 f"features of known sizes, got {shape}: name other outputs."
             )
     return maps
-
-
-def _shapes_of(outputs):
-    return [tuple(x.shape) for x in _flat(outputs)]

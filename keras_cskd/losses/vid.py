@@ -5,17 +5,15 @@ import math
 import keras
 from keras import ops
 
-from keras_cskd.losses.attention_transfer import average_pool_to
-from keras_cskd.losses.feature_loss import FeatureLoss
+from keras_cskd.initializers import torch_default_kernel
+from keras_cskd.losses.feature_loss import (
+    FeatureLoss,
+    as_list,
+    average_pool_to,
+    shape_list,
+    shapes_of,
+)
 from keras_cskd.losses.registry import register
-
-
-def _torch_conv_initializer():
-    """PyTorch's default `Conv2d` weights, `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`
-    (kaiming-uniform with `a = sqrt(5)`), as mdistiller's regressors start."""
-    return keras.initializers.VarianceScaling(
-        scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
-    )
 
 
 class VIDRegressor(keras.layers.Layer):
@@ -54,7 +52,7 @@ class VIDRegressor(keras.layers.Layer):
                 self.channels,
                 1,
                 use_bias=False,
-                kernel_initializer=_torch_conv_initializer(),
+                kernel_initializer=torch_default_kernel(),
                 dtype=self.dtype_policy,
                 name=f"conv{i}",
             )
@@ -86,12 +84,6 @@ class VIDRegressor(keras.layers.Layer):
         """`softplus(log_scale) + eps`, per channel (the layer's by default)."""
         log_scale = self.log_scale if log_scale is None else log_scale
         return ops.log(1.0 + ops.exp(log_scale)) + self.eps
-
-    @property
-    def parameter_count(self):
-        """The trainable values, as mdistiller's `get_extra_parameters` counts
-        (its `log_scales` are never trainable, nor counted)."""
-        return sum(math.prod(w.shape) for w in self.trainable_weights)
 
     def get_config(self):
         return {
@@ -180,12 +172,6 @@ class VID(FeatureLoss):
         """One `VIDRegressor` per stage, once built."""
         return list(self._regressors)
 
-    @property
-    def extra_parameters(self):
-        """The trainable values of the loss's modules (mdistiller's
-        `get_extra_parameters`: the regressors' convolutions)."""
-        return sum(layer.parameter_count for layer in self._regressors)
-
     def build(self, teacher_shape, student_shape):
         """Creates a regressor per stage from the compared outputs' shapes."""
         teacher_shapes, student_shapes = _shape_lists(teacher_shape, student_shape)
@@ -217,16 +203,14 @@ class VID(FeatureLoss):
     def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
         """The loss (built for these features' shapes on first use)."""
         if not self._regressors:
-            self.build(*(_shapes(x) for x in (teacher_outputs, student_outputs)))
+            self.build(*(shapes_of(x) for x in (teacher_outputs, student_outputs)))
         return self.compare(teacher_outputs, self.project_student(student_outputs))
 
     def project_student(self, student_outputs, training=False):
         """Each stage's predicted mean, `[B, h, h, t]` (with
         `train_variances`, its `log_scale` broadcast after it, `[B, h, h,
         2t]`, so that each replica's rows carry their share of its gradient)."""
-        stages = student_outputs
-        if not isinstance(stages, (list, tuple)):
-            stages = [stages]
+        stages = as_list(student_outputs)
         if len(stages) != len(self._regressors):
             raise ValueError(
                 f"VID was built for {len(self._regressors)} stages, got "
@@ -279,19 +263,11 @@ class VID(FeatureLoss):
         }
 
 
-def _shapes(outputs):
-    if isinstance(outputs, (list, tuple)):
-        return [tuple(x.shape) for x in outputs]
-    return tuple(outputs.shape)
-
-
 def _shape_lists(teacher_shape, student_shape):
     """Both shapes as equally long lists of shape tuples."""
     teacher_shapes, student_shapes = (
-        [tuple(s) for s in shape]
-        if shape and isinstance(shape[0], (list, tuple))
-        else [tuple(shape)]
-        for shape in (teacher_shape, student_shape)
+        shape_list(teacher_shape),
+        shape_list(student_shape),
     )
     if len(teacher_shapes) != len(student_shapes):
         raise ValueError(

@@ -11,7 +11,7 @@ with zero bias.
 
 import keras
 
-from keras_cskd.models import initializers
+from keras_cskd import initializers
 from keras_cskd.models.cifar_resnet import conv_bn, logits_head, zoo_doc
 from keras_cskd.models.registry import register
 

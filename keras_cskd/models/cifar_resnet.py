@@ -13,8 +13,8 @@ default (uniform within `1 / sqrt(in_features)`, weight and bias). `resnetv2.py`
 
 import keras
 
+from keras_cskd import initializers
 from keras_cskd.batch_norm import TorchBatchNormalization
-from keras_cskd.models import initializers
 from keras_cskd.models.registry import register
 
 
@@ -44,7 +44,7 @@ def conv(
         use_bias: whether the convolution has a bias.
         depthwise: use a `DepthwiseConv2D` (PyTorch `groups=in_channels`).
         kernel_init: a function of `depthwise` returning the kernel initializer
-            (see `keras_cskd.models.initializers`); the default is the
+            (see `keras_cskd.initializers`); the default is the
             `kaiming_normal_(mode="fan_out")` of ResNet, WRN, VGG, MobileNetV2.
             A bias starts at zero (VGG's, the only zoo convolution with one).
         name: layer name; the padding layer is named `{name}_pad`.

@@ -14,7 +14,7 @@ likewise, BatchNorm weight 1 and bias 0.
 
 import keras
 
-from keras_cskd.models import initializers
+from keras_cskd import initializers
 from keras_cskd.models.cifar_resnet import conv_bn, logits_head, zoo_doc
 from keras_cskd.models.registry import register
 

@@ -23,7 +23,7 @@ channels), its "feats" the `_relu` layers after them, its "pooled_feat" `avgpool
 
 import keras
 
-from keras_cskd.models import initializers
+from keras_cskd import initializers
 from keras_cskd.models.cifar_resnet import conv_bn, logits_head
 from keras_cskd.models.registry import register
 
