@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_cskd.initializers import torch_default_bias, torch_default_kernel
 from keras_cskd.losses.distillation_loss import DistillationLoss
 from keras_cskd.losses.feature_loss import flatten_rows
 from keras_cskd.losses.registry import register
@@ -210,11 +211,16 @@ class CRD(DistillationLoss):
                 "CRD does not know the training split's size: pass num_examples, "
                 "or call adapt(train_labels) before building it."
             )
-        self.student_embedding = keras.layers.Dense(
-            self.feature_dim, name="crd_student_embedding", dtype="float32"
-        )
-        self.teacher_embedding = keras.layers.Dense(
-            self.feature_dim, name="crd_teacher_embedding", dtype="float32"
+        # PyTorch's `nn.Linear` init, as the reference's `Embed` starts.
+        self.student_embedding, self.teacher_embedding = (
+            keras.layers.Dense(
+                self.feature_dim,
+                name=f"crd_{role}_embedding",
+                dtype="float32",
+                kernel_initializer=torch_default_kernel(),
+                bias_initializer=torch_default_bias(_width(shape)),
+            )
+            for role, shape in (("student", student_shape), ("teacher", teacher_shape))
         )
         self.student_embedding.build((None, _width(student_shape)))
         self.teacher_embedding.build((None, _width(teacher_shape)))

@@ -82,7 +82,11 @@ class ConvRegressor(keras.layers.Layer):
         # PyTorch's padding=1 pads both sides; Keras's "same" would pad only the
         # bottom and right of an even map at stride 2: pad explicitly.
         strided_conv = kind == "conv" and stride == 2
-        self.padding = keras.layers.ZeroPadding2D(1) if strided_conv else None
+        # Its layers compute in its own dtype (float32), whatever the policy.
+        policy = self.dtype_policy
+        self.padding = (
+            keras.layers.ZeroPadding2D(1, dtype=policy) if strided_conv else None
+        )
         # "same" at kernel 4, stride 2 crops one row and column on each side:
         # PyTorch's padding=1 of the transposed conv.
         transposed = kind == "transposed"
@@ -103,8 +107,9 @@ class ConvRegressor(keras.layers.Layer):
             name="conv",
             kernel_initializer=torch_default_kernel(),
             bias_initializer=torch_default_bias(fan_in),
+            dtype=policy,
         )
-        self.bn = TorchBatchNormalization(name="bn")
+        self.bn = TorchBatchNormalization(name="bn", dtype=policy)
 
     def build(self, input_shape):
         shape = (None, *self.student_shape[1:])
