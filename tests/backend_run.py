@@ -15,6 +15,7 @@ which a 1e-4 comparison would not survive.
 With `--data_parallel` (JAX) the batches are split over two host devices by
 `keras.distribution.DataParallel`; `XLA_FLAGS` gets
 `--xla_force_host_platform_device_count=2` if it does not ask for a device count.
+On JAX, `XLA_FLAGS` also gets `FAST_COMPILE` (compiling is most of a run).
 With `--also_per_shard` the same process trains a second student from the same
 start with the batch-wise loss computed on each half of the batch and averaged
 (what a backend that lost the global batch would train) and writes it under the
@@ -37,6 +38,11 @@ DATA_PARALLEL_DEVICES = 2
 # Every weight is overwritten from the inputs; constant initialisers spare JAX
 # compiling its random-number kernels (seconds per kernel shape on the CPU).
 NOT_RANDOM = {"kernel_initializer": "zeros"}
+# XLA's CPU backend without LLVM's optimisation passes: these runs are a few
+# steps of small models, where compiling is most of the time (a wrn_16_2 job of
+# batch_norm_job.py: 51 -> 31 CPU-s). The numbers differ in the last bit at
+# most, far under every tolerance these runs are compared with.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
 HISTORY_KEYS = ("loss", "ce_loss", "distillation_loss", "accuracy")
 
 
@@ -159,15 +165,19 @@ def set_backend(backend, data_parallel):
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the CPU only, on every backend
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if backend == "jax":
+        add_xla_flag(FAST_COMPILE)
     if data_parallel:
         if backend != "jax":
             raise ValueError("--data_parallel runs on the jax backend only.")
-        flags = os.environ.get("XLA_FLAGS", "")
-        if "xla_force_host_platform_device_count" not in flags:
-            os.environ["XLA_FLAGS"] = (
-                f"{flags} --xla_force_host_platform_device_count="
-                f"{DATA_PARALLEL_DEVICES}"
-            ).strip()
+        add_xla_flag(f"--xla_force_host_platform_device_count={DATA_PARALLEL_DEVICES}")
+
+
+def add_xla_flag(flag):
+    """Appends `flag` to `XLA_FLAGS` unless its name is there already."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if flag.split("=")[0] not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
 
 
 def distribute_over_host_devices():

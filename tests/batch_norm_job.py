@@ -1,16 +1,19 @@
 """Five CIFAR-recipe SGD steps of a BatchNorm student, for test_batch_norm_training.py.
 
-    python batch_norm_job.py OUT.npz STUDENT GROUP --strategy=multiworker
-    python batch_norm_job.py OUT.npz STUDENT GROUP --backend=jax
+    python batch_norm_job.py OUT.npz STUDENTS GROUP --strategy=multiworker
+    python batch_norm_job.py OUT.npz STUDENTS GROUP --backend=jax
 
-A zoo student (BatchNorm statistics over groups of GROUP images, 0: the global
-batch) is distilled from a BatchNorm teacher (resnet8, inference mode) with the
-CIFAR KD recipe's objective (CE 0.1, KD 0.9 at T=4) and optimizer (PyTorch's
-SGD: 0.05, momentum 0.9, coupled weight decay 5e-4), on 8x8 images in global
-batches of 8. With TF_CONFIG set and --strategy=multiworker each process is one
-worker. With --backend=jax the job trains twice from the same weights, on one
-host device and under `keras.distribution.DataParallel` over two, and writes
-both (`single_*`, `data_parallel_*`).
+STUDENTS is one zoo name or several, comma-separated: one process trains each
+in turn (one TensorFlow start and one cluster for all) and writes its weights
+under `<student>/`. A zoo student (BatchNorm statistics over groups of GROUP
+images, 0: the global batch) is distilled from a BatchNorm teacher (resnet8,
+inference mode) with the CIFAR KD recipe's objective (CE 0.1, KD 0.9 at T=4)
+and optimizer (PyTorch's SGD: 0.05, momentum 0.9, coupled weight decay 5e-4),
+on 8x8 images in global batches of 8. With TF_CONFIG set and
+--strategy=multiworker each process is one worker. With --backend=jax the job
+trains twice from the same weights, on one host device and under
+`keras.distribution.DataParallel` over two, and writes both (`single_*`,
+`data_parallel_*`).
 """
 
 import argparse
@@ -97,7 +100,9 @@ def train_jax(student_name, group):
     initial = None
     results = {}
     for run in ("single", "data_parallel"):
-        if run == "data_parallel":
+        if run == "single":  # a previous student's run may have set one
+            keras.distribution.set_distribution(None)
+        else:
             devices = keras.distribution.list_devices("cpu")
             assert len(devices) == 2, devices
             keras.distribution.set_distribution(
@@ -117,23 +122,34 @@ def train_jax(student_name, group):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
-    parser.add_argument("student")
+    parser.add_argument("students", help="zoo names, comma-separated")
     parser.add_argument("group", type=int)
     parser.add_argument("--strategy", default="none")
     parser.add_argument("--backend", default="tensorflow")
     args = parser.parse_args()
     import numpy as np
 
+    students = args.students.split(",")
+    results = {}
     if args.backend == "jax":
+        import backend_run  # beside this file
+
         os.environ.update(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-        np.savez(args.out, **train_jax(args.student, args.group))
+        backend_run.add_xla_flag(backend_run.FAST_COMPILE)  # compiling is most
+        for student in students:
+            weights = train_jax(student, args.group)
+            results.update({f"{student}/{k}": v for k, v in weights.items()})
+        np.savez(args.out, **results)
         return
     from keras_cskd import distribute
 
-    weights = train(args.student, args.group, distribute.get_strategy(args.strategy))
+    strategy = distribute.get_strategy(args.strategy)  # one per process
+    for student in students:
+        weights = train(student, args.group, strategy)
+        results.update({f"{student}/{k}": v for k, v in weights.items()})
     if distribute.is_chief():
-        np.savez(args.out, **weights)
+        np.savez(args.out, **results)
 
 
 if __name__ == "__main__":

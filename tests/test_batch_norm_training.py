@@ -68,29 +68,50 @@ def run_job(out, student, group, *flags, env=None):
     }
 
 
-@pytest.mark.parametrize("student", STUDENTS)
-def test_two_worker_processes_train_like_one_device(student, tmp_path):
+def of_student(arrays, student):
+    """The weights the job wrote for `student` (keys `<student>/<weight>`)."""
+    prefix = f"{student}/"
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    """Both students trained by one pair of worker processes, one after the
+    other (a TensorFlow start and a cluster for both)."""
+    out = tmp_path_factory.mktemp("multiworker") / "multi.npz"
     group = batch_norm_job.GLOBAL_BATCH  # one group spanning the two workers
-    command, env = run_job(
-        tmp_path / "multi.npz", student, group, "--strategy=multiworker"
-    )
-    workers.finish(workers.start(command, env=env), timeout=300)
-    with np.load(tmp_path / "multi.npz") as multi:
-        assert_same_weights(one_device(student, group), dict(multi))
+    command, env = run_job(out, ",".join(STUDENTS), group, "--strategy=multiworker")
+    workers.finish(workers.start(command, env=env), timeout=600)
+    with np.load(out) as arrays:
+        return dict(arrays)
 
 
 @pytest.mark.parametrize("student", STUDENTS)
-def test_jax_data_parallel_trains_like_one_device(student, tmp_path):
-    """Groups of half the batch: explicit, not the whole sharded array's."""
+def test_two_worker_processes_train_like_one_device(student, two_workers):
+    group = batch_norm_job.GLOBAL_BATCH
+    assert_same_weights(one_device(student, group), of_student(two_workers, student))
+
+
+@pytest.fixture(scope="module")
+def jax_runs(tmp_path_factory):
+    """Both students on one host device and under DataParallel over two, in
+    one JAX process."""
     skip_unless_installed("jax")
+    out = tmp_path_factory.mktemp("jax") / "jax.npz"
     group = batch_norm_job.GLOBAL_BATCH // 2
-    command, env = run_job(tmp_path / "jax.npz", student, group, "--backend=jax")
+    command, env = run_job(out, ",".join(STUDENTS), group, "--backend=jax")
     result = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=300
+        command, env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    with np.load(tmp_path / "jax.npz") as arrays:
-        arrays = dict(arrays)
+    with np.load(out) as arrays:
+        return dict(arrays)
+
+
+@pytest.mark.parametrize("student", STUDENTS)
+def test_jax_data_parallel_trains_like_one_device(student, jax_runs):
+    """Groups of half the batch: explicit, not the whole sharded array's."""
+    arrays = of_student(jax_runs, student)
     single = {
         k[len("single_") :]: v for k, v in arrays.items() if k.startswith("single_")
     }

@@ -142,9 +142,20 @@ def test_the_cifar_pipeline_runs_on_mock_data():
     assert cifar.num_classes == 100
 
 
+# The export is the student's alone, the same for every method: one run
+# exports (and checks its TFLite agreement); the others skip a conversion
+# that proves nothing more (~10 s each on 2 cores).
+END_TO_END = [
+    ("cskd", "tflite"),
+    ("cskd_reference", ""),
+    ("kd_ls", ""),
+    ("dkd_ls", ""),
+]
+
+
 @pytest.mark.large
-@pytest.mark.parametrize("method", ["cskd", "cskd_reference", "kd_ls", "dkd_ls"])
-def test_a_cifar_recipe_runs_a_few_steps_end_to_end(method, tmp_path):
+@pytest.mark.parametrize("method, formats", END_TO_END)
+def test_a_cifar_recipe_runs_a_few_steps_end_to_end(method, formats, tmp_path):
     config = config_module.load_config(f"{DISTILL}:{method},resnet32x4,resnet8x4")
     config.model = "resnet8"  # the smallest student keeps this test quick
     teacher = keras_cskd.models.get("resnet8", 100, (32, 32, 3))
@@ -154,9 +165,12 @@ def test_a_cifar_recipe_runs_a_few_steps_end_to_end(method, tmp_path):
     config.epochs = 1
     config.data.batch_size = 8
     config.verbose = "0"
-    config.export.formats = "tflite"
+    config.export.formats = formats
     with tfds.testing.mock_data(num_examples=16):
         summary = training.run(config, tmp_path / "run")
     assert summary["last_epoch"] == 1 and summary["replicas"] == 1
-    assert summary["exports"]["tflite"]["agreement"] >= 0.99
+    if formats:
+        assert summary["exports"]["tflite"]["agreement"] >= 0.99
+    else:
+        assert "exports" not in summary
     keras.saving.load_model(tmp_path / "run" / "student.keras")
