@@ -86,14 +86,14 @@ TAP_LOSSES = {"nst": 10.0, "pkt": 1000.0, "rkd": 1.0, "sp": 100.0, "kdsvd": 1.0}
 
 def tap_student():
     """A small CNN without BatchNorm or dropout whose layers name the feature
-    taps: `feats_0` (8x8), `feats_1` (4x4), `feats_2` (2x2) and `pooled_feat`,
-    the shapes of the `digits_cnn` teacher's taps."""
+    taps at the `digits_cnn` teacher's sizes: `preact_feats_<i>` (each
+    stage's conv) and `feats_<i>` (its ReLU), 8x8, 4x4 and 2x2, and
+    `pooled_feat`."""
     import keras
 
-    inputs = keras.Input((8, 8, 1), name="images")
-    x = inputs
+    x = inputs = keras.Input((8, 8, 1), name="images")
     for i, filters in enumerate((4, 4, 8)):
-        x = keras.layers.Conv2D(filters, 3, padding="same", name=f"conv{i}")(x)
+        x = keras.layers.Conv2D(filters, 3, padding="same", name=f"preact_feats_{i}")(x)
         x = keras.layers.ReLU(name=f"feats_{i}")(x)
         if i < 2:
             x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
@@ -109,21 +109,6 @@ def feature_student():
     inputs = keras.Input((8, 8, 1), name="images")
     x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
     x = keras.layers.ReLU(name="features")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
-
-
-def ofd_student():
-    """A BatchNorm-free CNN with mdistiller's taps by name: three stages'
-    pre-ReLU outputs (`preact_feats_<i>`) at the digits teacher's sizes."""
-    import keras
-
-    x = inputs = keras.Input((8, 8, 1), name="images")
-    for i, filters in enumerate((4, 4, 8)):
-        x = keras.layers.Conv2D(filters, 3, padding="same", name=f"preact_feats_{i}")(x)
-        x = keras.layers.ReLU(name=f"feats_{i}")(x)
-        if i < 2:
-            x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
 
@@ -146,7 +131,7 @@ def train(loss_name, strategy, global_batch=32, steps=5):
         keras.utils.set_random_seed(0)
         teacher = keras_cskd.models.get("digits_cnn", 10, (8, 8, 1), width=8)
         if loss_name == "ofd":
-            student = ofd_student()
+            student = tap_student()
         elif loss_name in FEATURE_LOSSES:
             student = feature_student()
         elif loss_name in TAP_LOSSES:
