@@ -20,6 +20,7 @@ summary = run(load_config("configs/digits_kd.py"), "runs/digits_kd")
 ```
 """
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -27,7 +28,6 @@ import time
 from pathlib import Path
 
 import keras
-import tensorflow as tf
 
 from keras_cskd import (
     builders,
@@ -128,16 +128,35 @@ def run(config, workdir, overwrite=False):
 
     Returns the summary dict (also written as `workdir/summary.json`).
     """
-    state = prepare(config, workdir, overwrite)
+    with op_determinism(config.deterministic):
+        state = prepare(config, workdir, overwrite)
+        try:
+            build(state)
+            history = fit(state)
+            return finalise(state, history)
+        finally:
+            if state.out is not None and state.out != state.workdir:
+                shutil.rmtree(state.out, ignore_errors=True)  # a non-chief's scratch
+            if state.claim is not None:
+                state.claim.close()  # the workdir's lock
+
+
+@contextlib.contextmanager
+def op_determinism(enabled):
+    """TensorFlow's deterministic kernels for the run (`config.deterministic`),
+    and the process's setting back after it: the switch is process-wide, and a
+    run leaves other code in the process (a notebook's) as it found it."""
+    # The public API can only turn it on; TensorFlow's own config turns it off.
+    from tensorflow.python.framework import config as tf_config
+
+    turned_on = enabled and not tf_config.is_op_determinism_enabled()
+    if turned_on:
+        tf_config.enable_op_determinism()
     try:
-        build(state)
-        history = fit(state)
-        return finalise(state, history)
+        yield
     finally:
-        if state.out is not None and state.out != state.workdir:
-            shutil.rmtree(state.out, ignore_errors=True)  # a non-chief's scratch
-        if state.claim is not None:
-            state.claim.close()  # the workdir's lock
+        if turned_on:
+            tf_config.disable_op_determinism()
 
 
 def prepare(config, workdir, overwrite=False):
@@ -145,8 +164,6 @@ def prepare(config, workdir, overwrite=False):
     state = RunState(config, Path(workdir), overwrite, time.time())
     config_module.validate(config)
     workdir_module.check(state.workdir, overwrite, probe_lock=distribute.is_chief())
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     state.strategy = distribute.get_strategy(config.strategy)
     state.inputs = load_inputs(config.data, config.seed, state.strategy)

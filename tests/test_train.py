@@ -99,3 +99,27 @@ def test_several_seeds_are_aggregated(tmp_path):
     for seed in (0, 1):
         summary = json.loads((tmp_path / f"seed_{seed}" / "summary.json").read_text())
         assert summary["seed"] == seed
+
+
+def test_a_deterministic_run_leaves_op_determinism_as_it_found_it(
+    tmp_path, monkeypatch
+):
+    """The switch is process-wide: a run with `config.deterministic` turns it
+    on for itself only, failed or not (a later computation in the process
+    keeps TensorFlow's usual kernels)."""
+    from tensorflow.python.framework import config as tf_config
+
+    seen = []
+
+    def prepare(*args):
+        seen.append(tf_config.is_op_determinism_enabled())
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(training, "prepare", prepare)
+    before = tf_config.is_op_determinism_enabled()
+    config = config_module.default_config()
+    config.deterministic = True
+    with pytest.raises(RuntimeError, match="stop here"):
+        training.run(config, tmp_path / "run")
+    assert seen == [True]
+    assert tf_config.is_op_determinism_enabled() == before
