@@ -180,11 +180,10 @@ def _sgd(key):
 
 def _seeded_state(part):
     from golden.make_imagenet_zoo import random_state_dict
-    from golden.make_reviewkd import SEEDS
 
     keys = [str(k) for k in _sgd(f"{part}/keys")]
     shapes = [tuple(int(d) for d in s.split(",")) for s in _sgd(f"{part}/shapes")]
-    return random_state_dict(keys, shapes, seed=SEEDS[part])
+    return random_state_dict(keys, shapes, seed=int(_sgd(f"{part}/seed")))
 
 
 def _abf_variables(loss):

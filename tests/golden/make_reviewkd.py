@@ -227,6 +227,7 @@ def sgd_steps(module, base, resnet, utils):
     out = {"images": images, "labels": labels, "learning_rate": np.float64(0.1)}
     out["milestones"] = np.array([1, 2])
     for name, part in parts.items():
+        out[f"{name}/seed"] = np.int64(SEEDS[name])  # the tests need no torch
         for key, value in seed_weights(part, SEEDS[name]).items():
             out[f"{name}/{key}"] = value
     for key, value in config.items():
